@@ -1,0 +1,1329 @@
+"""bsb_mini: the services layer of the Brain Scaffold Builder in one file.
+
+A provider-fallback helper, an MPI service (mpi4py or a one-rank emulator), an
+MPILock service (mpilock or a mock) and a JobPool that runs a graph of jobs
+serially or across MPI ranks. Standard library only; mpi4py, mpilock and
+cloudpickle are used when they are installed. See README.md and SPEC.md.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import importlib
+import logging
+import os
+import pickle
+import reprlib
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = [
+    "DependencyError", "ErrorModule", "provide", "register_service", "get_service",
+    "MPIService", "MPI", "MPILock", "JobPool", "create_job_pool", "Job",
+    "JobStatus", "PoolStatus", "PoolProgressReason", "PoolProgress",
+    "JobPoolError", "JobPoolContextError", "JobSchedulingError",
+    "JobCancelledError", "WorkflowError",
+]
+
+# --- 1. Errors and enums ---------------------------------------------------------
+
+
+class DependencyError(Exception):
+    """A service was used that has no working provider; the message says the fix."""
+
+
+class JobPoolError(Exception):
+    """Base class of the JobPool's errors."""
+
+
+class JobPoolContextError(JobPoolError):
+    """The pool was used outside its ``with`` block."""
+
+
+class JobSchedulingError(JobPoolError):
+    """A node could not be scheduled, or an array of nodes is not in order."""
+
+
+class JobCancelledError(JobPoolError):
+    """The job was cancelled: by the user, by ``fail_fast`` or by a failed dependency."""
+
+
+class WorkflowError(ExceptionGroup):  # noqa: N818 (the name is the spec's)
+    """Jobs or nodes failed; ``.exceptions`` holds one error per failure."""
+
+    def derive(self, excs):
+        return WorkflowError(self.message, excs)
+
+
+class JobStatus(enum.Enum):
+    PENDING = "pending"  # waiting for its dependencies (or for execute())
+    QUEUED = "queued"  # dependencies met, waiting for a free runner
+    RUNNING = "running"
+    SUCCESS = "success"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    ABORTED = "aborted"  # the pool was interrupted while the job ran
+
+
+class PoolStatus(enum.Enum):
+    SCHEDULING = "scheduling"
+    EXECUTING = "executing"
+    CLOSING = "closing"
+
+
+class PoolProgressReason(enum.Enum):
+    POOL_STATUS_CHANGE = "pool_status_change"
+    JOB_ADDED = "job_added"
+    JOB_STATUS_CHANGE = "job_status_change"
+    MAX_TIMEOUT_PING = "max_timeout_ping"
+
+
+_PENDING, _QUEUED, _RUNNING = JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING
+_SUCCESS, _FAILED, _CANCELLED = JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED
+_ABORTED = JobStatus.ABORTED
+_FINISHED = frozenset((_SUCCESS, _FAILED, _CANCELLED, _ABORTED))
+
+# --- 2. Provider fallback and the service registry --------------------------------
+
+
+class ErrorModule:
+    """Stands in for a missing provider and raises ``DependencyError`` on first use."""
+
+    __slots__ = ("_message",)
+
+    def __init__(self, message: str):
+        object.__setattr__(self, "_message", message)
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        raise DependencyError(self._message)
+
+    def __call__(self, *args, **kwargs):
+        raise DependencyError(self._message)
+
+    def __repr__(self) -> str:
+        return f"<ErrorModule: {self._message}>"
+
+    def __reduce__(self):
+        return (ErrorModule, (self._message,))
+
+
+_import_errors: dict[str, BaseException] = {}
+
+
+def provide(module_name: str, fallback: Any) -> Any:
+    """Return the imported ``module_name``, or ``fallback`` as it is if it can't be."""
+    try:
+        return importlib.import_module(module_name)
+    except Exception as error:  # ImportError, or a package broken on import
+        _import_errors[module_name] = error
+        return fallback
+
+
+_services: dict[str, Any] = {}
+
+
+def register_service(name: str, provider: Any) -> None:
+    """Make ``provider`` the service called ``name``."""
+    _services[name] = provider
+
+
+def get_service(name: str) -> Any:
+    """Return the service ``name``, or an ``ErrorModule`` that says it is unknown."""
+    try:
+        return _services[name]
+    except KeyError:
+        return ErrorModule(
+            f"No service named {name!r} is registered; "
+            f"register one with bsb_mini.register_service({name!r}, provider)."
+        )
+
+
+def _optional(module_name: str) -> Any:
+    """An optional package, or None; imported on first use only."""
+    return provide(module_name, None)
+
+
+# --- 3. The MPI service, its emulator and the environment guard -------------------
+
+# Variables that MPI launchers set for each rank they start (not merely "mpi" names).
+_LAUNCHER_VARIABLES = (
+    "PMI_RANK", "PMI_SIZE", "MPI_LOCALNRANKS", "MPI_LOCALRANKID",  # MPICH, Intel MPI
+    "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",  # Open MPI
+    "PMIX_RANK",  # PMIx
+    "MV2_COMM_WORLD_SIZE",  # MVAPICH
+    "ALPS_APP_PE", "PALS_RANKID",  # Cray
+)
+_TRUE_WORDS = frozenset(("1", "true", "yes", "on"))
+_FALSE_WORDS = frozenset(("0", "false", "no", "off", ""))
+
+
+def _env_flag(name: str) -> bool:
+    """Read a boolean environment variable, naming it when its value is not one."""
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE_WORDS:
+        return True
+    if value in _FALSE_WORDS:
+        return False
+    raise DependencyError(
+        f"{name}={os.environ[name]!r} is not a boolean: "
+        f"use one of 1, true, yes, on (or 0, false, no, off)."
+    )
+
+
+def _check_launcher_environment() -> None:
+    """Refuse to run alone when a launcher started this process as one of many."""
+    found = [name for name in _LAUNCHER_VARIABLES if os.environ.get(name)]
+    if not found or _env_flag("BSB_IGNORE_PARALLEL"):
+        return
+    cause = _import_errors.get("mpi4py.MPI")
+    reason = f" ({type(cause).__name__}: {cause})" if cause else ""
+    raise DependencyError(
+        f"An MPI launcher started this process ({', '.join(found)} set) but mpi4py "
+        f"cannot be imported{reason}: every rank would run the whole script alone and "
+        'repeat all the work. Install it: pip install "bsb-mini[parallel]" (or '
+        "pip install mpi4py), or set BSB_IGNORE_PARALLEL=1 to run single-node anyway."
+    )
+
+
+class MPIService:
+    """mpi4py's COMM_WORLD (or ``comm``), or a one-rank emulator without mpi4py.
+
+    mpi4py is imported on first use, never at import, so importing bsb_mini
+    does not initialise MPI.
+    """
+
+    def __init__(self, comm: Any = None):
+        self._comm = comm
+        self._resolved = comm is not None
+
+    def _communicator(self) -> Any:
+        if not self._resolved:
+            mpi = _optional("mpi4py.MPI")
+            if mpi is None:
+                _check_launcher_environment()
+            self._comm = None if mpi is None else mpi.COMM_WORLD
+            self._resolved = True
+        return self._comm
+
+    def __repr__(self) -> str:
+        if not self._resolved:
+            return "<MPIService (not yet used)>"
+        if self._comm is None:
+            return "<MPIService emulator, rank 0 of 1>"
+        return f"<MPIService rank {self.get_rank()} of {self.get_size()}>"
+
+    def get_communicator(self) -> Any:
+        return self._communicator()
+
+    def get_rank(self) -> int:
+        comm = self._communicator()
+        return 0 if comm is None else comm.Get_rank()
+
+    def get_size(self) -> int:
+        comm = self._communicator()
+        return 1 if comm is None else comm.Get_size()
+
+    def barrier(self) -> None:
+        comm = self._communicator()
+        if comm is not None:
+            comm.Barrier()
+
+    def abort(self, errorcode: int = 1) -> None:
+        comm = self._communicator()
+        if comm is None:
+            raise SystemExit(errorcode)
+        comm.Abort(errorcode)
+
+    def bcast(self, obj: Any, root: int = 0) -> Any:
+        comm = self._communicator()
+        return obj if comm is None else comm.bcast(obj, root=root)
+
+    def gather(self, obj: Any, root: int = 0) -> list | None:
+        comm = self._communicator()
+        return [obj] if comm is None else comm.gather(obj, root=root)
+
+    def allgather(self, obj: Any) -> list:
+        comm = self._communicator()
+        return [obj] if comm is None else comm.allgather(obj)
+
+    def scatter(self, seq: Any, root: int = 0) -> Any:
+        comm = self._communicator()
+        if comm is not None:
+            return comm.scatter(seq, root=root)
+        if seq is None or len(seq) != 1:
+            raise ValueError(f"scatter() needs one item per rank (1 rank), got {seq!r}")
+        return seq[0]
+
+    @contextlib.contextmanager
+    def try_all(self, default_exception: BaseException | None = None):
+        """If any rank raises inside the block, every rank raises."""
+        error = None
+        try:
+            yield
+        except Exception as raised:
+            error = raised
+        failed = [rank for rank, bad in enumerate(self.allgather(error is not None)) if bad]
+        if error is not None:
+            raise error
+        if failed:
+            raise default_exception or RuntimeError(
+                f"rank(s) {', '.join(map(str, failed))} raised inside try_all()"
+            )
+
+    @contextlib.contextmanager
+    def try_main(self):
+        """If the main rank raises inside the block, every rank raises that error."""
+        error = None
+        try:
+            yield
+        except Exception as raised:
+            error = raised
+        if self.get_rank() != 0:
+            sent = self.bcast(None)
+            if sent is not None:
+                raise _loads_or_stand_in(sent)
+            return
+        self.bcast(None if error is None else _dumps_exception(error))
+        if error is not None:
+            raise error
+
+
+def _dumps_exception(error: BaseException) -> bytes:
+    """Pickle an exception, or a JobPoolError that tells it, when it won't pickle."""
+    try:
+        return _dumps(error)
+    except Exception as reason:
+        return pickle.dumps(JobPoolError(f"{_describe(error)} (not picklable: {reason})"))
+
+
+def _loads_or_stand_in(data: bytes) -> BaseException:
+    try:
+        return pickle.loads(data)
+    except Exception as reason:
+        return JobPoolError(f"an error from another rank could not be unpickled: {reason}")
+
+
+def _describe(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+# --- 4. The MPILock service and its mock -------------------------------------------
+
+
+class _Fence:
+    """Lets only the writing rank through ``guard()``; the others skip the block."""
+
+    def __init__(self, access: bool):
+        self._access = access
+
+    def guard(self) -> None:
+        if not self._access:
+            raise _FencedOff()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        return exc_type is _FencedOff
+
+
+class _FencedOff(Exception):
+    pass
+
+
+class _MockLockController:
+    """A lock controller that grants every lock at once (one rank, or no mpilock)."""
+
+    def __init__(self, rank: int, master: int):
+        self._rank, self._master = rank, master
+
+    def read(self):
+        return contextlib.nullcontext()
+
+    def write(self):
+        return contextlib.nullcontext()
+
+    def single_write(self, handle: Any = None, rank: int | None = None):
+        writer = self._master if rank is None else rank
+        if self._rank == writer:
+            return contextlib.nullcontext(handle) if handle is not None else _Fence(True)
+        return contextlib.nullcontext() if handle is not None else _Fence(False)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+class _MPILockService:
+    """mpilock's WindowController under real MPI, else a lock that always acquires."""
+
+    def __init__(self, mpi: MPIService):
+        self._mpi = mpi
+
+    def sync(self, comm: Any = None, master: int = 0):
+        service = comm if isinstance(comm, MPIService) else MPIService(comm) if comm else self._mpi
+        real_comm = service.get_communicator()
+        mpilock = _optional("mpilock") if real_comm is not None else None
+        if mpilock is None:
+            return _MockLockController(service.get_rank(), master)
+        return mpilock.sync(real_comm, master)
+
+
+# --- 5. Jobs and the dependency graph ---------------------------------------------
+
+_NO_KWARGS: dict = {}
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 24
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 3
+
+
+def _default_name(fn: Callable, args: tuple, kwargs: dict) -> str:
+    """``qualname(short args)``: readable in a progress line or a failure report."""
+    base = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    try:
+        shown = [_short.repr(arg) for arg in args[:3]]
+        shown += [f"{key}={_short.repr(value)}" for key, value in list(kwargs.items())[:2]]
+    except Exception:
+        shown = ["…"]
+    if len(args) > 3 or len(kwargs) > 2:
+        shown.append("…")
+    return f"{base}({', '.join(shown)})"
+
+
+class Job:
+    """One call ``fn(owner, *args, **kwargs)`` in a pool, with its dependencies.
+
+    Bookkeeping is graphlib's: ``_waiting`` counts unfinished dependencies and
+    ``_dependents`` lists the jobs to release when this one succeeds.
+    """
+
+    __slots__ = (
+        "_pool", "_index", "_fn", "_args", "_kwargs", "deps", "_name", "_status",
+        "_result", "error", "_waiting", "_dependents", "rank", "_solo", "__weakref__",
+    )
+
+    def __init__(self, pool, index, fn, args, kwargs, deps, name):
+        self._pool = pool
+        self._index = index
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self.deps = deps
+        self._name = name
+        self._status = _PENDING
+        self.error = None
+        self._waiting = 0
+        self._dependents = None
+        self.rank = None  # the rank that ran it
+        self._solo = False  # send alone: it broke a batch before
+
+    @property
+    def name(self) -> str:
+        if self._name is None:
+            self._name = _default_name(self._fn, self._args, self._kwargs)
+        return self._name
+
+    @property
+    def status(self) -> JobStatus:
+        return self._status
+
+    @property
+    def result(self) -> Any:
+        if self._status is _SUCCESS:
+            return self._result
+        detail = f": {_describe(self.error)}" if self.error is not None else ""
+        raise JobPoolError(f"Job {self.name!r} has no result, it is {self._status.name}{detail}")
+
+    def cancel(self, reason: str | None = None) -> None:
+        """Cancel a PENDING or QUEUED job and its dependents; others are left alone."""
+        self._pool._cancel_by_user(self, reason)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.name!r} {self._status.name}>"
+
+
+def _check_node_order(nodes: list) -> None:
+    """Every ``depends_on`` entry must come earlier in the array: no missing, later or cyclic."""
+    position = {id(node): i for i, node in enumerate(nodes)}
+    for i, node in enumerate(nodes):
+        for dep in getattr(node, "depends_on", None) or ():
+            where = position.get(id(dep))
+            if where is None:
+                raise JobSchedulingError(
+                    f"{node!r} depends on {dep!r}, which is not in the array given to "
+                    f"schedule(); add {dep!r} to the array before {node!r}."
+                )
+            if where >= i:
+                kind = "forms a cycle with" if _reaches(dep, node, position) else "comes after"
+                raise JobSchedulingError(
+                    f"{node!r} depends on {dep!r}, which {kind} it in the array given to "
+                    "schedule(); give the nodes in topological order (dependencies first)."
+                )
+
+
+def _reaches(start: Any, target: Any, position: dict) -> bool:
+    """Does ``start`` depend on ``target``, directly or through others in the array?"""
+    seen, todo = set(), [start]
+    while todo:
+        node = todo.pop()
+        if node is target:
+            return True
+        for dep in getattr(node, "depends_on", None) or ():
+            if id(dep) in position and id(dep) not in seen:
+                seen.add(id(dep))
+                todo.append(dep)
+    return False
+
+
+# --- 6. The pool: scheduling, serial execution, MPI dispatch ------------------------
+
+_TAG_TO_WORKER, _TAG_TO_MAIN = 11, 12
+_ANY_SOURCE = -2  # mpi4py.MPI.ANY_SOURCE, without importing mpi4py here
+_PREFETCH = 2  # batches a worker may hold: one running, one waiting
+_BATCH_SECONDS = 0.005  # aim for batches this long, so the tail stays balanced
+_MAX_BATCH = 512
+_SPIN_POLLS = 200  # polls before a waiting rank starts to sleep
+_MAX_SLEEP = 0.001
+
+
+def _dumps(obj: Any) -> bytes:
+    """Pickle fast with pickle; fall back to cloudpickle (lambdas, closures) if installed."""
+    try:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        cloudpickle = _optional("cloudpickle")
+        if cloudpickle is None:
+            raise
+        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+
+
+class _Backoff:
+    """Poll hot for a moment, then sleep longer and longer: an idle rank gives the core away."""
+
+    __slots__ = ("polls", "delay")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.polls, self.delay = 0, 0.0
+
+    def wait(self):
+        if self.polls < _SPIN_POLLS:
+            self.polls += 1
+            return
+        self.delay = min(self.delay * 2 or 2e-5, _MAX_SLEEP)
+        time.sleep(self.delay)
+
+
+def _wait_for_message(comm, source: int, tag: int):
+    """Receive the next message, without burning a core while none comes."""
+    backoff = _Backoff()
+    while True:
+        message = comm.improbe(source, tag)
+        if message is not None:
+            return message.recv()
+        backoff.wait()
+
+
+class JobPool:
+    """Runs jobs with dependencies, serially or across the ranks of a communicator."""
+
+    def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None):
+        self.owner = owner
+        self._fail_fast = fail_fast
+        self._mpi = comm if isinstance(comm, MPIService) else MPIService(comm) if comm else get_service("MPI")
+        self._jobs: list[Job] = []
+        self._ready: collections.deque[Job] = collections.deque()
+        self._lock = threading.RLock()
+        self._status: PoolStatus | None = None
+        self._entered = self._closed = self._running = False
+        self._executed_upto = -1  # jobs below this index were in an execute() already
+        self._schedules: list[tuple[list, Callable | None]] = []
+        self._failures: list[BaseException] = []
+        self._stopping = False  # fail_fast tripped
+        self._listeners: list[tuple[Callable, float | None]] = []
+        self._job_listeners = False  # does any listener want job events?
+        self._deferred: collections.deque = collections.deque()  # events from other threads
+        self._main_thread = threading.get_ident()
+        self._last_event = time.monotonic()
+        self._comm = None  # private duplicate of the communicator, while open
+        self._book: _WorkerBook | None = None  # the workers of the running session
+        self._aborted = False
+        self._rank, self._size = 0, 1
+        self.counts = collections.Counter()  # finished jobs by status, for progress
+
+    # -- the public surface --
+
+    def is_main(self) -> bool:
+        return self._rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self._size > 1
+
+    @property
+    def status(self) -> PoolStatus | None:
+        return self._status
+
+    @property
+    def jobs(self) -> list[Job]:
+        return list(self._jobs)
+
+    def __enter__(self) -> JobPool:
+        if self._entered:
+            raise JobPoolContextError("This JobPool was already opened; make a new one.")
+        comm = self._mpi.get_communicator()
+        self._rank, self._size = self._mpi.get_rank(), self._mpi.get_size()
+        if comm is not None and self._size > 1:
+            self._comm = comm.Dup()  # our tags never meet the application's messages
+        self._entered = True
+        self._main_thread = threading.get_ident()
+        for listener, _ in self._listeners:
+            if hasattr(listener, "__enter__"):
+                listener.__enter__()
+        self._set_status(PoolStatus.SCHEDULING)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                if self.is_main() and (self._executed_upto < 0 or self._has_unexecuted()):
+                    self.execute()
+                elif self.parallel:
+                    self._close_session()
+            elif self.parallel and self.is_main():
+                self._abort_workers(f"the main rank raised {_describe(exc)}")
+        finally:
+            self._closed = True
+            for listener, _ in self._listeners:
+                if hasattr(listener, "__exit__"):
+                    listener.__exit__(None, None, None)
+            if self._comm is not None:
+                self._comm.Free()
+                self._comm = None
+
+    def add_listener(self, listener: Callable, max_wait: float | None = None) -> None:
+        """Call ``listener(progress)`` on the main rank for each event of this pool."""
+        if not callable(listener):
+            raise JobPoolError(f"Listener {listener!r} is not callable; pass a function of one PoolProgress.")
+        self._listeners.append((listener, max_wait))
+        if getattr(listener, "_wants_job_events", True):
+            self._job_listeners = True
+        if self._entered and not self._closed and hasattr(listener, "__enter__"):
+            listener.__enter__()
+
+    def submit(
+        self,
+        fn: Callable,
+        args: Iterable = (),
+        kwargs: dict | None = None,
+        deps: Iterable[Job] | None = None,
+        name: str | None = None,
+    ) -> Job:
+        """Add ``fn(owner, *args, **kwargs)``; it runs once every job in ``deps`` succeeded."""
+        if self._closed:
+            raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
+        if not callable(fn):
+            raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
+        args = tuple(args)
+        deps = tuple(deps) if deps else ()
+        for dep in deps:
+            if type(dep) is not Job or dep._pool is not self:
+                owner = "a Job of another pool" if isinstance(dep, Job) else "not a Job"
+                raise JobPoolError(
+                    f"Cannot submit {_default_name(fn, args, kwargs or {})}: its dependency "
+                    f"{dep!r} is {owner}; deps must be Jobs returned by this pool's submit()."
+                )
+        with self._lock:
+            job = Job(self, len(self._jobs), fn, args, kwargs or _NO_KWARGS, deps, name)
+            self._jobs.append(job)
+            if self._job_listeners:
+                self._announce(PoolProgressReason.JOB_ADDED, None, None, job)
+            if self._rank == 0:
+                self._link_dependencies(job)
+        return job
+
+    queue = submit
+
+    def schedule(self, nodes: Iterable, scheduler: Callable | None = None) -> None:
+        """Run ``scheduler(node)`` (default ``node.queue(pool)``) for each node in a thread."""
+        nodes = list(nodes)
+        _check_node_order(nodes)
+        self._schedules.append((nodes, scheduler))
+
+    def execute(self, return_results: bool = False) -> dict[Job, Any] | None:
+        """Run all submitted and scheduled jobs; every rank must call it."""
+        if not self._entered or self._closed:
+            raise JobPoolContextError("execute() must be called inside the pool's `with` block.")
+        if self._running:
+            raise JobPoolError("execute() was called from inside a running job or listener.")
+        self._running = True
+        try:
+            if not self.is_main():
+                return self._serve_as_worker()
+            return self._execute_as_main(return_results)
+        finally:
+            self._running = False
+
+    # -- dependency bookkeeping (graphlib-style, under self._lock) --
+
+    def _link_dependencies(self, job: Job) -> None:
+        waiting = 0
+        for dep in job.deps:
+            status = dep._status
+            if status is _SUCCESS:
+                continue
+            if status in _FINISHED:  # failed, cancelled or aborted already
+                self._cancel_cascade(job, _root_cause(dep), dep)
+                return
+            if dep._dependents is None:
+                dep._dependents = [job]
+            else:
+                dep._dependents.append(job)
+            waiting += 1
+        job._waiting = waiting
+        if not waiting:
+            self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        job._status = _QUEUED
+        self._ready.append(job)
+        if self._job_listeners:
+            self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
+
+    def _release_dependents(self, job: Job) -> None:
+        for dependent in job._dependents:
+            dependent._waiting -= 1
+            if not dependent._waiting and dependent._status is _PENDING:
+                self._enqueue(dependent)
+
+    def _cancel_cascade(self, first: Job, root: Job | None, reason: Job | str) -> None:
+        """Cancel ``first`` and every job downstream of it, blaming the root cause.
+
+        ``reason`` is the failed or cancelled dependency of ``first``, or a text.
+        """
+        todo = [(first, reason)]
+        while todo:
+            job, parent = todo.pop()
+            if job._status is not _PENDING and job._status is not _QUEUED:
+                continue
+            if isinstance(parent, str):
+                message = parent
+            else:
+                message = f"dependency {root.name!r} {root._status.name.lower()}"
+                if parent is not root:
+                    message += f" (via {parent.name!r})"
+            old, job._status = job._status, _CANCELLED
+            job.error = JobCancelledError(f"Job {job.name!r} was cancelled: {message}")
+            job.error.root = root
+            self.counts[_CANCELLED] += 1
+            if self._job_listeners:
+                self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _CANCELLED, old, job)
+            if job._dependents:
+                root = root or job
+                todo.extend((dependent, job) for dependent in job._dependents)
+
+    def _cancel_by_user(self, job: Job, reason: str | None) -> None:
+        with self._lock:
+            self._cancel_cascade(job, None, reason or "cancelled by the user")
+
+    def _has_unexecuted(self) -> bool:
+        return len(self._jobs) > self._executed_upto or bool(self._schedules)
+
+    # -- job outcomes, the same serially and under MPI --
+
+    def _succeeded(self, job: Job, result: Any, rank: int) -> None:
+        job._result = result
+        job.rank = rank
+        with self._lock:
+            job._status = _SUCCESS
+            if job._dependents:
+                self._release_dependents(job)
+        self.counts[_SUCCESS] += 1
+        if self._job_listeners:
+            self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _SUCCESS, _RUNNING, job)
+
+    def _failed(self, job: Job, error: BaseException, rank: int, remote_traceback: str | None = None) -> None:
+        """Record a failed job, cancel its dependents, and tell the listeners."""
+        job.rank = rank
+        job.error = error
+        if remote_traceback:
+            error.add_note(f"Traceback of the job on rank {rank}:\n{remote_traceback.rstrip()}")
+        with self._lock:
+            old, job._status = job._status, _FAILED
+            self.counts[_FAILED] += 1
+            for dependent in job._dependents or ():
+                self._cancel_cascade(dependent, job, job)
+        handled = self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _FAILED, old, job)
+        if not handled:
+            report = JobPoolError(f"Job {job.name!r} failed on rank {rank}: {_describe(error)}")
+            report.__cause__ = error
+            report.job, report.rank = job, rank
+            self._failures.append(report)
+            if self._fail_fast:
+                self._stop("fail_fast: an earlier job failed")
+
+    def _stop(self, reason: str) -> None:
+        """Cancel everything that has not started (fail_fast, or an abort)."""
+        self._stopping = True
+        with self._lock:
+            while self._ready:
+                self._cancel_cascade(self._ready.popleft(), None, reason)
+            for job in self._jobs:
+                if job._status is _PENDING:
+                    self._cancel_cascade(job, None, reason)
+
+    def _mark_running(self, job: Job) -> None:
+        job._status = _RUNNING
+        if self._job_listeners:
+            self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _RUNNING, _QUEUED, job)
+
+    def _run_here(self, job: Job) -> None:
+        """Run one job in this thread (serial mode, or main rank without workers)."""
+        self._mark_running(job)
+        try:
+            result = job._fn(self.owner, *job._args, **job._kwargs)
+        except KeyboardInterrupt:
+            job._status = _ABORTED
+            raise
+        except BaseException as error:  # SystemExit in a job is a failed job too
+            self._failed(job, error, self._rank)
+        else:
+            self._succeeded(job, result, self._rank)
+
+    # -- the main rank's execute() --
+
+    def _execute_as_main(self, return_results: bool) -> dict[Job, Any] | None:
+        self._executed_upto = len(self._jobs)
+        self._stopping = False
+        self._set_status(PoolStatus.EXECUTING)
+        scheduler = self._start_scheduling()
+        pinger = self._start_pinger() if not self.parallel else None
+        try:
+            if self.parallel:
+                self._dispatch_to_workers(scheduler)
+            else:
+                self._run_serially(scheduler)
+        except BaseException as error:
+            self._stop(f"the pool was interrupted ({type(error).__name__})")
+            if self.parallel:
+                self._abort_workers(f"the main rank raised {_describe(error)}")
+            raise
+        finally:
+            if pinger is not None:
+                pinger.set()
+            if scheduler is not None:
+                scheduler.join()
+        self._executed_upto = len(self._jobs)
+        self._deliver_deferred()
+        self._set_status(PoolStatus.CLOSING)
+        error = self._workflow_error()
+        if self.parallel:
+            self._close_session(error)
+        if error is not None:
+            raise error
+        if return_results:
+            return {job: job._result for job in self._jobs if job._status is _SUCCESS}
+        return None
+
+    def _workflow_error(self) -> WorkflowError | None:
+        failures, self._failures = self._failures, []
+        if not failures:
+            return None
+        return WorkflowError(_failure_report(failures, self.counts), failures)
+
+    def _run_serially(self, scheduler: threading.Thread | None) -> None:
+        ready, wakeup = self._ready, self._wakeup
+        while True:
+            while ready:
+                job = ready.popleft()
+                if job._status is _QUEUED:
+                    if self._deferred:
+                        self._deliver_deferred()
+                    self._run_here(job)
+            if scheduler is None or not scheduler.is_alive():
+                if not ready:
+                    return
+                continue
+            wakeup.clear()
+            if not ready:
+                wakeup.wait(0.05)
+                self._deliver_deferred()
+
+    # -- schedule(): node arrays in a background thread on the main rank --
+
+    def _start_scheduling(self) -> threading.Thread | None:
+        self._wakeup = threading.Event()
+        schedules, self._schedules = self._schedules, []
+        if not schedules:
+            return None
+        thread = threading.Thread(target=self._schedule_nodes, args=(schedules,), name="bsb_mini-scheduler", daemon=True)
+        thread.start()
+        return thread
+
+    def _schedule_nodes(self, schedules: list) -> None:
+        for nodes, scheduler in schedules:
+            failed: dict[int, Any] = {}
+            for node in nodes:
+                if self._stopping:
+                    return
+                blocked = [dep for dep in getattr(node, "depends_on", None) or () if id(dep) in failed]
+                if blocked:
+                    failed[id(node)] = node
+                    self._failures.append(JobSchedulingError(
+                        f"{node!r} was not scheduled because its dependency {blocked[0]!r} failed to schedule."
+                    ))
+                    continue
+                try:
+                    scheduler(node) if scheduler is not None else node.queue(self)
+                except Exception as error:
+                    failed[id(node)] = node
+                    report = JobSchedulingError(f"Scheduling {node!r} failed: {_describe(error)}")
+                    report.__cause__ = error
+                    self._failures.append(report)
+                    if self._fail_fast:
+                        self._stop("fail_fast: a node failed to schedule")
+                finally:
+                    self._wakeup.set()
+
+    # -- MPI dispatch, main side --
+
+    def _dispatch_to_workers(self, scheduler: threading.Thread | None) -> None:
+        """Hand ready jobs to idle workers in batches until every job is settled."""
+        comm, ready = self._comm, self._ready
+        workers = self._book = _WorkerBook(self._size)
+        status, backoff = _mpi_status(), _Backoff()
+        self._batch_cap = 8
+        while True:
+            message = comm.improbe(_ANY_SOURCE, _TAG_TO_MAIN, status)
+            if message is not None:
+                self._on_worker_message(workers, status.Get_source(), message.recv())
+                backoff.reset()
+                continue
+            if self._deferred:
+                self._deliver_deferred()
+            if ready and self._send_batches(workers):
+                backoff.reset()
+                continue
+            if not workers.in_flight and not ready and not (scheduler and scheduler.is_alive()):
+                if workers.all_settled():
+                    return
+            if not workers.live and ready:
+                self._run_without_workers()
+                continue
+            self._maybe_ping()
+            backoff.wait()
+
+    def _send_batches(self, workers: _WorkerBook) -> bool:
+        sent = False
+        for worker in workers.with_credit():
+            share = len(self._ready) // (len(workers.live) * _PREFETCH)
+            batch = self._take_batch(max(1, min(share, self._batch_cap)))
+            if not batch:
+                break
+            payload = self._pack(batch)
+            if payload is None:
+                continue
+            workers.sent(worker, batch)
+            self._comm.send(("jobs", payload), dest=worker, tag=_TAG_TO_WORKER)
+            sent = True
+        return sent
+
+    def _take_batch(self, size: int) -> list[Job]:
+        ready, batch = self._ready, []
+        while ready and len(batch) < size:
+            job = ready.popleft()
+            if job._status is not _QUEUED:
+                continue
+            if job._solo and batch:
+                ready.appendleft(job)
+                break
+            batch.append(job)
+            if job._solo:
+                break
+        return batch
+
+    def _pack(self, batch: list[Job]) -> bytes | None:
+        """Pickle a batch; a job that cannot be pickled fails alone, the rest go."""
+        try:
+            return _dumps([(job._index, job._fn, job._args, job._kwargs) for job in batch])
+        except Exception:
+            pass
+        sendable = []
+        for job in batch:
+            try:
+                _dumps((job._fn, job._args, job._kwargs))
+            except Exception as reason:
+                self._mark_running(job)
+                self._failed(job, JobPoolError(
+                    f"Job {job.name!r} cannot be sent to a worker: its function or arguments "
+                    f"do not pickle ({_describe(reason)}). Use module-level functions and "
+                    "picklable arguments, or install cloudpickle."
+                ), self._rank)
+            else:
+                sendable.append(job)
+        batch[:] = sendable
+        return self._pack(batch) if batch else None
+
+    def _on_worker_message(self, workers: _WorkerBook, worker: int, message: tuple) -> None:
+        kind = message[0]
+        if kind == "done":
+            _, busy, outcomes = message
+            workers.returned(worker)
+            self._adapt_batch_size(busy, len(outcomes))
+            jobs = self._jobs
+            for index, ok, payload, remote_tb in outcomes:
+                job = jobs[index]
+                if job._status is not _QUEUED:
+                    continue
+                self._mark_running(job)
+                self._settle_remote(job, ok, payload, remote_tb, worker)
+        elif kind == "hello":
+            workers.joined(worker)
+        elif kind == "unloadable":
+            batch = workers.returned(worker)
+            self._requeue_solo(batch, message[1], worker)
+        elif kind == "left":
+            batch = workers.left(worker)
+            self._requeue_solo(batch, None, worker)
+            report = JobPoolError(f"Rank {worker} left the pool: {message[1]}")
+            self._failures.append(report)
+
+    def _settle_remote(self, job: Job, ok: bool, payload: bytes, remote_tb: str | None, worker: int) -> None:
+        try:
+            value = pickle.loads(payload)
+        except Exception as reason:
+            what = "result" if ok else "exception"
+            self._failed(job, JobPoolError(
+                f"Job {job.name!r} ran on rank {worker}, but its {what} could not be "
+                f"unpickled on the main rank: {_describe(reason)}"
+            ), worker, remote_tb)
+            return
+        if ok:
+            self._succeeded(job, value, worker)
+        else:
+            self._failed(job, value, worker, remote_tb)
+
+    def _requeue_solo(self, batch: list[Job], reason: str | None, worker: int) -> None:
+        """Send the jobs of a batch that did not load one by one, so only the culprit fails."""
+        for job in reversed(batch):
+            if job._status is not _QUEUED:
+                continue
+            if job._solo and reason is not None:
+                self._mark_running(job)
+                self._failed(job, JobPoolError(
+                    f"Job {job.name!r} could not be unpickled on rank {worker}: {reason}. "
+                    "Define its function and arguments at module level so every rank can import them."
+                ), worker)
+            else:
+                job._solo = True
+                self._ready.appendleft(job)
+
+    def _adapt_batch_size(self, busy: float, count: int) -> None:
+        if count:
+            mean = busy / count
+            self._batch_cap = max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / mean) if mean > 0 else _MAX_BATCH))
+
+    def _run_without_workers(self) -> None:
+        while self._ready:
+            job = self._ready.popleft()
+            if job._status is _QUEUED:
+                self._run_here(job)
+
+    def _close_session(self, error: WorkflowError | None = None) -> None:
+        """Main: wait until every worker is idle, then release it. Worker: wait for that."""
+        if not self.is_main():
+            self._serve_as_worker()
+            return
+        report = None if error is None else _pack_report(error)
+        book, self._book = self._book or _WorkerBook(self._size), None
+        status, backoff = _mpi_status(), _Backoff()
+        while not book.all_settled():
+            message = self._comm.improbe(_ANY_SOURCE, _TAG_TO_MAIN, status)
+            if message is None:
+                backoff.wait()
+                continue
+            self._on_worker_message(book, status.Get_source(), message.recv())
+        for worker in book.live:
+            self._comm.send(("stop", report), dest=worker, tag=_TAG_TO_WORKER)
+
+    def _abort_workers(self, reason: str) -> None:
+        if self._aborted:
+            return
+        self._aborted = True
+        for worker in range(1, self._size):
+            self._comm.send(("abort", reason), dest=worker, tag=_TAG_TO_WORKER)
+
+    # -- MPI dispatch, worker side --
+
+    def _serve_as_worker(self) -> None:
+        """Run the batches the main rank sends until it says stop (or abort)."""
+        comm, owner = self._comm, self.owner
+        if comm is None:
+            return None
+        comm.send(("hello",), dest=0, tag=_TAG_TO_MAIN)
+        while True:
+            kind, payload = _wait_for_message(comm, 0, _TAG_TO_WORKER)
+            if kind == "jobs":
+                comm.send(_run_batch(payload, owner, self._rank), dest=0, tag=_TAG_TO_MAIN)
+            elif kind == "stop":
+                if payload is not None:
+                    raise _unpack_report(payload)
+                return None
+            else:
+                raise WorkflowError(
+                    f"The pool was aborted: {payload}.",
+                    [JobPoolError(f"The pool was aborted: {payload}.")],
+                )
+
+    # -- listeners and events (see section 7) --
+
+    def _set_status(self, status: PoolStatus) -> None:
+        old, self._status = self._status, status
+        self._announce(PoolProgressReason.POOL_STATUS_CHANGE, status, old, None)
+
+    def _announce(self, reason, status, old, job) -> bool:
+        """Tell every listener; from another thread, queue it for the main thread."""
+        if not self._listeners or self._rank != 0:
+            return False
+        progress = PoolProgress(self, reason, status, old, job)
+        if threading.get_ident() != self._main_thread:
+            self._deferred.append(progress)
+            return False
+        if self._deferred:
+            self._deliver_deferred()
+        return self._call_listeners(progress)
+
+    def _deliver_deferred(self) -> None:
+        deferred = self._deferred
+        while deferred:
+            self._call_listeners(deferred.popleft())
+
+    def _call_listeners(self, progress: PoolProgress) -> bool:
+        handled = False
+        self._last_event = time.monotonic()
+        is_job_event = progress.job is not None
+        with self._lock:
+            for listener, _ in self._listeners:
+                if is_job_event and not getattr(listener, "_wants_job_events", True):
+                    continue
+                try:
+                    handled = bool(listener(progress)) or handled
+                except Exception as error:
+                    report = JobPoolError(f"Listener {listener!r} raised {_describe(error)}")
+                    report.__cause__ = error
+                    self._failures.append(report)
+        return handled
+
+    def _max_wait(self) -> float | None:
+        waits = [wait for _, wait in self._listeners if wait]
+        return min(waits) if waits else None
+
+    def _maybe_ping(self) -> None:
+        max_wait = self._max_wait()
+        if max_wait is not None and time.monotonic() - self._last_event >= max_wait:
+            self._call_listeners(PoolProgress(self, PoolProgressReason.MAX_TIMEOUT_PING, self._status, None, None))
+
+    def _start_pinger(self) -> threading.Event | None:
+        """Serial mode: a helper thread pings listeners while a long job holds the main thread."""
+        max_wait = self._max_wait()
+        if max_wait is None:
+            return None
+        stop = threading.Event()
+
+        def ping_while_running():
+            while not stop.wait(max_wait / 4):
+                self._maybe_ping()
+
+        threading.Thread(target=ping_while_running, name="bsb_mini-pinger", daemon=True).start()
+        return stop
+
+
+def _mpi_status():
+    return _optional("mpi4py.MPI").Status()
+
+
+class _WorkerBook:
+    """The main rank's view of its workers: who joined, who left, what each holds."""
+
+    def __init__(self, size: int):
+        self.live = set(range(1, size))
+        self.joined_workers: set[int] = set()
+        self.batches: dict[int, collections.deque] = {w: collections.deque() for w in self.live}
+        self.in_flight = 0
+
+    def joined(self, worker: int) -> None:
+        self.joined_workers.add(worker)
+
+    def with_credit(self) -> list[int]:
+        return [w for w in self.joined_workers if w in self.live and len(self.batches[w]) < _PREFETCH]
+
+    def sent(self, worker: int, batch: list) -> None:
+        self.batches[worker].append(batch)
+        self.in_flight += 1
+
+    def returned(self, worker: int) -> list:
+        self.in_flight -= 1
+        return self.batches[worker].popleft()
+
+    def left(self, worker: int) -> list:
+        self.live.discard(worker)
+        batches = self.batches.pop(worker, ())
+        self.in_flight -= len(batches)
+        return [job for batch in batches for job in batch]
+
+    def all_settled(self) -> bool:
+        return all(w in self.joined_workers for w in self.live) and not self.in_flight
+
+
+def _run_batch(payload: bytes, owner: Any, rank: int) -> tuple:
+    """Worker: run a batch of jobs and package each outcome on its own."""
+    started = time.perf_counter()
+    try:
+        batch = pickle.loads(payload)
+    except Exception as reason:
+        return ("unloadable", _describe(reason))
+    outcomes = []
+    for index, fn, args, kwargs in batch:
+        try:
+            value, ok, remote_tb = fn(owner, *args, **kwargs), True, None
+        except BaseException as error:  # a SystemExit or KeyboardInterrupt fails the job only
+            value, ok, remote_tb = error, False, traceback.format_exc()
+        outcomes.append((index, ok, _pack_outcome(value, ok, index), remote_tb))
+    return ("done", time.perf_counter() - started, outcomes)
+
+
+def _pack_outcome(value: Any, ok: bool, index: int) -> bytes:
+    try:
+        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL) if ok else _dumps(value)
+    except Exception as reason:
+        try:
+            return _dumps(value)
+        except Exception:
+            pass
+        what = "result" if ok else f"exception ({_describe(value)})"
+        return pickle.dumps(JobPoolError(f"its {what} cannot be sent back: {_describe(reason)}"))
+
+
+def _pack_report(error: WorkflowError) -> bytes:
+    """The main rank's WorkflowError, for the workers to raise with the same messages."""
+    entries = []
+    for entry in error.exceptions:
+        cause = entry.__cause__
+        try:
+            cause_bytes = pickle.dumps(cause) if cause is not None else None
+        except Exception:
+            cause_bytes = None
+        entries.append((type(entry).__name__, str(entry), getattr(entry, "__notes__", []), cause_bytes))
+    return pickle.dumps((error.message, entries))
+
+
+def _unpack_report(data: bytes) -> WorkflowError:
+    message, entries = pickle.loads(data)
+    kinds = {cls.__name__: cls for cls in (JobPoolError, JobSchedulingError, JobCancelledError)}
+    rebuilt = []
+    for kind, text, notes, cause_bytes in entries:
+        entry = kinds.get(kind, JobPoolError)(text)
+        for note in notes:
+            entry.add_note(note)
+        if cause_bytes is not None:
+            entry.__cause__ = _loads_or_stand_in(cause_bytes)
+        rebuilt.append(entry)
+    return WorkflowError(message, rebuilt)
+
+
+def _root_cause(job: Job) -> Job:
+    error = job.error
+    root = getattr(error, "root", None) if isinstance(error, JobCancelledError) else None
+    return root if root is not None else job
+
+
+def _failure_report(failures: list[BaseException], counts: collections.Counter) -> str:
+    failed = sum(1 for f in failures if getattr(f, "job", None) is not None)
+    lines = [f"{failed} job(s) failed, {counts[_CANCELLED]} cancelled, {len(failures) - failed} other error(s):"]
+    lines += [f"  - {failure}" for failure in failures]
+    return "\n".join(lines)
+
+
+# --- 7. Listeners and progress ------------------------------------------------------
+
+
+class PoolProgress:
+    """One event of a pool, as given to its listeners."""
+
+    __slots__ = ("pool", "reason", "status", "old_status", "job")
+
+    def __init__(self, pool, reason, status, old_status, job):
+        self.pool = pool
+        self.reason = reason
+        self.status = status
+        self.old_status = old_status
+        self.job = job
+
+    @property
+    def jobs(self) -> list[Job]:
+        return self.pool.jobs
+
+    def __repr__(self) -> str:
+        return f"<PoolProgress {self.reason.name} {self.status} {self.job!r}>"
+
+
+def create_job_pool(
+    owner: Any = None,
+    *,
+    fail_fast: bool = False,
+    listeners: Iterable[Callable] = (),
+    max_wait: float | None = None,
+    quiet: bool = False,
+    comm: Any = None,
+) -> JobPool:
+    """A JobPool with ``listeners`` and, unless ``quiet``, a progress display."""
+    pool = JobPool(owner, fail_fast=fail_fast, comm=comm)
+    for listener in listeners:
+        pool.add_listener(listener, max_wait)
+    if not quiet:
+        pool.add_listener(_ProgressReport())
+    return pool
+
+
+class _ProgressReport:
+    """Placeholder progress listener (filled in by the progress work)."""
+
+    _wants_job_events = False
+
+    def __call__(self, progress: PoolProgress) -> None:
+        return None
+
+
+register_service("MPI", MPI := MPIService())
+register_service("MPILock", MPILock := _MPILockService(MPI))
+register_service("JobPool", JobPool)
+
+
+# --- 8. Command line ------------------------------------------------------------------
+
+
+def _main(argv: list[str]) -> int:
+    print("usage: python -m bsb_mini {selftest,bench}")
+    return 2
+
+
+if __name__ == "__main__":
+    import bsb_mini
+
+    sys.exit(bsb_mini._main(sys.argv[1:]))
