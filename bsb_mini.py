@@ -564,8 +564,9 @@ class JobPool:
         self._comm = None  # private duplicate of the communicator, while open
         self._book: _WorkerBook | None = None  # the workers of the running session
         self._aborted = False
+        self._in_job = False
         self._rank, self._size = 0, 1
-        self.counts = collections.Counter()  # finished jobs by status, for progress
+        self._succeeded_count = self._failed_count = self._cancelled_count = 0  # for progress
 
     # -- the public surface --
 
@@ -731,7 +732,7 @@ class JobPool:
             old, job._status = job._status, _CANCELLED
             job.error = JobCancelledError(f"Job {job.name!r} was cancelled: {message}")
             job.error.root = root
-            self.counts[_CANCELLED] += 1
+            self._cancelled_count += 1
             if self._job_listeners:
                 self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _CANCELLED, old, job)
             if job._dependents:
@@ -741,6 +742,10 @@ class JobPool:
     def _cancel_by_user(self, job: Job, reason: str | None) -> None:
         with self._lock:
             self._cancel_cascade(job, None, reason or "cancelled by the user")
+
+    def _running_now(self) -> int:
+        book = self._book
+        return book.jobs_in_flight if book is not None else int(self._in_job)
 
     def _has_unexecuted(self) -> bool:
         return len(self._jobs) > self._executed_upto or bool(self._schedules)
@@ -754,7 +759,7 @@ class JobPool:
             job._status = _SUCCESS
             if job._dependents:
                 self._release_dependents(job)
-        self.counts[_SUCCESS] += 1
+        self._succeeded_count += 1
         if self._job_listeners:
             self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _SUCCESS, _RUNNING, job)
 
@@ -766,7 +771,7 @@ class JobPool:
             error.add_note(f"Traceback of the job on rank {rank}:\n{remote_traceback.rstrip()}")
         with self._lock:
             old, job._status = job._status, _FAILED
-            self.counts[_FAILED] += 1
+            self._failed_count += 1
             for dependent in job._dependents or ():
                 self._cancel_cascade(dependent, job, job)
         handled = self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _FAILED, old, job)
@@ -796,6 +801,7 @@ class JobPool:
     def _run_here(self, job: Job) -> None:
         """Run one job in this thread (serial mode, or main rank without workers)."""
         self._mark_running(job)
+        self._in_job = True
         try:
             result = job._fn(self.owner, *job._args, **job._kwargs)
         except KeyboardInterrupt:
@@ -805,6 +811,8 @@ class JobPool:
             self._failed(job, error, self._rank)
         else:
             self._succeeded(job, result, self._rank)
+        finally:
+            self._in_job = False
 
     # -- the main rank's execute() --
 
@@ -845,7 +853,9 @@ class JobPool:
         failures, self._failures = self._failures, []
         if not failures:
             return None
-        return WorkflowError(_failure_report(failures, self.counts), failures)
+        # Failed jobs in submission order, whatever order the workers finished them in.
+        failures.sort(key=lambda f: f.job._index if getattr(f, "job", None) is not None else len(self._jobs))
+        return WorkflowError(_failure_report(failures, len(self._jobs), self._cancelled_count), failures)
 
     def _run_serially(self, scheduler: threading.Thread | None) -> None:
         ready, wakeup = self._ready, self._wakeup
@@ -1165,7 +1175,8 @@ class _WorkerBook:
         self.live = set(range(1, size))
         self.joined_workers: set[int] = set()
         self.batches: dict[int, collections.deque] = {w: collections.deque() for w in self.live}
-        self.in_flight = 0
+        self.in_flight = 0  # batches
+        self.jobs_in_flight = 0
 
     def joined(self, worker: int) -> None:
         self.joined_workers.add(worker)
@@ -1176,15 +1187,19 @@ class _WorkerBook:
     def sent(self, worker: int, batch: list) -> None:
         self.batches[worker].append(batch)
         self.in_flight += 1
+        self.jobs_in_flight += len(batch)
 
     def returned(self, worker: int) -> list:
         self.in_flight -= 1
-        return self.batches[worker].popleft()
+        batch = self.batches[worker].popleft()
+        self.jobs_in_flight -= len(batch)
+        return batch
 
     def left(self, worker: int) -> list:
         self.live.discard(worker)
         batches = self.batches.pop(worker, ())
         self.in_flight -= len(batches)
+        self.jobs_in_flight -= sum(map(len, batches))
         return [job for batch in batches for job in batch]
 
     def all_settled(self) -> bool:
@@ -1204,20 +1219,17 @@ def _run_batch(payload: bytes, owner: Any, rank: int) -> tuple:
             value, ok, remote_tb = fn(owner, *args, **kwargs), True, None
         except BaseException as error:  # a SystemExit or KeyboardInterrupt fails the job only
             value, ok, remote_tb = error, False, traceback.format_exc()
-        outcomes.append((index, ok, _pack_outcome(value, ok, index), remote_tb))
+        outcomes.append((index, *_pack_outcome(value, ok), remote_tb))
     return ("done", time.perf_counter() - started, outcomes)
 
 
-def _pack_outcome(value: Any, ok: bool, index: int) -> bytes:
+def _pack_outcome(value: Any, ok: bool) -> tuple[bool, bytes]:
+    """Pickle a result or exception; one that won't pickle becomes a JobPoolError."""
     try:
-        return pickle.dumps(value, pickle.HIGHEST_PROTOCOL) if ok else _dumps(value)
+        return ok, _dumps(value)
     except Exception as reason:
-        try:
-            return _dumps(value)
-        except Exception:
-            pass
         what = "result" if ok else f"exception ({_describe(value)})"
-        return pickle.dumps(JobPoolError(f"its {what} cannot be sent back: {_describe(reason)}"))
+        return False, pickle.dumps(JobPoolError(f"its {what} cannot be sent back: {_describe(reason)}"))
 
 
 def _pack_report(error: WorkflowError) -> bytes:
@@ -1253,11 +1265,14 @@ def _root_cause(job: Job) -> Job:
     return root if root is not None else job
 
 
-def _failure_report(failures: list[BaseException], counts: collections.Counter) -> str:
-    failed = sum(1 for f in failures if getattr(f, "job", None) is not None)
-    lines = [f"{failed} job(s) failed, {counts[_CANCELLED]} cancelled, {len(failures) - failed} other error(s):"]
-    lines += [f"  - {failure}" for failure in failures]
-    return "\n".join(lines)
+def _failure_report(failures: list[BaseException], total: int, cancelled: int) -> str:
+    """The WorkflowError's message: counts first, then one line per failure."""
+    failed_jobs = [f for f in failures if getattr(f, "job", None) is not None]
+    others = len(failures) - len(failed_jobs)
+    head = f"{len(failed_jobs)} of {total} job(s) failed, {cancelled} cancelled because a dependency did not succeed"
+    if others:
+        head += f", {others} other error(s)"
+    return "\n".join([head + ":"] + [f"  - {failure}" for failure in failures])
 
 
 # --- 7. Listeners and progress ------------------------------------------------------
@@ -1297,17 +1312,126 @@ def create_job_pool(
     for listener in listeners:
         pool.add_listener(listener, max_wait)
     if not quiet:
-        pool.add_listener(_ProgressReport())
+        pool.add_listener(_ProgressReport(), max_wait)
     return pool
 
 
+_logger = logging.getLogger("bsb_mini")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
 class _ProgressReport:
-    """Placeholder progress listener (filled in by the progress work)."""
+    """The default listener: a live line on a terminal, or INFO log lines in a batch job.
+
+    It reads the pool's counters from a helper thread instead of listening to every
+    job event, so it costs the pool next to nothing however many jobs there are.
+    """
 
     _wants_job_events = False
+    TERMINAL_REFRESH = 0.1  # seconds between redraws of the live line
+    LOG_EVERY = 60.0  # seconds between plain progress lines in a log
+
+    def __init__(self, stream: Any = None, log_every: float | None = None):
+        self._stream = stream  # None: sys.stderr at the time of writing
+        self._log_every = log_every or self.LOG_EVERY
+        self._pool: JobPool | None = None
+        self._started = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._write_lock = threading.Lock()
+
+    @property
+    def _out(self):
+        return self._stream if self._stream is not None else sys.stderr
+
+    def _on_terminal(self) -> bool:
+        isatty = getattr(self._out, "isatty", None)
+        try:
+            return bool(isatty and isatty())
+        except ValueError:  # a closed stream
+            return False
 
     def __call__(self, progress: PoolProgress) -> None:
-        return None
+        reason, status = progress.reason, progress.status
+        if reason is PoolProgressReason.MAX_TIMEOUT_PING and not self._on_terminal():
+            self._log(self._progress_text(progress.pool))
+        elif reason is PoolProgressReason.POOL_STATUS_CHANGE and status is PoolStatus.EXECUTING:
+            self._begin(progress.pool)
+        elif reason is PoolProgressReason.POOL_STATUS_CHANGE and status is PoolStatus.CLOSING:
+            self._end(progress.pool)
+
+    def _begin(self, pool: JobPool) -> None:
+        self._pool, self._started = pool, time.monotonic()
+        self._stop.clear()
+        every = self.TERMINAL_REFRESH if self._on_terminal() else self._log_every
+        if not self._on_terminal():
+            self._log(f"executing {len(pool._jobs)} job(s) on {pool._size} rank(s)")
+        self._thread = threading.Thread(target=self._refresh, args=(every,), name="bsb_mini-progress", daemon=True)
+        self._thread.start()
+
+    def _refresh(self, every: float) -> None:
+        while not self._stop.wait(every):
+            if self._on_terminal():
+                self._draw(self._progress_text(self._pool))
+            else:
+                self._log(self._progress_text(self._pool))
+
+    def _end(self, pool: JobPool) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        summary = self._summary_text(pool)
+        if self._on_terminal():
+            self._draw(summary, final=True)
+        else:
+            self._log(summary)
+
+    def _counts(self, pool: JobPool) -> tuple[int, int, int, int, int, int]:
+        done = pool._succeeded_count + pool._failed_count + pool._cancelled_count
+        return (len(pool._jobs), done, pool._running_now(), pool._failed_count,
+                pool._cancelled_count, pool._succeeded_count)
+
+    def _progress_text(self, pool: JobPool) -> str:
+        total, done, running, failed, cancelled, _ = self._counts(pool)
+        elapsed = time.monotonic() - self._started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = _clock((total - done) / rate) if rate > 0 and total > done else "?"
+        return (f"{done}/{total} done, {running} running, {failed} failed, {cancelled} cancelled, "
+                f"{rate:,.0f} jobs/s, {_clock(elapsed)} elapsed, ETA {eta}")
+
+    def _summary_text(self, pool: JobPool) -> str:
+        total, done, _, failed, cancelled, succeeded = self._counts(pool)
+        elapsed = time.monotonic() - self._started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        verdict = "finished" if not failed and not cancelled else "finished with errors"
+        return (f"{verdict}: {succeeded}/{total} succeeded, {failed} failed, {cancelled} cancelled "
+                f"in {_clock(elapsed)} ({rate:,.0f} jobs/s)")
+
+    def _draw(self, text: str, final: bool = False) -> None:
+        with self._write_lock:
+            self._out.write(f"\r[bsb_mini] {text}\x1b[K" + ("\n" if final else ""))
+            self._out.flush()
+
+    def _log(self, text: str) -> None:
+        """INFO through the application's logging, or straight to stderr if it set none up."""
+        with self._write_lock:
+            if self._stream is None and _logger.hasHandlers():
+                _logger.info(text)
+            else:
+                self._out.write(f"[bsb_mini] {text}\n")
+                self._out.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self._stop.set()
 
 
 register_service("MPI", MPI := MPIService())
@@ -1318,9 +1442,388 @@ register_service("JobPool", JobPool)
 # --- 8. Command line ------------------------------------------------------------------
 
 
+def _selftest_whoami(owner: Any, value: Any) -> tuple[int, Any]:
+    """A job that says where it ran."""
+    return MPI.get_rank(), value
+
+
+def _selftest_add(owner: Any, *values: int) -> int:
+    return sum(values)
+
+
+def _selftest_fail(owner: Any, message: str) -> None:
+    raise ValueError(message)
+
+
+class _SelftestNode:
+    def __init__(self, name: str, depends_on: Iterable = (), fail: bool = False):
+        self.name, self.depends_on, self.fail = name, list(depends_on), fail
+
+    def queue(self, pool: JobPool) -> None:
+        if self.fail:
+            raise RuntimeError(f"node {self.name} refuses")
+        pool.submit(_selftest_whoami, (self.name,), name=self.name)
+
+    def __repr__(self) -> str:
+        return f"<node {self.name}>"
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise AssertionError(message)
+
+
+def _selftest_checks() -> list[tuple[str, Callable[[], None]]]:
+    rank, size = MPI.get_rank(), MPI.get_size()
+
+    def provider_fallback():
+        _check(provide("json", None) is sys.modules["json"], "provide() did not import json")
+        marker = object()
+        _check(provide("bsb_mini_no_such_package", marker) is marker, "provide() did not fall back")
+        missing = ErrorModule("install it")
+        try:
+            missing.anything
+        except DependencyError as error:
+            _check("install it" in str(error), "ErrorModule lost its message")
+        else:
+            raise AssertionError("ErrorModule did not raise on use")
+        _check(isinstance(pickle.loads(pickle.dumps(missing)), ErrorModule), "ErrorModule did not pickle")
+
+    def registry():
+        _check(get_service("MPI") is MPI and get_service("JobPool") is JobPool, "built-ins not registered")
+        _check(isinstance(get_service("no-such-service"), ErrorModule), "unknown service is not an ErrorModule")
+
+    def collectives():
+        _check(MPI.bcast(rank * 10 + 7) == 7, "bcast")
+        gathered = MPI.gather(rank)
+        _check(gathered == list(range(size)) if rank == 0 else gathered is None, "gather")
+        _check(MPI.allgather(rank) == list(range(size)), "allgather")
+        _check(MPI.scatter([i * i for i in range(size)] if rank == 0 else None) == rank * rank, "scatter")
+        MPI.barrier()
+
+    def try_all_and_try_main():
+        try:
+            with MPI.try_all():
+                if rank == size - 1:
+                    raise KeyError("last rank")
+        except KeyError:
+            _check(rank == size - 1, "try_all: the wrong rank raised its own error")
+        except RuntimeError:
+            _check(rank != size - 1, "try_all: the failing rank lost its error")
+        else:
+            raise AssertionError("try_all did not raise on every rank")
+        try:
+            with MPI.try_main():
+                if rank == 0:
+                    raise ValueError("main")
+        except ValueError as error:
+            _check(str(error) == "main", "try_main sent the wrong error")
+        else:
+            raise AssertionError("try_main did not raise on every rank")
+
+    def locks():
+        with MPILock.sync() as lock:
+            with lock.read():
+                pass
+            with lock.write():
+                pass
+            with lock.single_write() as fence:
+                fence.guard()
+                passed = True
+            passed = locals().get("passed", False)
+        writers = MPI.allgather(bool(passed))
+        _check(sum(writers) == 1 and writers[0], f"single_write let {sum(writers)} rank(s) write")
+
+    def job_graph():
+        with JobPool(f"owner of rank {rank}") as pool:
+            a = pool.submit(_selftest_add, (1, 2))
+            b = pool.submit(_selftest_add, (3,), deps=[a])
+            where = [pool.submit(_selftest_whoami, (i,)) for i in range(4 * size)]
+            c = pool.submit(_selftest_add, (4, 5), deps=[a, b] + where)
+            results = pool.execute(return_results=True)
+        if rank == 0:
+            _check(results[c] == 9 and b.result == 3, "wrong results")
+            ranks = {job.result[0] for job in where}
+            expected = set(range(1, size)) if size > 1 else {0}
+            _check(ranks <= expected and ranks, f"jobs ran on ranks {ranks}, expected within {expected}")
+
+    def failures_reach_every_rank():
+        with JobPool() as pool:
+            bad = pool.submit(_selftest_fail, ("on purpose",))
+            downstream = pool.submit(_selftest_add, (1,), deps=[bad])
+            fine = pool.submit(_selftest_add, (2,))
+            try:
+                pool.execute()
+            except WorkflowError as error:
+                _check("on purpose" in str(error), "the report lost the job's message")
+            else:
+                raise AssertionError("no WorkflowError on this rank")
+        if rank == 0:
+            _check(downstream.status is JobStatus.CANCELLED and fine.result == 2, "cascade wrong")
+
+    def node_scheduling():
+        a = _SelftestNode("a")
+        broken = _SelftestNode("broken", [a], fail=True)
+        after_broken = _SelftestNode("after-broken", [broken])
+        c = _SelftestNode("c", [a])
+        with JobPool() as pool:
+            pool.schedule([a, broken, after_broken, c])
+            try:
+                pool.execute()
+            except WorkflowError as error:
+                texts = [str(e) for e in error.exceptions]
+                _check(len(texts) == 2 and "after-broken" in texts[1], f"unexpected report {texts}")
+            else:
+                raise AssertionError("a failed node was not reported")
+        if rank == 0:
+            names = sorted(job.name for job in pool.jobs if job.status is JobStatus.SUCCESS)
+            _check(names == ["a", "c"], f"scheduled {names}")
+
+    def listeners_and_lambdas():
+        seen = []
+        with create_job_pool(listeners=[lambda p: seen.append((p.reason, p.status))], quiet=True) as pool:
+            job = pool.submit(lambda owner, x: x + 1, (41,))
+        if rank == 0:
+            _check(job.result == 42, "lambda job gave the wrong result")
+            statuses = [s for r, s in seen if r is PoolProgressReason.POOL_STATUS_CHANGE]
+            _check(statuses == [PoolStatus.SCHEDULING, PoolStatus.EXECUTING, PoolStatus.CLOSING],
+                   f"pool statuses {statuses}")
+            job_statuses = [s for r, s in seen if r is PoolProgressReason.JOB_STATUS_CHANGE]
+            _check(job_statuses == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCESS],
+                   f"job statuses {job_statuses}")
+
+    return [
+        ("provider fallback", provider_fallback), ("service registry", registry),
+        ("MPI collectives", collectives), ("try_all / try_main", try_all_and_try_main),
+        ("MPILock", locks), ("JobPool graph", job_graph),
+        ("failure on every rank", failures_reach_every_rank), ("schedule() nodes", node_scheduling),
+        ("listeners and lambdas", listeners_and_lambdas),
+    ]
+
+
+def _selftest() -> int:
+    """Run each check on every rank; rank 0 prints a line per check and a summary."""
+    rank, size = MPI.get_rank(), MPI.get_size()
+    real = MPI.get_communicator() is not None
+    context = f"MPI, {size} rank(s)" if real else "emulator, 1 rank (mpi4py not installed)"
+    if real and size == 1:
+        context = "MPI, 1 rank"
+    failed = 0
+    if rank == 0:
+        print(f"bsb_mini {__version__} selftest: {context}", flush=True)
+    for name, check in _selftest_checks():
+        try:
+            check()
+            outcome = None
+        except Exception as error:
+            outcome = _describe(error)
+        outcomes = MPI.gather(outcome)
+        if rank == 0:
+            bad = [(r, o) for r, o in enumerate(outcomes) if o is not None]
+            failed += bool(bad)
+            detail = "; ".join(f"rank {r}: {o}" for r, o in bad)
+            print(f"{'FAIL' if bad else 'ok  '}  {name}" + (f"  ({detail})" if bad else ""), flush=True)
+    failed = MPI.bcast(failed)
+    total = len(_selftest_checks())
+    if rank == 0:
+        print(f"selftest: {total - failed} passed, {failed} failed ({context})", flush=True)
+    return 1 if failed else 0
+
+
+def _noop(owner: Any, *args: Any) -> None:
+    return None
+
+
+def _sleep_job(owner: Any, seconds: float) -> None:
+    time.sleep(seconds)
+
+
+def _random_dag(count: int, seed: int = 7, max_deps: int = 3) -> list[tuple[int, ...]]:
+    """Dependencies (indices of earlier jobs) for ``count`` jobs, up to ``max_deps`` each."""
+    import random
+
+    rng = random.Random(seed)
+    return [tuple(rng.sample(range(i), min(i, rng.randint(0, max_deps)))) for i in range(count)]
+
+
+def _time_pool(count: int, dag: list | None, listener: Callable | None = None, **pool_kwargs) -> float:
+    """Seconds for a whole pool (open, submit, execute, close) of ``count`` no-op jobs."""
+    started = time.perf_counter()
+    with JobPool(**pool_kwargs) as pool:
+        if listener is not None:
+            pool.add_listener(listener)
+        if pool.is_main():
+            jobs, submit = [], pool.submit
+            for i in range(count):
+                jobs.append(submit(_noop, (i,), deps=[jobs[d] for d in dag[i]] if dag else None))
+        pool.execute()
+    return time.perf_counter() - started
+
+
+def _time_plain_loop(count: int) -> float:
+    started = time.perf_counter()
+    for i in range(count):
+        _noop(None, i)
+    return time.perf_counter() - started
+
+
+def _median_of(runs: int, measure: Callable[[], float]) -> float:
+    return sorted(measure() for _ in range(runs))[runs // 2]
+
+
+def _bench_row(workload: str, count: int, seconds: float, floor: float | None, efficiency: str = "") -> dict:
+    return {
+        "workload": workload, "jobs": count, "us_per_job": seconds / count * 1e6,
+        "jobs_per_s": count / seconds, "ratio_to_floor": seconds / floor if floor else None,
+        "efficiency": efficiency,
+    }
+
+
+def _bench_serial(count: int, runs: int, scaling: list[int]) -> list[dict]:
+    dag = _random_dag(count)
+    floor = _median_of(runs, lambda: _time_plain_loop(count))
+    rows = [_bench_row("plain Python loop (the floor)", count, floor, floor)]
+    rows.append(_bench_row("serial, independent", count, _median_of(runs, lambda: _time_pool(count, None)), floor))
+    rows.append(_bench_row("serial, DAG <=3 deps", count, _median_of(runs, lambda: _time_pool(count, dag)), floor))
+    rows.append(_bench_row("serial, DAG + 1 listener", count,
+                           _median_of(runs, lambda: _time_pool(count, dag, lambda progress: None)), floor))
+    quiet_report = _ProgressReport(stream=_NullStream())
+    rows.append(_bench_row("serial, DAG + progress report", count,
+                           _median_of(runs, lambda: _time_pool(count, dag, quiet_report)), floor))
+    for size in scaling:
+        big_dag = _random_dag(size)
+        rows.append(_bench_row(f"scaling: serial DAG, {size:,} jobs", size, _time_pool(size, big_dag),
+                               _time_plain_loop(size)))
+    return rows
+
+
+class _NullStream:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _bench_memory(count: int) -> dict:
+    """Bytes per job that a pool of ``count`` DAG jobs holds at its peak (tracemalloc)."""
+    import tracemalloc
+
+    dag = _random_dag(count)
+    tracemalloc.start()
+    _time_pool(count, dag)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"workload": f"memory: serial DAG, {count:,} jobs", "jobs": count, "bytes_per_job": peak / count}
+
+
+def _bench_bare_mpi_loop(comm: Any, count: int) -> float | None:
+    """The baseline: main sends one job per message to idle workers, mpi4py send/recv."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    comm.Barrier()
+    started = time.perf_counter()
+    if rank == 0:
+        sent = done = 0
+        for worker in range(1, size):
+            if sent < count:
+                comm.send((_noop, (sent,)), dest=worker, tag=1)
+                sent += 1
+        status = _mpi_status()
+        while done < count:
+            comm.recv(source=_ANY_SOURCE, tag=2, status=status)
+            done += 1
+            if sent < count:
+                comm.send((_noop, (sent,)), dest=status.Get_source(), tag=1)
+                sent += 1
+        for worker in range(1, size):
+            comm.send(None, dest=worker, tag=1)
+    else:
+        while (task := comm.recv(source=0, tag=1)) is not None:
+            fn, args = task
+            comm.send(fn(None, *args), dest=0, tag=2)
+    elapsed = time.perf_counter() - started
+    comm.Barrier()
+    return elapsed if rank == 0 else None
+
+
+def _bench_mpi(count: int, runs: int) -> list[dict]:
+    comm = MPI.get_communicator()
+    rank, size = MPI.get_rank(), MPI.get_size()
+    workers = size - 1
+    dag = _random_dag(count)
+    bare = _median_of(runs, lambda: _bench_bare_mpi_loop(comm, count) or 0.0)
+    independent = _median_of(runs, lambda: _time_pool(count, None))
+    graph = _median_of(runs, lambda: _time_pool(count, dag))
+    tasks, seconds = 400, 0.005
+    ideal = tasks * seconds / workers
+
+    def balanced() -> float:
+        started = time.perf_counter()
+        with JobPool() as pool:
+            if pool.is_main():
+                for _ in range(tasks):
+                    pool.submit(_sleep_job, (seconds,))
+        return time.perf_counter() - started
+
+    balance = _median_of(runs, balanced)
+    if rank != 0:
+        return []
+    return [
+        _bench_row(f"bare mpi4py send/recv loop, {workers} workers", count, bare, bare),
+        _bench_row(f"MPI, independent, {workers} workers", count, independent, bare),
+        _bench_row(f"MPI, DAG <=3 deps, {workers} workers", count, graph, bare),
+        _bench_row(f"MPI, {tasks} x {seconds * 1000:.0f} ms jobs, {workers} workers", tasks, balance, None,
+                   f"{ideal / balance:.1%} of ideal {ideal:.2f} s"),
+    ]
+
+
+def _bench(argv: list[str]) -> int:
+    import argparse
+    import json
+    import platform
+
+    parser = argparse.ArgumentParser(prog="python -m bsb_mini bench", description="Measure the pool's own overhead.")
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs per workload (default 10,000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per workload; the median is shown")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to prove the bench works")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the 100k and 1M scaling rows")
+    options = parser.parse_args(argv)
+    count, runs = (200, 1) if options.smoke else (options.jobs, options.runs)
+    scaling = [] if options.no_scaling else [2_000, 20_000] if options.smoke else [10_000, 100_000, 1_000_000]
+    rank, size = MPI.get_rank(), MPI.get_size()
+    if size > 1:
+        rows = _bench_mpi(count, runs)
+    else:
+        rows = _bench_serial(count, runs, scaling)
+        rows.append(_bench_memory(min(count * 10, 100_000)))
+    if rank != 0:
+        return 0
+    machine = f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, {size} rank(s)"
+    if options.json:
+        print(json.dumps({"machine": machine, "rows": rows}, indent=2))
+        return 0
+    print(f"bsb_mini bench ({machine}); median of {runs} run(s)")
+    print(f"{'workload':44} {'jobs':>9} {'us/job':>9} {'jobs/s':>11} {'x floor':>8}  efficiency")
+    for row in rows:
+        if "bytes_per_job" in row:
+            print(f"{row['workload']:44} {row['jobs']:>9,} {row['bytes_per_job']:>9,.0f} bytes/job (peak, tracemalloc)")
+            continue
+        ratio = f"{row['ratio_to_floor']:.1f}" if row["ratio_to_floor"] else "-"
+        print(f"{row['workload']:44} {row['jobs']:>9,} {row['us_per_job']:>9.2f} {row['jobs_per_s']:>11,.0f} "
+              f"{ratio:>8}  {row['efficiency']}")
+    return 0
+
+
 def _main(argv: list[str]) -> int:
-    print("usage: python -m bsb_mini {selftest,bench}")
-    return 2
+    commands = {"selftest": lambda rest: _selftest(), "bench": _bench}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m bsb_mini {selftest,bench} [options]", file=sys.stderr)
+        return 2
+    return commands[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

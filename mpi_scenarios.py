@@ -1,0 +1,262 @@
+"""Scenarios that test_bsb_mini.py runs under a real ``mpiexec -n N``.
+
+Every rank runs the same scenario and writes its outcome as JSON to
+``$BSB_SCENARIO_OUT/rank<r>.json`` (stdout lines of ranks interleave); the test
+collects the files of all ranks and checks what a user would look at.
+Usage: ``mpiexec -n 3 python mpi_scenarios.py <scenario> [args...]``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import threading
+import time
+
+import bsb_mini
+from bsb_mini import JobPool, JobStatus, PoolProgressReason, PoolStatus, WorkflowError, create_job_pool
+
+RANK = bsb_mini.MPI.get_rank()
+
+
+def report(**fields) -> None:
+    folder = os.environ.get("BSB_SCENARIO_OUT")
+    if folder is None:
+        print(f"rank {RANK}: {json.dumps(fields, sort_keys=True)}", flush=True)
+        return
+    with open(os.path.join(folder, f"rank{RANK}.json"), "w") as file:
+        json.dump(fields, file)
+
+
+def where(owner, value):
+    """A job that says which rank ran it, with which owner."""
+    return [bsb_mini.MPI.get_rank(), owner, value]
+
+
+def dag_job(owner, index, should_fail):
+    if should_fail:
+        raise ValueError(f"job {index} fails on purpose")
+    return index * index
+
+
+def random_graph(seed: int, count: int):
+    """Job ``i``: (its dependencies among earlier jobs, whether it fails)."""
+    rng = random.Random(seed)
+    return [(sorted(rng.sample(range(i), min(i, rng.randint(0, 3)))), rng.random() < 0.08) for i in range(count)]
+
+
+def run_graph(graph, comm=None):
+    """Submit a random graph; results pass along the edges. Returns statuses and results."""
+    with JobPool(comm=comm) as pool:
+        jobs = []
+        for index, (deps, fails) in enumerate(graph):
+            jobs.append(pool.submit(dag_job, (index, fails), deps=[jobs[d] for d in deps]))
+        try:
+            pool.execute()
+            error = None
+        except WorkflowError as raised:
+            error = raised.message
+    statuses = [job.status.name for job in jobs]
+    results = [job.result if job.status is JobStatus.SUCCESS else None for job in jobs]
+    return statuses, results, error
+
+
+def scenario_dag(seed: str, count: str = "300"):
+    statuses, results, error = run_graph(random_graph(int(seed), int(count)))
+    report(statuses=statuses if RANK == 0 else None, results=results if RANK == 0 else None, error=error)
+
+
+def scenario_where(count: str = "40"):
+    with create_job_pool(f"owner-{RANK}", quiet=True) as pool:
+        jobs = [pool.submit(where, (i,)) for i in range(int(count))]
+        lam = pool.submit(lambda owner, x: [bsb_mini.MPI.get_rank(), owner, x * 2], (21,))
+        results = pool.execute(return_results=True)
+    if RANK == 0:
+        report(ran_on=[job.result for job in jobs], lam=lam.result, n_results=len(results))
+    else:
+        report(statuses=sorted({job.status.name for job in jobs}), results=results)
+
+
+def failing(owner, message):
+    raise RuntimeError(message)
+
+
+def exits(owner):
+    raise SystemExit(3)
+
+
+def scenario_failure():
+    with JobPool() as pool:
+        bad = pool.submit(failing, ("boom from a job",))
+        pool.submit(where, (1,), deps=[bad])
+        ok = pool.submit(where, (2,))
+        quitter = pool.submit(exits)
+        try:
+            pool.execute()
+            outcome = None
+        except WorkflowError as error:
+            outcome = {"message": error.message, "parts": [str(e) for e in error.exceptions],
+                       "causes": [type(e.__cause__).__name__ for e in error.exceptions],
+                       "notes": ["\n".join(getattr(e.__cause__, "__notes__", [])) for e in error.exceptions]}
+    report(outcome=outcome, ok=ok.status.name if RANK == 0 else None,
+           quitter=quitter.status.name if RANK == 0 else None)
+
+
+def give_lock(owner):
+    return threading.Lock()
+
+
+def scenario_unpicklable():
+    with JobPool() as pool:
+        bad_arg = pool.submit(where, (threading.Lock(),))
+        bad_result = pool.submit(give_lock)
+        fine = [pool.submit(where, (i,)) for i in range(20)]
+        try:
+            pool.execute()
+            parts = []
+        except WorkflowError as error:
+            parts = [str(e) for e in error.exceptions]
+    report(parts=parts, fine=[job.status.name for job in fine] if RANK == 0 else None,
+           bad=[bad_arg.status.name, bad_result.status.name] if RANK == 0 else None)
+
+
+class Node:
+    def __init__(self, name, depends_on=(), gate=None):
+        self.name, self.depends_on, self.gate = name, list(depends_on), gate
+
+    def __repr__(self):
+        return f"<Node {self.name}>"
+
+
+def scenario_overlap():
+    """The last node waits until the first node's job has finished on a worker."""
+    first_done = threading.Event()
+    seen = {}
+
+    def listener(progress):
+        if progress.reason is PoolProgressReason.JOB_STATUS_CHANGE and progress.status is JobStatus.SUCCESS:
+            if progress.job.name == "first":
+                first_done.set()
+
+    def scheduler(node):
+        if node.name == "last":
+            seen["first finished before last was scheduled"] = first_done.wait(60)
+        pool.submit(where, (node.name,), name=node.name)
+
+    nodes = [Node("first")]
+    nodes.append(Node("last", [nodes[0]]))
+    with create_job_pool(listeners=[listener], quiet=True) as pool:
+        pool.schedule(nodes, scheduler)
+        pool.execute()
+    report(seen=seen, statuses={job.name: job.status.name for job in pool.jobs} if RANK == 0 else None)
+
+
+def scenario_seed():
+    _t = None
+
+    def report_time_elapsed(progress):
+        nonlocal _t
+        if progress.reason == PoolProgressReason.POOL_STATUS_CHANGE:
+            if progress.status == PoolStatus.SCHEDULING:
+                _t = time.time()
+            elif progress.status == PoolStatus.CLOSING:
+                print(f"Pool execution finished. {time.time() - _t:.0f} seconds elapsed.", flush=True)
+
+    with create_job_pool(listeners=[report_time_elapsed]) as pool:
+        pool.submit(lambda owner: time.sleep(2))
+    report(done=True)
+
+
+def scenario_main_raises():
+    try:
+        with JobPool() as pool:
+            pool.submit(where, (1,))
+            if RANK == 0:
+                raise KeyError("main rank trouble")
+            pool.execute()
+        outcome = "no error"
+    except KeyError:
+        outcome = "KeyError"
+    except WorkflowError as error:
+        outcome = f"WorkflowError: {error.message}"
+    report(outcome=outcome)
+
+
+def scenario_fail_fast():
+    with JobPool(fail_fast=True) as pool:
+        first = pool.submit(failing, ("first failure",))
+        chain = [pool.submit(time.sleep, (0,), deps=[first])]  # noqa: F841 (kept for the graph)
+        later = [pool.submit(where, (i,), deps=[first]) for i in range(5)]
+        try:
+            pool.execute()
+            outcome = None
+        except WorkflowError as error:
+            outcome = error.message
+    report(outcome=outcome, later=[job.status.name for job in later] if RANK == 0 else None)
+
+
+def scenario_lock(path):
+    """Every rank appends start/end markers to one file under the write lock, many times."""
+    with bsb_mini.MPILock.sync() as lock:
+        kind = type(lock).__name__
+        for i in range(20):
+            with lock.write():
+                with open(path, "a") as file:
+                    file.write(f"start {RANK} {i}\n")
+                    file.flush()
+                    time.sleep(0.001)
+                    file.write(f"end {RANK} {i}\n")
+        bsb_mini.MPI.barrier()
+    report(kind=kind)
+
+
+def scenario_every_rank_submits():
+    """SPEC section 5: code that submits on every rank runs each job once."""
+    with create_job_pool(quiet=True) as pool:
+        jobs = [pool.submit(where, (i,)) for i in range(10)]
+    report(statuses=sorted({job.status.name for job in jobs}),
+           ran_on=sorted({job.result[0] for job in jobs}) if RANK == 0 else None)
+
+
+def die(owner):
+    os._exit(7)
+
+
+def scenario_worker_dies():
+    with JobPool() as pool:
+        jobs = [pool.submit(where, (i,)) for i in range(5)]
+        pool.submit(die, deps=jobs)
+        pool.execute()
+    report(unreachable=True)
+
+
+def long_job(owner, seconds):
+    time.sleep(seconds)
+
+
+def scenario_interrupt():
+    """Rank 0 says it started; the test then sends SIGINT to mpiexec."""
+    with JobPool() as pool:
+        for _ in range(200):
+            pool.submit(long_job, (0.05,))
+        if RANK == 0:
+            print("STARTED", flush=True)
+        pool.execute()
+    report(unreachable=True)
+
+
+def scenario_split_comm():
+    """A pool on a split communicator: even and odd ranks run separate pools."""
+    world = bsb_mini.MPI.get_communicator()
+    half = world.Split(RANK % 2, RANK)
+    statuses, results, error = run_graph(random_graph(5, 50), comm=half)
+    report(color=RANK % 2, sub_rank=half.Get_rank(), ok=error is None or "fails on purpose" in error,
+           results=results if half.Get_rank() == 0 else None)
+    half.Free()
+
+
+if __name__ == "__main__":
+    name, *arguments = sys.argv[1:]
+    globals()[f"scenario_{name}"](*arguments)

@@ -1,0 +1,988 @@
+"""Tests of bsb_mini: serial behaviour in-process, MPI behaviour under a real mpiexec.
+
+The MPI tests start ``mpiexec -n N python mpi_scenarios.py <scenario>`` with a
+timeout (a hang fails the test) and skip only when mpi4py or mpiexec is absent;
+CI installs both, so there they run.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import bsb_mini
+from bsb_mini import (
+    DependencyError,
+    ErrorModule,
+    Job,
+    JobCancelledError,
+    JobPool,
+    JobPoolContextError,
+    JobPoolError,
+    JobSchedulingError,
+    JobStatus,
+    MPIService,
+    PoolProgressReason,
+    PoolStatus,
+    WorkflowError,
+    create_job_pool,
+    get_service,
+    provide,
+    register_service,
+)
+
+HERE = Path(__file__).resolve().parent
+
+
+def add(owner, a, b=0):
+    return a + b
+
+
+def fail(owner, message="boom"):
+    raise ValueError(message)
+
+
+class Recorder:
+    """A listener that keeps every event as (reason, status, job name)."""
+
+    def __init__(self, handle_failures=False):
+        self.events = []
+        self.handle_failures = handle_failures
+
+    def __call__(self, progress):
+        self.events.append((progress.reason, progress.status, progress.job.name if progress.job else None))
+        return self.handle_failures and progress.status is JobStatus.FAILED
+
+    def job_statuses(self, name):
+        return [s for r, s, n in self.events if r is PoolProgressReason.JOB_STATUS_CHANGE and n == name]
+
+    def pool_statuses(self):
+        return [s for r, s, _ in self.events if r is PoolProgressReason.POOL_STATUS_CHANGE]
+
+
+# --- 1. provider fallback and the registry ---------------------------------------
+
+
+def test_provide_imports_dotted_modules_and_returns_fallback_untouched():
+    import os.path
+
+    assert provide("os.path", None) is os.path
+
+    class Fallback:
+        def __init__(self):
+            raise AssertionError("the fallback must not be called")
+
+    assert provide("surely_not_installed_pkg.sub", Fallback) is Fallback
+
+
+def test_provide_never_raises_even_when_the_module_breaks_on_import(tmp_path, monkeypatch):
+    (tmp_path / "broken_on_import.py").write_text("raise RuntimeError('broken package')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    marker = object()
+    assert provide("broken_on_import", marker) is marker
+
+
+def test_error_module_raises_on_first_use_only():
+    missing = ErrorModule("h5py is missing: pip install h5py")
+    repr(missing)
+    assert isinstance(copy.copy(missing), ErrorModule)
+    assert isinstance(pickle.loads(pickle.dumps(missing)), ErrorModule)
+    assert not hasattr(missing, "__len__")
+    with pytest.raises(AttributeError):
+        missing._private
+    with pytest.raises(DependencyError, match="pip install h5py"):
+        missing.File
+    with pytest.raises(DependencyError, match="pip install h5py"):
+        missing("x")
+
+
+def test_registry_has_builtins_and_names_unknown_services():
+    assert get_service("MPI") is bsb_mini.MPI
+    assert get_service("MPILock") is bsb_mini.MPILock
+    assert get_service("JobPool") is bsb_mini.JobPool
+    unknown = get_service("Telescope")
+    with pytest.raises(DependencyError, match="Telescope"):
+        unknown.point()
+    register_service("Telescope", "a telescope")
+    try:
+        assert get_service("Telescope") == "a telescope"
+    finally:
+        bsb_mini._services.pop("Telescope")
+
+
+# --- 2. the MPI service: emulator and environment guard --------------------------
+
+
+@pytest.fixture
+def without_mpi4py(monkeypatch):
+    """Make the MPI service believe mpi4py is not installed."""
+    real = bsb_mini._optional
+    monkeypatch.setattr(bsb_mini, "_optional", lambda name: None if name.startswith("mpi4py") else real(name))
+    for name in bsb_mini._LAUNCHER_VARIABLES + ("BSB_IGNORE_PARALLEL",):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_emulator_is_one_rank_with_identity_collectives(without_mpi4py):
+    mpi = MPIService()
+    assert mpi.get_communicator() is None
+    assert (mpi.get_rank(), mpi.get_size()) == (0, 1)
+    mpi.barrier()
+    assert mpi.bcast({"a": 1}) == {"a": 1}
+    assert mpi.gather(5) == [5]
+    assert mpi.allgather(5) == [5]
+    assert mpi.scatter(["only"]) == "only"
+    with pytest.raises(ValueError, match="one item per rank"):
+        mpi.scatter([1, 2])
+    with pytest.raises(SystemExit):
+        mpi.abort(3)
+
+
+def test_emulator_try_all_and_try_main_reraise(without_mpi4py):
+    mpi = MPIService()
+    with pytest.raises(KeyError):
+        with mpi.try_all():
+            raise KeyError("x")
+    with pytest.raises(ValueError):
+        with mpi.try_main():
+            raise ValueError("y")
+    with mpi.try_all(), mpi.try_main():
+        pass
+
+
+@pytest.mark.parametrize("variable", bsb_mini._LAUNCHER_VARIABLES)
+def test_guard_refuses_launcher_without_mpi4py(without_mpi4py, variable):
+    without_mpi4py.setenv(variable, "1")
+    mpi = MPIService()  # constructing never raises: only use does
+    with pytest.raises(DependencyError) as raised:
+        mpi.get_rank()
+    message = str(raised.value)
+    assert variable in message
+    assert 'pip install "bsb-mini[parallel]"' in message
+    assert "BSB_IGNORE_PARALLEL=1" in message
+
+
+@pytest.mark.parametrize(
+    "variable",
+    ["COMPILER", "CMAKE_C_COMPILER", "MPI_HOME", "MPICC", "I_MPI_ROOT", "LMOD_FAMILY_MPI", "MPI4PY_RC_THREADS"],
+)
+def test_guard_ignores_names_that_merely_mention_mpi(without_mpi4py, variable):
+    without_mpi4py.setenv(variable, "/opt/mpi")
+    assert MPIService().get_size() == 1
+
+
+@pytest.mark.parametrize("value", ["1", "true", "YES", "on", " True "])
+def test_ignore_parallel_true_values_silence_the_guard(without_mpi4py, value):
+    without_mpi4py.setenv("OMPI_COMM_WORLD_SIZE", "4")
+    without_mpi4py.setenv("BSB_IGNORE_PARALLEL", value)
+    assert MPIService().get_size() == 1
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "off", ""])
+def test_ignore_parallel_false_values_keep_the_guard(without_mpi4py, value):
+    without_mpi4py.setenv("PMI_RANK", "0")
+    without_mpi4py.setenv("BSB_IGNORE_PARALLEL", value)
+    with pytest.raises(DependencyError, match="PMI_RANK"):
+        MPIService().get_rank()
+
+
+def test_ignore_parallel_with_a_non_boolean_names_the_variable(without_mpi4py):
+    without_mpi4py.setenv("PMI_RANK", "0")
+    without_mpi4py.setenv("BSB_IGNORE_PARALLEL", "maybe")
+    with pytest.raises(DependencyError, match="BSB_IGNORE_PARALLEL='maybe'"):
+        MPIService().get_rank()
+
+
+def test_guard_fires_on_first_use_not_at_import():
+    """In a fresh interpreter without mpi4py under a launcher: import works, use raises."""
+    code = textwrap.dedent("""
+        import sys
+        sys.modules["mpi4py"] = None  # as if not installed
+        import bsb_mini
+        print("imported")
+        try:
+            bsb_mini.MPI.get_rank()
+        except bsb_mini.DependencyError as error:
+            print("refused:", error)
+    """)
+    env = {**os.environ, "PMI_RANK": "1", "PMI_SIZE": "2", "PYTHONPATH": str(HERE)}
+    env.pop("BSB_IGNORE_PARALLEL", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert out.stdout.startswith("imported\nrefused:"), out.stdout + out.stderr
+    assert "PMI_RANK, PMI_SIZE" in out.stdout
+
+
+# --- 3. the MPILock mock ---------------------------------------------------------
+
+
+def test_mock_lock_acquires_at_once_and_fences(without_mpi4py):
+    lock = bsb_mini._MPILockService(MPIService()).sync()
+    with lock:
+        with lock.read(), lock.write():
+            pass
+        with lock.single_write(handle="file") as handle:
+            assert handle == "file"
+        with lock.single_write() as fence:
+            fence.guard()
+            reached = True
+        assert reached
+        with lock.single_write(rank=1) as fence:  # this rank (0) is not the writer
+            fence.guard()
+            raise AssertionError("guard() must skip the block on a non-writing rank")
+        with lock.single_write(handle="file", rank=1) as handle:
+            assert handle is None
+    lock.close()
+
+
+# --- 4. the JobPool --------------------------------------------------------------
+
+
+def test_jobs_get_the_owner_args_and_kwargs_and_results_survive_close():
+    with JobPool(owner="scaffold") as pool:
+        first = pool.submit(lambda owner, x: (owner, x), args=(1,))
+        second = pool.queue(add, args=(2,), kwargs={"b": 3}, deps=[first])
+        results = pool.execute(return_results=True)
+    assert results == {first: ("scaffold", 1), second: 5}
+    assert first.result == ("scaffold", 1) and second.status is JobStatus.SUCCESS
+    assert pool.owner == "scaffold" and pool.is_main() and not pool.parallel
+    assert pool.jobs == [first, second]
+
+
+def test_dependencies_run_first_and_statuses_follow_the_documented_order():
+    order = []
+    recorder = Recorder()
+    with create_job_pool(listeners=[recorder], quiet=True) as pool:
+        a = pool.submit(lambda o: order.append("a"), name="a")
+        b = pool.submit(lambda o: order.append("b"), deps=[a], name="b")
+        pool.submit(lambda o: order.append("c"), deps=[a, b], name="c")
+    assert order == ["a", "b", "c"]
+    for name in "abc":
+        assert recorder.job_statuses(name) == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCESS]
+    assert recorder.pool_statuses() == [PoolStatus.SCHEDULING, PoolStatus.EXECUTING, PoolStatus.CLOSING]
+    assert [r for r, _, n in recorder.events if n == "c"][0] is PoolProgressReason.JOB_ADDED
+
+
+def test_a_failure_cancels_its_whole_downstream_and_nothing_else():
+    ran = []
+    with JobPool() as pool:
+        bad = pool.submit(fail, args=("disk full",), name="bad")
+        child = pool.submit(lambda o: ran.append("child"), deps=[bad], name="child")
+        grandchild = pool.submit(lambda o: ran.append("grandchild"), deps=[child], name="grandchild")
+        unrelated = pool.submit(lambda o: ran.append("unrelated") or 7)
+        with pytest.raises(WorkflowError) as raised:
+            pool.execute()
+    assert ran == ["unrelated"] and unrelated.result == 7
+    assert bad.status is JobStatus.FAILED and isinstance(bad.error, ValueError)
+    assert child.status is grandchild.status is JobStatus.CANCELLED
+    assert isinstance(grandchild.error, JobCancelledError)
+    assert "'bad' failed" in str(grandchild.error) and "via 'child'" in str(grandchild.error)
+    with pytest.raises(JobPoolError, match="CANCELLED"):
+        grandchild.result
+    [entry] = raised.value.exceptions
+    assert isinstance(entry.__cause__, ValueError) and "disk full" in str(entry)
+
+
+def test_workflow_error_report_and_traceback_point_at_the_job():
+    with JobPool() as pool:
+        pool.submit(fail, args=("first",), name="loader")
+        downstream = pool.submit(add, args=(1,), deps=[pool.submit(fail, args=("second",), name="mesher")])
+        with pytest.raises(WorkflowError) as raised:
+            pool.execute()
+    message = raised.value.message
+    assert message.startswith("2 of 3 job(s) failed, 1 cancelled")
+    assert "'loader' failed on rank 0: ValueError: first" in message
+    assert "'mesher' failed on rank 0: ValueError: second" in message
+    text = "".join(traceback.format_exception(raised.value))
+    assert 'raise ValueError(message)' in text and "rank 0" in text
+    assert downstream.status is JobStatus.CANCELLED
+
+
+def keep(owner, *args, **kwargs):
+    return args, kwargs
+
+
+def test_default_job_names_show_function_and_short_arguments():
+    with JobPool() as pool:
+        plain = pool.submit(add, args=(1, 2))
+        long = pool.submit(keep, args=("x" * 200,), kwargs={"b": [1, 2, 3, 4, 5]})
+        many = pool.submit(keep, args=(1, 2, 3, 4, 5))
+        named = pool.submit(add, args=(1,), name="custom")
+        pool.execute()
+    assert plain.name == "add(1, 2)"
+    assert long.name.startswith("keep('xxxx") and len(long.name) < 80 and "b=[1, 2, 3, ...]" in long.name
+    assert many.name == "keep(1, 2, 3, …)"
+    assert named.name == "custom"
+
+
+def test_fail_fast_cancels_what_has_not_run():
+    ran = []
+    with JobPool(fail_fast=True) as pool:
+        pool.submit(fail)
+        later = [pool.submit(lambda o, i: ran.append(i), args=(i,)) for i in range(5)]
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert ran == [] and {job.status for job in later} == {JobStatus.CANCELLED}
+
+
+def test_cancel_a_pending_job_and_its_dependents():
+    with JobPool() as pool:
+        a = pool.submit(add, args=(1,))
+        b = pool.submit(add, args=(2,), deps=[a])
+        c = pool.submit(add, args=(3,), deps=[b])
+        b.cancel("not needed")
+        pool.execute()
+        a.cancel()  # finished: left as it is
+    assert a.status is JobStatus.SUCCESS
+    assert b.status is c.status is JobStatus.CANCELLED
+    assert "not needed" in str(b.error) and "dependency" in str(c.error)
+
+
+def test_deps_on_jobs_that_finished_in_an_earlier_execute():
+    with JobPool() as pool:
+        done = pool.submit(add, args=(1,))
+        bad = pool.submit(fail)
+        with pytest.raises(WorkflowError):
+            pool.execute()
+        after_done = pool.submit(add, args=(2,), deps=[done])
+        after_bad = pool.submit(add, args=(3,), deps=[bad])
+        pool.execute()
+    assert after_done.result == 2 and after_bad.status is JobStatus.CANCELLED
+
+
+def test_leaving_the_block_executes_and_an_exception_runs_nothing():
+    with JobPool() as pool:
+        job = pool.submit(add, args=(1,))
+    assert job.result == 1
+    with pytest.raises(KeyError):
+        with JobPool() as pool:
+            skipped = pool.submit(add, args=(1,))
+            raise KeyError("user error")
+    assert skipped.status in (JobStatus.PENDING, JobStatus.QUEUED)
+
+
+def test_execute_then_leaving_the_block_announces_nothing_new():
+    recorder = Recorder()
+    with create_job_pool(listeners=[recorder], quiet=True) as pool:
+        pool.submit(add, args=(1,))
+        pool.execute()
+        count = len(recorder.events)
+    assert len(recorder.events) == count
+
+
+@pytest.mark.parametrize(
+    "bad_dep, match",
+    [("not a job", "not a Job"), (None, "not a Job")],
+)
+def test_bad_dependencies_are_refused_at_submit(bad_dep, match):
+    with JobPool() as pool:
+        with pytest.raises(JobPoolError, match=match):
+            pool.submit(add, args=(1,), deps=[bad_dep])
+
+
+def test_a_dependency_from_another_pool_is_refused():
+    with JobPool() as other:
+        foreign = other.submit(add, args=(1,))
+    with JobPool() as pool:
+        with pytest.raises(JobPoolError, match="another pool"):
+            pool.submit(add, args=(1,), deps=[foreign])
+
+
+def test_misuse_gets_a_clear_error():
+    pool = JobPool()
+    with pytest.raises(JobPoolError, match="not callable"):
+        pool.submit("add")
+    with pytest.raises(JobPoolContextError, match="inside the pool's `with` block"):
+        pool.execute()
+    with pool:
+        pass
+    with pytest.raises(JobPoolContextError, match="closed"):
+        pool.submit(add, args=(1,))
+    with pytest.raises(JobPoolContextError):
+        pool.execute()
+
+
+def test_a_job_that_calls_sys_exit_is_a_failed_job():
+    with JobPool() as pool:
+        quitter = pool.submit(lambda owner: sys.exit(4))
+        after = pool.submit(add, args=(1,))
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert quitter.status is JobStatus.FAILED and after.result == 1
+
+
+def test_jobs_run_in_the_thread_that_called_execute():
+    with JobPool() as pool:
+        job = pool.submit(lambda owner: threading.current_thread() is threading.main_thread())
+    assert job.result is True
+
+
+# --- schedule() and node-level depends_on ---
+
+
+class Node:
+    def __init__(self, name, depends_on=(), fail=False):
+        self.name, self.depends_on, self.fail = name, list(depends_on), fail
+
+    def queue(self, pool):
+        if self.fail:
+            raise RuntimeError(f"cannot place {self.name}")
+        pool.submit(add, args=(1,), name=self.name)
+
+    def __repr__(self):
+        return f"<Node {self.name}>"
+
+
+def test_schedule_skips_nodes_downstream_of_a_failed_node():
+    a = Node("a")
+    broken = Node("broken", [a], fail=True)
+    after = Node("after", [broken])
+    after_after = Node("after_after", [after])
+    c = Node("c", [a])
+    with JobPool() as pool:
+        pool.schedule([a, broken, after, after_after, c])
+        with pytest.raises(WorkflowError) as raised:
+            pool.execute()
+    assert sorted(job.name for job in pool.jobs) == ["a", "c"]
+    errors = raised.value.exceptions
+    assert all(isinstance(e, JobSchedulingError) for e in errors) and len(errors) == 3
+    assert "cannot place broken" in str(errors[0]) and isinstance(errors[0].__cause__, RuntimeError)
+    assert "<Node after>" in str(errors[1]) and "<Node broken>" in str(errors[1])
+    assert "<Node after_after>" in str(errors[2]) and "<Node after>" in str(errors[2])
+
+
+@pytest.mark.parametrize("case", ["missing", "later", "cycle", "self"])
+def test_schedule_refuses_nodes_out_of_order_before_running_anything(case):
+    a, b = Node("a"), Node("b")
+    if case == "missing":
+        b.depends_on, nodes = [Node("ghost")], [a, b]
+    elif case == "later":
+        a.depends_on, nodes = [b], [a, b]
+    elif case == "cycle":
+        a.depends_on, b.depends_on, nodes = [b], [a], [a, b]
+    else:
+        a.depends_on, nodes = [a], [a, b]
+    with JobPool() as pool:
+        with pytest.raises(JobSchedulingError) as raised:
+            pool.schedule(nodes)
+    assert pool.jobs == []
+    message = str(raised.value)
+    assert "<Node a>" in message or "<Node b>" in message
+    dependent = "<Node b>" if case == "missing" else "<Node a>"
+    assert message.count("<Node") >= 2 and dependent in message
+    if case == "cycle":
+        assert "cycle" in message
+
+
+def test_schedule_runs_in_a_background_thread_while_jobs_execute():
+    first_ran = threading.Event()
+    seen = {}
+
+    def scheduler(node):
+        seen.setdefault("threads", set()).add(threading.current_thread() is threading.main_thread())
+        if node.name == "last":
+            seen["first job ran before the last node was scheduled"] = first_ran.wait(30)
+        pool.submit(lambda owner: first_ran.set(), name=node.name)
+
+    first = Node("first")
+    with JobPool() as pool:
+        pool.schedule([first, Node("last", [first])], scheduler)
+        pool.execute()
+    assert seen == {"threads": {False}, "first job ran before the last node was scheduled": True}
+    assert [job.status for job in pool.jobs] == [JobStatus.SUCCESS] * 2
+
+
+# --- 5. listeners ---
+
+
+def test_the_seed_example_prints_elapsed_time(capsys):
+    from bsb_mini import PoolProgressReason, PoolStatus  # noqa: F401 (the example's own names)
+
+    _t = None
+
+    def report_time_elapsed(progress):
+        nonlocal _t
+        if progress.reason == PoolProgressReason.POOL_STATUS_CHANGE:
+            if progress.status == PoolStatus.SCHEDULING:
+                _t = time.time()
+            elif progress.status == PoolStatus.CLOSING:
+                print(f"Pool execution finished. {time.time() - _t:.0f} seconds elapsed.")
+
+    with create_job_pool(listeners=[report_time_elapsed]) as pool:
+        pool.submit(lambda owner: time.sleep(2))
+    assert capsys.readouterr().out == "Pool execution finished. 2 seconds elapsed.\n"
+
+
+def test_a_listener_can_handle_a_failure():
+    with create_job_pool(listeners=[Recorder(handle_failures=True)], quiet=True) as pool:
+        bad = pool.submit(fail)
+        dependent = pool.submit(add, args=(1,), deps=[bad])
+        pool.execute()  # no WorkflowError: handled
+    assert bad.status is JobStatus.FAILED and dependent.status is JobStatus.CANCELLED
+
+
+def test_a_raising_listener_does_not_stop_the_jobs():
+    def grumpy(progress):
+        if progress.reason is PoolProgressReason.JOB_STATUS_CHANGE and progress.status is JobStatus.SUCCESS:
+            raise OSError("listener disk full")
+
+    with create_job_pool(listeners=[grumpy], quiet=True) as pool:
+        jobs = [pool.submit(add, args=(i,)) for i in range(3)]
+        with pytest.raises(WorkflowError) as raised:
+            pool.execute()
+    assert [job.result for job in jobs] == [0, 1, 2]
+    assert len(raised.value.exceptions) == 3
+    assert all(isinstance(e.__cause__, OSError) for e in raised.value.exceptions)
+
+
+def test_context_manager_listeners_wrap_all_events():
+    log = []
+
+    class Wrapping:
+        def __enter__(self):
+            log.append("enter")
+
+        def __exit__(self, *exc):
+            log.append("exit")
+
+        def __call__(self, progress):
+            if progress.reason is PoolProgressReason.POOL_STATUS_CHANGE:
+                log.append(progress.status.name)
+
+    with create_job_pool(listeners=[Wrapping()], quiet=True) as pool:
+        pool.submit(add, args=(1,))
+    assert log == ["enter", "SCHEDULING", "EXECUTING", "CLOSING", "exit"]
+
+
+def test_max_wait_pings_arrive_while_a_long_job_runs():
+    pings = []
+
+    def listener(progress):
+        if progress.reason is PoolProgressReason.MAX_TIMEOUT_PING:
+            pings.append(progress.status)
+
+    with create_job_pool(listeners=[listener], max_wait=0.05, quiet=True) as pool:
+        pool.submit(lambda owner: time.sleep(0.6))
+    assert len(pings) >= 2 and set(pings) == {PoolStatus.EXECUTING}
+
+
+# --- progress people can watch ---
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def slow_jobs(pool, count=6, seconds=0.05):
+    return [pool.submit(lambda owner: time.sleep(seconds), name=f"slow{i}") for i in range(count)]
+
+
+def test_progress_on_a_terminal_is_one_refreshed_line(monkeypatch):
+    terminal = FakeTerminal()
+    report = bsb_mini._ProgressReport(stream=terminal)
+    with create_job_pool(quiet=True) as pool:
+        pool.add_listener(report)
+        slow_jobs(pool)
+        pool.submit(fail, name="the-bad-one")
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    text = terminal.getvalue()
+    frames = text.split("\r")[1:]
+    assert len(frames) >= 2  # at least one live refresh and the summary
+    assert "/7 done" in frames[0] and "running" in frames[0] and "ETA" in frames[0]
+    assert text.endswith("\n") and text.count("\n") == 1
+    assert "finished with errors: 6/7 succeeded, 1 failed, 0 cancelled" in frames[-1]
+
+
+def run_python(code, timeout=60):
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_progress_without_a_terminal_writes_plain_lines_to_stderr():
+    """A batch job that set up no logging still sees the lines, on stderr."""
+    out = run_python("""
+        import time, bsb_mini
+        with bsb_mini.create_job_pool() as pool:
+            for i in range(3):
+                pool.submit(lambda owner: time.sleep(0.05))
+    """)
+    err = out.stderr
+    lines = err.splitlines()
+    assert "\r" not in err
+    assert lines[0] == "[bsb_mini] executing 3 job(s) on 1 rank(s)"
+    assert lines[-1].startswith("[bsb_mini] finished: 3/3 succeeded, 0 failed, 0 cancelled in 0:00")
+    assert len(lines) == 2  # never a line per job
+
+
+def test_progress_goes_through_logging_when_the_application_configured_it(capsys, caplog):
+    caplog.set_level(logging.INFO, logger="bsb_mini")
+    with create_job_pool() as pool:
+        slow_jobs(pool, count=2, seconds=0)
+    messages = [r.getMessage() for r in caplog.records if r.name == "bsb_mini"]
+    assert messages[0] == "executing 2 job(s) on 1 rank(s)" and messages[-1].startswith("finished: 2/2")
+    assert "bsb_mini" not in capsys.readouterr().err  # not printed a second time
+
+
+def test_progress_logs_on_each_ping_in_a_batch_job():
+    out = run_python("""
+        import time, bsb_mini
+        with bsb_mini.create_job_pool(max_wait=0.1) as pool:
+            pool.submit(lambda owner: time.sleep(0.5))
+    """)
+    lines = out.stderr.splitlines()
+    assert any("0/1 done, 1 running" in line for line in lines[1:-1]), out.stderr
+
+
+# --- hypothesis: random graphs ---
+
+
+@st.composite
+def job_graphs(draw):
+    count = draw(st.integers(1, 40))
+    graph = []
+    for index in range(count):
+        deps = draw(st.lists(st.integers(0, index - 1), max_size=3, unique=True)) if index else []
+        graph.append((deps, draw(st.booleans()) and draw(st.booleans())))
+    return graph
+
+
+def reference_outcome(graph):
+    """Independent computation: which jobs succeed, and their values."""
+    outcome = {}
+    for index, (deps, fails) in enumerate(graph):
+        if any(outcome[d] is None for d in deps) or fails:
+            outcome[index] = None
+        else:
+            outcome[index] = index + sum(outcome[d] for d in deps)
+    return outcome
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(job_graphs())
+def test_random_graphs_match_the_reference(graph):
+    started, finished = {}, {}
+    clock = iter(range(10**9))
+
+    def body(owner, index, deps, fails):
+        started[index] = next(clock)
+        assert all(jobs[d].status is JobStatus.SUCCESS and finished[d] < started[index] for d in deps)
+        if fails:
+            raise ValueError(index)
+        value = index + sum(jobs[d].result for d in deps)
+        finished[index] = next(clock)
+        return value
+
+    with JobPool() as pool:
+        jobs = []
+        for index, (deps, fails) in enumerate(graph):
+            jobs.append(pool.submit(body, args=(index, deps, fails), deps=[jobs[d] for d in deps]))
+        failures = sum(fails for _, fails in graph)
+        try:
+            pool.execute()
+            assert not any(fails and index in started for index, (_, fails) in enumerate(graph))
+        except WorkflowError as error:
+            assert len(error.exceptions) == sum(1 for job in jobs if job.status is JobStatus.FAILED) <= failures
+    expected = reference_outcome(graph)
+    for index, (deps, fails) in enumerate(graph):
+        job = jobs[index]
+        if expected[index] is not None:
+            assert job.status is JobStatus.SUCCESS and job.result == expected[index]
+        elif fails and all(expected[d] is not None for d in deps):
+            assert job.status is JobStatus.FAILED and index in started
+        else:
+            assert job.status is JobStatus.CANCELLED and index not in started
+
+
+@st.composite
+def node_arrays(draw):
+    count = draw(st.integers(1, 25))
+    nodes = []
+    for index in range(count):
+        deps = draw(st.lists(st.integers(0, index - 1), max_size=3, unique=True)) if index else []
+        nodes.append(Node(f"n{index}", [nodes[d] for d in deps], fail=draw(st.integers(0, 5)) == 0))
+    return nodes
+
+
+@settings(max_examples=100, deadline=None)
+@given(node_arrays(), st.randoms(use_true_random=False))
+def test_random_node_arrays_respect_depends_on(nodes, rng):
+    order = []
+
+    def scheduler(node):
+        order.append(node.name)
+        node.queue(pool)
+
+    with JobPool() as pool:
+        pool.schedule(nodes, scheduler)
+        try:
+            pool.execute()
+        except WorkflowError:
+            pass
+    skipped = set()
+    for node in nodes:
+        if node.fail or any(dep.name in skipped for dep in node.depends_on):
+            skipped.add(node.name)
+    attempted = [n.name for n in nodes if not any(d.name in skipped for d in n.depends_on)]
+    assert order == attempted
+    assert sorted(job.name for job in pool.jobs) == sorted(n.name for n in nodes if n.name not in skipped)
+    # Any order that is not topological is refused before anything runs.
+    if len(nodes) > 1 and any(node.depends_on for node in nodes):
+        shuffled = nodes[:]
+        while all(shuffled.index(d) < shuffled.index(n) for n in shuffled for d in n.depends_on):
+            rng.shuffle(shuffled)
+        with JobPool() as pool:
+            with pytest.raises(JobSchedulingError):
+                pool.schedule(shuffled)
+        assert pool.jobs == []
+
+
+# --- the command line ---
+
+
+def test_selftest_passes_in_this_context():
+    out = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest"], capture_output=True, text=True,
+                         cwd=HERE, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1].startswith("selftest: 9 passed, 0 failed")
+
+
+def test_selftest_passes_without_mpi4py(tmp_path):
+    """The emulator path, in a fresh interpreter where mpi4py cannot be imported."""
+    (tmp_path / "mpi4py.py").write_text("raise ImportError('hidden for this test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(HERE)])}
+    out = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "emulator" in out.stdout and "9 passed, 0 failed" in out.stdout
+
+
+def test_bench_smoke_prints_a_table():
+    out = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke", "--json"], capture_output=True,
+                         text=True, cwd=HERE, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {row["workload"]: row for row in json.loads(out.stdout)["rows"]}
+    assert rows["serial, independent"]["jobs"] == 200 and rows["serial, independent"]["us_per_job"] > 0
+
+
+# --- under a real mpiexec ---
+
+MPIEXEC = next((str(p) for p in [Path(sys.executable).with_name("mpiexec")] if p.exists()), None) or shutil.which(
+    "mpiexec"
+)
+try:
+    import mpi4py  # noqa: F401
+
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC), reason="mpi4py and mpiexec are not installed")
+RANKS = [2, 3, 4]
+
+
+def mpiexec(n, *args, timeout=120, script=True):
+    """Run ``mpiexec -n n`` and return (returncode, {rank: outcome}, stdout, stderr); a hang fails."""
+    command = [MPIEXEC, "-n", str(n), sys.executable]
+    command += [str(HERE / "mpi_scenarios.py"), *args] if script else list(args)
+    folder = Path(tempfile.mkdtemp(prefix="bsb_mini_mpi_"))
+    env = {**os.environ, "PYTHONPATH": str(HERE), "UCX_LOG_LEVEL": "error", "BSB_SCENARIO_OUT": str(folder)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=HERE, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"mpiexec -n {n} {' '.join(args)} hung for {timeout} s:\n{out}\n{err}")
+    results = {int(path.stem[4:]): json.loads(path.read_text()) for path in folder.glob("rank*.json")}
+    shutil.rmtree(folder, ignore_errors=True)
+    return process.returncode, results, out, err
+
+
+def serial_graph_outcome(seed, count):
+    sys.path.insert(0, str(HERE))
+    import mpi_scenarios
+
+    return mpi_scenarios.run_graph(mpi_scenarios.random_graph(seed, count))
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_mpi_random_graph_matches_the_serial_run(n, seed):
+    code, results, out, err = mpiexec(n, "dag", str(seed), "300")
+    assert code == 0, err
+    statuses, values, error = serial_graph_outcome(seed, 300)
+    assert results[0]["statuses"] == statuses and results[0]["results"] == values
+    assert "FAILED" in statuses and "CANCELLED" in statuses  # the seeds do exercise failures
+    reports = {results[r]["error"] for r in range(n)}
+    assert len(reports) == 1  # the same report on every rank
+    assert re.sub(r"on rank \d+", "on rank N", reports.pop()) == re.sub(r"on rank \d+", "on rank N", error)
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_jobs_run_on_workers_with_their_own_owner(n):
+    code, results, out, err = mpiexec(n, "where")
+    assert code == 0, err
+    ran_on = results[0]["ran_on"]
+    assert [value for _, _, value in ran_on] == list(range(40))
+    assert {rank for rank, _, _ in ran_on} <= set(range(1, n))
+    assert all(owner == f"owner-{rank}" for rank, owner, _ in ran_on)
+    assert results[0]["lam"][1:] == [f"owner-{results[0]['lam'][0]}", 42]  # a lambda, via cloudpickle
+    assert all(results[r] == {"statuses": ["PENDING"], "results": None} for r in range(1, n))
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_failure_is_raised_on_every_rank_with_the_same_report(n):
+    code, results, out, err = mpiexec(n, "failure")
+    assert code == 0, err
+    outcomes = [results[r]["outcome"] for r in range(n)]
+    assert all(o == outcomes[0] for o in outcomes)
+    report = outcomes[0]
+    assert "2 of 4 job(s) failed, 1 cancelled" in report["message"]
+    assert "RuntimeError: boom from a job" in report["message"] and "SystemExit: 3" in report["message"]
+    assert report["causes"] == ["RuntimeError", "SystemExit"]
+    assert "Traceback of the job on rank" in report["notes"][0] and "in failing" in report["notes"][0]
+    assert results[0]["ok"] == "SUCCESS" and results[0]["quitter"] == "FAILED"
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_unpicklable_jobs_fail_alone(n):
+    code, results, out, err = mpiexec(n, "unpicklable")
+    assert code == 0, err
+    assert results[0]["bad"] == ["FAILED", "FAILED"] and set(results[0]["fine"]) == {"SUCCESS"}
+    parts = results[0]["parts"]
+    assert "cannot be sent to a worker" in parts[0] and "where(" in parts[0]
+    assert "give_lock()" in parts[1] and "cannot be sent back" in parts[1]
+    assert all(results[r]["parts"] == parts for r in range(n))
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_schedule_overlaps_execution(n):
+    code, results, out, err = mpiexec(n, "overlap")
+    assert code == 0, err
+    assert results[0]["seen"] == {"first finished before last was scheduled": True}
+    assert results[0]["statuses"] == {"first": "SUCCESS", "last": "SUCCESS"}
+
+
+@needs_mpi
+def test_mpi_seed_example_prints_once():
+    code, results, out, err = mpiexec(3, "seed")
+    assert code == 0, err
+    assert out.count("Pool execution finished. 2 seconds elapsed.") == 1
+    assert len(results) == 3
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_main_rank_error_releases_the_workers(n):
+    code, results, out, err = mpiexec(n, "main_raises")
+    assert code == 0, err
+    assert results[0]["outcome"] == "KeyError"
+    for rank in range(1, n):
+        assert results[rank]["outcome"].startswith("WorkflowError: The pool was aborted: the main rank raised KeyError")
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_fail_fast_stops_every_rank(n):
+    code, results, out, err = mpiexec(n, "fail_fast")
+    assert code == 0, err
+    assert results[0]["later"] == ["CANCELLED"] * 5
+    assert all("first failure" in results[r]["outcome"] for r in range(n))
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_code_that_submits_on_every_rank_runs_each_job_once(n):
+    code, results, out, err = mpiexec(n, "every_rank_submits")
+    assert code == 0, err
+    assert results[0]["statuses"] == ["SUCCESS"] and set(results[0]["ran_on"]) <= set(range(1, n))
+    assert all(results[r]["statuses"] == ["PENDING"] for r in range(1, n))
+
+
+@needs_mpi
+def test_mpi_pool_on_a_split_communicator():
+    code, results, out, err = mpiexec(4, "split_comm")
+    assert code == 0, err
+    statuses, values, _ = serial_graph_outcome(5, 50)
+    assert results[0]["results"] == values and results[1]["results"] == values
+    assert all(results[r]["ok"] for r in range(4))
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_write_locks_never_overlap(n, tmp_path):
+    pytest.importorskip("mpilock")
+    path = tmp_path / "markers.txt"
+    code, results, out, err = mpiexec(n, "lock", str(path))
+    assert code == 0, err
+    assert {results[r]["kind"] for r in range(n)} == {"WindowController"}
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 * 20 * n
+    for start, end in zip(lines[::2], lines[1::2], strict=True):
+        assert start.startswith("start ") and end == "end " + start[len("start "):]
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_selftest(n):
+    code, _, out, err = mpiexec(n, "-m", "bsb_mini", "selftest", script=False)
+    assert code == 0, out + err
+    assert f"selftest: 9 passed, 0 failed (MPI, {n} rank(s))" in out
+
+
+@needs_mpi
+def test_mpi_a_killed_worker_ends_the_whole_run():
+    code, results, out, err = mpiexec(3, "worker_dies", timeout=60)
+    assert code != 0 and not results
+
+
+@needs_mpi
+def test_mpi_ctrl_c_on_the_launcher_ends_every_rank():
+    env = {**os.environ, "PYTHONPATH": str(HERE), "UCX_LOG_LEVEL": "error", "BSB_SCENARIO_OUT": tempfile.mkdtemp()}
+    process = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, str(HERE / "mpi_scenarios.py"), "interrupt"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        assert process.stdout.readline().strip() == "STARTED"
+        time.sleep(0.3)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail("the ranks kept running after Ctrl-C")
+    assert process.returncode != 0
+    assert not list(Path(env["BSB_SCENARIO_OUT"]).glob("rank*.json"))  # no rank carried on to the end
+
+
+@needs_mpi
+def test_mpi_bench_smoke():
+    code, _, out, err = mpiexec(3, "-m", "bsb_mini", "bench", "--smoke", "--json", script=False, timeout=300)
+    assert code == 0, err
+    rows = {row["workload"]: row for row in json.loads(out)["rows"]}
+    assert rows["MPI, independent, 2 workers"]["jobs"] == 200
