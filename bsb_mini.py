@@ -13,6 +13,7 @@ import contextlib
 import enum
 import importlib
 import logging
+import operator
 import os
 import pickle
 import reprlib
@@ -88,7 +89,7 @@ class PoolProgressReason(enum.Enum):
 _PENDING, _QUEUED, _RUNNING = JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING
 _SUCCESS, _FAILED, _CANCELLED = JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED
 _ABORTED = JobStatus.ABORTED
-_FINISHED = frozenset((_SUCCESS, _FAILED, _CANCELLED, _ABORTED))
+_JOB_STATUS_CHANGE = PoolProgressReason.JOB_STATUS_CHANGE
 
 # --- 2. Provider fallback and the service registry --------------------------------
 
@@ -327,16 +328,16 @@ class _Fence:
 
     def guard(self) -> None:
         if not self._access:
-            raise _FencedOff()
+            raise _FencedOffError()
 
     def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        return exc_type is _FencedOff
+        return exc_type is _FencedOffError
 
 
-class _FencedOff(Exception):
+class _FencedOffError(Exception):
     pass
 
 
@@ -557,14 +558,18 @@ class JobPool:
         self._failures: list[BaseException] = []
         self._stopping = False  # fail_fast tripped
         self._listeners: list[tuple[Callable, float | None]] = []
-        self._job_listeners = False  # does any listener want job events?
+        self._pool_event_listeners: list[Callable] = []
+        self._job_event_listeners: list[Callable] = []
+        self._job_listeners = False  # does any listener want job events? (checked per event)
         self._deferred: collections.deque = collections.deque()  # events from other threads
         self._main_thread = threading.get_ident()
-        self._last_event = time.monotonic()
+        self._scheduler_alive = False  # is schedule()'s thread submitting right now?
+        self._pinger_lock: threading.Lock | None = None  # held while the ping thread calls listeners
+        self._event_count = 0
         self._comm = None  # private duplicate of the communicator, while open
         self._book: _WorkerBook | None = None  # the workers of the running session
         self._aborted = False
-        self._in_job = False
+        self._current: Job | None = None  # the job running in this thread (serial mode)
         self._rank, self._size = 0, 1
         self._succeeded_count = self._failed_count = self._cancelled_count = 0  # for progress
 
@@ -623,7 +628,9 @@ class JobPool:
         if not callable(listener):
             raise JobPoolError(f"Listener {listener!r} is not callable; pass a function of one PoolProgress.")
         self._listeners.append((listener, max_wait))
+        self._pool_event_listeners.append(listener)
         if getattr(listener, "_wants_job_events", True):
+            self._job_event_listeners.append(listener)
             self._job_listeners = True
         if self._entered and not self._closed and hasattr(listener, "__enter__"):
             listener.__enter__()
@@ -641,25 +648,38 @@ class JobPool:
             raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
         if not callable(fn):
             raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
-        args = tuple(args)
-        deps = tuple(deps) if deps else ()
-        for dep in deps:
-            if type(dep) is not Job or dep._pool is not self:
-                owner = "a Job of another pool" if isinstance(dep, Job) else "not a Job"
-                raise JobPoolError(
-                    f"Cannot submit {_default_name(fn, args, kwargs or {})}: its dependency "
-                    f"{dep!r} is {owner}; deps must be Jobs returned by this pool's submit()."
-                )
-        with self._lock:
+        if type(args) is not tuple:
+            args = tuple(args)
+        if deps:
+            deps = tuple(deps)
+            for dep in deps:
+                if type(dep) is not Job or dep._pool is not self:
+                    self._refuse_dependency(fn, args, kwargs, dep)
+        else:
+            deps = ()
+        threaded = self._scheduler_alive  # then schedule()'s thread may submit at the same time
+        if threaded:
+            self._lock.acquire()
+        try:
             job = Job(self, len(self._jobs), fn, args, kwargs or _NO_KWARGS, deps, name)
             self._jobs.append(job)
             if self._job_listeners:
                 self._announce(PoolProgressReason.JOB_ADDED, None, None, job)
             if self._rank == 0:
                 self._link_dependencies(job)
+        finally:
+            if threaded:
+                self._lock.release()
         return job
 
     queue = submit
+
+    def _refuse_dependency(self, fn: Callable, args: tuple, kwargs: dict | None, dep: Any) -> None:
+        what = "a Job of another pool" if isinstance(dep, Job) else "not a Job"
+        raise JobPoolError(
+            f"Cannot submit {_default_name(fn, args, kwargs or {})}: its dependency {dep!r} is "
+            f"{what}; deps must be Jobs returned by this pool's submit()."
+        )
 
     def schedule(self, nodes: Iterable, scheduler: Callable | None = None) -> None:
         """Run ``scheduler(node)`` (default ``node.queue(pool)``) for each node in a thread."""
@@ -689,7 +709,7 @@ class JobPool:
             status = dep._status
             if status is _SUCCESS:
                 continue
-            if status in _FINISHED:  # failed, cancelled or aborted already
+            if status is _FAILED or status is _CANCELLED or status is _ABORTED:
                 self._cancel_cascade(job, _root_cause(dep), dep)
                 return
             if dep._dependents is None:
@@ -705,7 +725,7 @@ class JobPool:
         job._status = _QUEUED
         self._ready.append(job)
         if self._job_listeners:
-            self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
+            self._announce(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
 
     def _release_dependents(self, job: Job) -> None:
         for dependent in job._dependents:
@@ -723,18 +743,11 @@ class JobPool:
             job, parent = todo.pop()
             if job._status is not _PENDING and job._status is not _QUEUED:
                 continue
-            if isinstance(parent, str):
-                message = parent
-            else:
-                message = f"dependency {root.name!r} {root._status.name.lower()}"
-                if parent is not root:
-                    message += f" (via {parent.name!r})"
             old, job._status = job._status, _CANCELLED
-            job.error = JobCancelledError(f"Job {job.name!r} was cancelled: {message}")
-            job.error.root = root
+            job.error = _cancelled_error(job, root, parent)
             self._cancelled_count += 1
             if self._job_listeners:
-                self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _CANCELLED, old, job)
+                self._announce(_JOB_STATUS_CHANGE, _CANCELLED, old, job)
             if job._dependents:
                 root = root or job
                 todo.extend((dependent, job) for dependent in job._dependents)
@@ -745,7 +758,10 @@ class JobPool:
 
     def _running_now(self) -> int:
         book = self._book
-        return book.jobs_in_flight if book is not None else int(self._in_job)
+        if book is not None:
+            return book.jobs_in_flight
+        current = self._current
+        return int(current is not None and current._status is _RUNNING)
 
     def _has_unexecuted(self) -> bool:
         return len(self._jobs) > self._executed_upto or bool(self._schedules)
@@ -755,13 +771,19 @@ class JobPool:
     def _succeeded(self, job: Job, result: Any, rank: int) -> None:
         job._result = result
         job.rank = rank
-        with self._lock:
+        self._succeeded_count += 1
+        threaded = self._scheduler_alive
+        if threaded:
+            self._lock.acquire()
+        try:
             job._status = _SUCCESS
             if job._dependents:
                 self._release_dependents(job)
-        self._succeeded_count += 1
+        finally:
+            if threaded:
+                self._lock.release()
         if self._job_listeners:
-            self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _SUCCESS, _RUNNING, job)
+            self._announce(_JOB_STATUS_CHANGE, _SUCCESS, _RUNNING, job)
 
     def _failed(self, job: Job, error: BaseException, rank: int, remote_traceback: str | None = None) -> None:
         """Record a failed job, cancel its dependents, and tell the listeners."""
@@ -774,7 +796,7 @@ class JobPool:
             self._failed_count += 1
             for dependent in job._dependents or ():
                 self._cancel_cascade(dependent, job, job)
-        handled = self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _FAILED, old, job)
+        handled = self._announce(_JOB_STATUS_CHANGE, _FAILED, old, job)
         if not handled:
             report = JobPoolError(f"Job {job.name!r} failed on rank {rank}: {_describe(error)}")
             report.__cause__ = error
@@ -796,23 +818,33 @@ class JobPool:
     def _mark_running(self, job: Job) -> None:
         job._status = _RUNNING
         if self._job_listeners:
-            self._announce(PoolProgressReason.JOB_STATUS_CHANGE, _RUNNING, _QUEUED, job)
+            self._announce(_JOB_STATUS_CHANGE, _RUNNING, _QUEUED, job)
 
     def _run_here(self, job: Job) -> None:
-        """Run one job in this thread (serial mode, or main rank without workers)."""
-        self._mark_running(job)
-        self._in_job = True
+        """Run one job in this thread (serial mode, or a main rank left without workers)."""
+        job._status = _RUNNING
+        if self._job_listeners:
+            self._announce(_JOB_STATUS_CHANGE, _RUNNING, _QUEUED, job)
+        self._current = job
         try:
-            result = job._fn(self.owner, *job._args, **job._kwargs)
+            kwargs = job._kwargs
+            result = job._fn(self.owner, *job._args, **kwargs) if kwargs else job._fn(self.owner, *job._args)
         except KeyboardInterrupt:
             job._status = _ABORTED
             raise
         except BaseException as error:  # SystemExit in a job is a failed job too
+            self._job_returned()
             self._failed(job, error, self._rank)
         else:
+            self._job_returned()
             self._succeeded(job, result, self._rank)
-        finally:
-            self._in_job = False
+
+    def _job_returned(self) -> None:
+        """Serial mode: from here on, the main thread may call listeners again."""
+        self._current = None
+        if self._pinger_lock is not None:
+            with self._pinger_lock:  # wait for a ping that is being delivered right now
+                pass
 
     # -- the main rank's execute() --
 
@@ -835,8 +867,10 @@ class JobPool:
         finally:
             if pinger is not None:
                 pinger.set()
+                self._pinger_lock = None
             if scheduler is not None:
                 scheduler.join()
+                self._scheduler_alive = False
         self._executed_upto = len(self._jobs)
         self._deliver_deferred()
         self._set_status(PoolStatus.CLOSING)
@@ -855,10 +889,13 @@ class JobPool:
             return None
         # Failed jobs in submission order, whatever order the workers finished them in.
         failures.sort(key=lambda f: f.job._index if getattr(f, "job", None) is not None else len(self._jobs))
-        return WorkflowError(_failure_report(failures, len(self._jobs), self._cancelled_count), failures)
+        if self._cancelled_count:
+            _settle_blame(self._jobs)
+        return WorkflowError(_failure_report(failures, self._jobs, self._cancelled_count), failures)
 
     def _run_serially(self, scheduler: threading.Thread | None) -> None:
         ready, wakeup = self._ready, self._wakeup
+        quiet_since = [self._event_count, time.monotonic()]
         while True:
             while ready:
                 job = ready.popleft()
@@ -871,9 +908,10 @@ class JobPool:
                     return
                 continue
             wakeup.clear()
-            if not ready:
-                wakeup.wait(0.05)
+            if not ready:  # wait for schedule()'s thread to add jobs
+                wakeup.wait(0.01)
                 self._deliver_deferred()
+                self._maybe_ping(quiet_since)
 
     # -- schedule(): node arrays in a background thread on the main rank --
 
@@ -882,7 +920,10 @@ class JobPool:
         schedules, self._schedules = self._schedules, []
         if not schedules:
             return None
-        thread = threading.Thread(target=self._schedule_nodes, args=(schedules,), name="bsb_mini-scheduler", daemon=True)
+        self._scheduler_alive = True
+        thread = threading.Thread(
+            target=self._schedule_nodes, args=(schedules,), name="bsb_mini-scheduler", daemon=True
+        )
         thread.start()
         return thread
 
@@ -919,6 +960,7 @@ class JobPool:
         workers = self._book = _WorkerBook(self._size)
         status, backoff = _mpi_status(), _Backoff()
         self._batch_cap = 8
+        quiet_since = [self._event_count, time.monotonic()]
         while True:
             message = comm.improbe(_ANY_SOURCE, _TAG_TO_MAIN, status)
             if message is not None:
@@ -936,7 +978,7 @@ class JobPool:
             if not workers.live and ready:
                 self._run_without_workers()
                 continue
-            self._maybe_ping()
+            self._maybe_ping(quiet_since)
             backoff.wait()
 
     def _send_batches(self, workers: _WorkerBook) -> bool:
@@ -1108,59 +1150,78 @@ class JobPool:
         self._announce(PoolProgressReason.POOL_STATUS_CHANGE, status, old, None)
 
     def _announce(self, reason, status, old, job) -> bool:
-        """Tell every listener; from another thread, queue it for the main thread."""
-        if not self._listeners or self._rank != 0:
+        """Tell the listeners on the main rank; True if one of them handled the event.
+
+        Events raised in schedule()'s thread wait in ``_deferred`` for the main thread.
+        """
+        if self._rank != 0 or not (self._pool_event_listeners if job is None else self._job_event_listeners):
             return False
-        progress = PoolProgress(self, reason, status, old, job)
-        if threading.get_ident() != self._main_thread:
+        progress = _make_progress(PoolProgress, (self, reason, status, old, job))
+        if self._scheduler_alive and threading.get_ident() != self._main_thread:
             self._deferred.append(progress)
             return False
         if self._deferred:
             self._deliver_deferred()
-        return self._call_listeners(progress)
+        return self._notify(progress)
 
     def _deliver_deferred(self) -> None:
         deferred = self._deferred
         while deferred:
-            self._call_listeners(deferred.popleft())
+            self._notify(deferred.popleft())
 
-    def _call_listeners(self, progress: PoolProgress) -> bool:
+    def _notify(self, progress: PoolProgress) -> bool:
+        """Call the listeners; one that raises is recorded for the WorkflowError, and the pool goes on."""
+        self._event_count += 1
         handled = False
-        self._last_event = time.monotonic()
-        is_job_event = progress.job is not None
-        with self._lock:
-            for listener, _ in self._listeners:
-                if is_job_event and not getattr(listener, "_wants_job_events", True):
-                    continue
-                try:
-                    handled = bool(listener(progress)) or handled
-                except Exception as error:
-                    report = JobPoolError(f"Listener {listener!r} raised {_describe(error)}")
-                    report.__cause__ = error
-                    self._failures.append(report)
+        for listener in self._pool_event_listeners if progress[4] is None else self._job_event_listeners:
+            try:
+                if listener(progress):
+                    handled = True
+            except Exception as error:
+                report = JobPoolError(f"Listener {listener!r} raised {_describe(error)}")
+                report.__cause__ = error
+                self._failures.append(report)
         return handled
 
     def _max_wait(self) -> float | None:
         waits = [wait for _, wait in self._listeners if wait]
         return min(waits) if waits else None
 
-    def _maybe_ping(self) -> None:
+    def _ping(self) -> None:
+        self._announce(PoolProgressReason.MAX_TIMEOUT_PING, self._status, None, None)
+
+    def _maybe_ping(self, quiet_since: list) -> None:
+        """Ping when no event happened for max_wait seconds; ``quiet_since`` is [count, time]."""
         max_wait = self._max_wait()
-        if max_wait is not None and time.monotonic() - self._last_event >= max_wait:
-            self._call_listeners(PoolProgress(self, PoolProgressReason.MAX_TIMEOUT_PING, self._status, None, None))
+        if max_wait is None:
+            return
+        now = time.monotonic()
+        if self._event_count != quiet_since[0]:
+            quiet_since[:] = [self._event_count, now]
+        elif now - quiet_since[1] >= max_wait:
+            self._ping()
+            quiet_since[:] = [self._event_count, now]
 
     def _start_pinger(self) -> threading.Event | None:
-        """Serial mode: a helper thread pings listeners while a long job holds the main thread."""
+        """Serial mode: a helper thread pings the listeners while a long job holds the main thread.
+
+        It calls them only while a job runs, holding ``_pinger_lock``, and the main thread
+        takes that lock once when the job returns: never two listener calls at once.
+        """
         max_wait = self._max_wait()
         if max_wait is None:
             return None
-        stop = threading.Event()
+        stop, lock = threading.Event(), threading.Lock()
+        quiet_since = [self._event_count, time.monotonic()]
+        self._pinger_lock = lock
 
-        def ping_while_running():
-            while not stop.wait(max_wait / 4):
-                self._maybe_ping()
+        def ping_while_a_job_runs():
+            while not stop.wait(max_wait / 8):
+                with lock:
+                    if self._current is not None:
+                        self._maybe_ping(quiet_since)
 
-        threading.Thread(target=ping_while_running, name="bsb_mini-pinger", daemon=True).start()
+        threading.Thread(target=ping_while_a_job_runs, name="bsb_mini-pinger", daemon=True).start()
         return stop
 
 
@@ -1259,36 +1320,76 @@ def _unpack_report(data: bytes) -> WorkflowError:
     return WorkflowError(message, rebuilt)
 
 
+def _cancelled_error(job: Job, root: Job | None, parent: Job | str) -> JobCancelledError:
+    """Blame the failed (or user-cancelled) job at the root of the cascade, not only the parent."""
+    if isinstance(parent, str):
+        message = parent
+    else:
+        message = f"dependency {root.name!r} {root._status.name.lower()}"
+        if parent is not root:
+            message += f" (via {parent.name!r})"
+    error = JobCancelledError(f"Job {job.name!r} was cancelled: {message}")
+    error.root = root
+    return error
+
+
+def _settle_blame(jobs: list[Job]) -> None:
+    """Blame each job cancelled by a cascade on its earliest-submitted failed ancestor.
+
+    Which failure reaches a job first depends on timing under MPI; this makes the
+    blame (and so the report) the same on every run. One pass, O(jobs + edges).
+    """
+    for job in jobs:
+        error = job.error
+        if job._status is not _CANCELLED or getattr(error, "root", None) is None:
+            continue
+        candidates = [(_root_cause(dep), dep) for dep in job.deps if dep._status in (_FAILED, _CANCELLED)]
+        if not candidates:
+            continue
+        root, parent = min(candidates, key=lambda pair: pair[0]._index)
+        if root is not error.root:
+            job.error = _cancelled_error(job, root, parent)
+
+
 def _root_cause(job: Job) -> Job:
     error = job.error
     root = getattr(error, "root", None) if isinstance(error, JobCancelledError) else None
     return root if root is not None else job
 
 
-def _failure_report(failures: list[BaseException], total: int, cancelled: int) -> str:
-    """The WorkflowError's message: counts first, then one line per failure."""
-    failed_jobs = [f for f in failures if getattr(f, "job", None) is not None]
-    others = len(failures) - len(failed_jobs)
-    head = f"{len(failed_jobs)} of {total} job(s) failed, {cancelled} cancelled because a dependency did not succeed"
-    if others:
-        head += f", {others} other error(s)"
-    return "\n".join([head + ":"] + [f"  - {failure}" for failure in failures])
+def _failure_report(failures: list[BaseException], jobs: list[Job], cancelled: int) -> str:
+    """The WorkflowError's message: counts, then a line per failure with what it took down."""
+    victims: dict[Job, list[Job]] = collections.defaultdict(list)
+    if cancelled:
+        for job in jobs:
+            if job._status is _CANCELLED and getattr(job.error, "root", None) is not None:
+                victims[job.error.root].append(job)
+    failed_jobs = sum(1 for f in failures if getattr(f, "job", None) is not None)
+    head = f"{failed_jobs} of {len(jobs)} job(s) failed, {cancelled} cancelled because a dependency did not succeed"
+    if len(failures) > failed_jobs:
+        head += f", {len(failures) - failed_jobs} other error(s)"
+    lines = [head + ":"]
+    for failure in failures:
+        lines.append(f"  - {failure}")
+        lost = victims.get(getattr(failure, "job", None), ())
+        if lost:
+            names = ", ".join(job.name for job in lost[:3]) + (", ..." if len(lost) > 3 else "")
+            lines.append(f"    cancelled because of it: {len(lost)} job(s): {names}")
+    return "\n".join(lines)
 
 
 # --- 7. Listeners and progress ------------------------------------------------------
 
 
-class PoolProgress:
-    """One event of a pool, as given to its listeners."""
+class PoolProgress(tuple):
+    """One event of a pool, as given to its listeners: an immutable record."""
 
-    __slots__ = ("pool", "reason", "status", "old_status", "job")
-
-    def __init__(self, pool, reason, status, old_status, job):
-        self.pool = pool
-        self.reason = reason
-        self.status = status
-        self.old_status = old_status
-        self.job = job
+    __slots__ = ()
+    pool = property(operator.itemgetter(0), doc="the JobPool")
+    reason = property(operator.itemgetter(1), doc="a PoolProgressReason")
+    status = property(operator.itemgetter(2), doc="the pool's PoolStatus, or the job's new JobStatus")
+    old_status = property(operator.itemgetter(3), doc="the status before a status change")
+    job = property(operator.itemgetter(4), doc="the Job of a job event, else None")
 
     @property
     def jobs(self) -> list[Job]:
@@ -1296,6 +1397,9 @@ class PoolProgress:
 
     def __repr__(self) -> str:
         return f"<PoolProgress {self.reason.name} {self.status} {self.job!r}>"
+
+
+_make_progress = tuple.__new__  # PoolProgress(...) without a Python-level __init__
 
 
 def create_job_pool(
@@ -1482,7 +1586,7 @@ def _selftest_checks() -> list[tuple[str, Callable[[], None]]]:
         _check(provide("bsb_mini_no_such_package", marker) is marker, "provide() did not fall back")
         missing = ErrorModule("install it")
         try:
-            missing.anything
+            missing.anything  # noqa: B018 (the access itself must raise)
         except DependencyError as error:
             _check("install it" in str(error), "ErrorModule lost its message")
         else:

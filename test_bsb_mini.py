@@ -33,7 +33,6 @@ import bsb_mini
 from bsb_mini import (
     DependencyError,
     ErrorModule,
-    Job,
     JobCancelledError,
     JobPool,
     JobPoolContextError,
