@@ -314,7 +314,8 @@ def _loads_or_stand_in(data: bytes) -> BaseException:
 
 
 def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # --- 4. The MPILock service and its mock -------------------------------------------
@@ -568,6 +569,7 @@ class JobPool:
         self._event_count = 0
         self._comm = None  # private duplicate of the communicator, while open
         self._book: _WorkerBook | None = None  # the workers of the running session
+        self._departed: set[int] = set()  # workers that left the pool with an exception
         self._aborted = False
         self._current: Job | None = None  # the job running in this thread (serial mode)
         self._rank, self._size = 0, 1
@@ -614,6 +616,8 @@ class JobPool:
                     self._close_session()
             elif self.parallel and self.is_main():
                 self._abort_workers(f"the main rank raised {_describe(exc)}")
+            elif self.parallel:  # tell the main rank not to wait for this worker any more
+                self._comm.send(("left", _describe(exc)), dest=0, tag=_TAG_TO_MAIN)
         finally:
             self._closed = True
             for listener, _ in self._listeners:
@@ -957,7 +961,7 @@ class JobPool:
     def _dispatch_to_workers(self, scheduler: threading.Thread | None) -> None:
         """Hand ready jobs to idle workers in batches until every job is settled."""
         comm, ready = self._comm, self._ready
-        workers = self._book = _WorkerBook(self._size)
+        workers = self._book = _WorkerBook(self._size, self._departed)
         status, backoff = _mpi_status(), _Backoff()
         self._batch_cap = 8
         quiet_since = [self._event_count, time.monotonic()]
@@ -1051,10 +1055,9 @@ class JobPool:
             batch = workers.returned(worker)
             self._requeue_solo(batch, message[1], worker)
         elif kind == "left":
-            batch = workers.left(worker)
-            self._requeue_solo(batch, None, worker)
-            report = JobPoolError(f"Rank {worker} left the pool: {message[1]}")
-            self._failures.append(report)
+            self._departed.add(worker)
+            self._requeue_solo(workers.left(worker), None, worker)
+            self._failures.append(JobPoolError(f"Rank {worker} left the pool: {message[1]}"))
 
     def _settle_remote(self, job: Job, ok: bool, payload: bytes, remote_tb: str | None, worker: int) -> None:
         try:
@@ -1103,7 +1106,7 @@ class JobPool:
             self._serve_as_worker()
             return
         report = None if error is None else _pack_report(error)
-        book, self._book = self._book or _WorkerBook(self._size), None
+        book, self._book = self._book or _WorkerBook(self._size, self._departed), None
         status, backoff = _mpi_status(), _Backoff()
         while not book.all_settled():
             message = self._comm.improbe(_ANY_SOURCE, _TAG_TO_MAIN, status)
@@ -1118,7 +1121,7 @@ class JobPool:
         if self._aborted:
             return
         self._aborted = True
-        for worker in range(1, self._size):
+        for worker in set(range(1, self._size)) - self._departed:
             self._comm.send(("abort", reason), dest=worker, tag=_TAG_TO_WORKER)
 
     # -- MPI dispatch, worker side --
@@ -1232,8 +1235,8 @@ def _mpi_status():
 class _WorkerBook:
     """The main rank's view of its workers: who joined, who left, what each holds."""
 
-    def __init__(self, size: int):
-        self.live = set(range(1, size))
+    def __init__(self, size: int, departed: set[int]):
+        self.live = set(range(1, size)) - departed
         self.joined_workers: set[int] = set()
         self.batches: dict[int, collections.deque] = {w: collections.deque() for w in self.live}
         self.in_flight = 0  # batches

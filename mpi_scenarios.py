@@ -220,6 +220,22 @@ def scenario_every_rank_submits():
            ran_on=sorted({job.result[0] for job in jobs}) if RANK == 0 else None)
 
 
+def scenario_worker_raises():
+    """Rank 1 raises in its own code before execute(); the others carry on."""
+    try:
+        with JobPool() as pool:
+            jobs = [pool.submit(where, (i,)) for i in range(10)]
+            if RANK == 1:
+                raise RuntimeError("rank 1 could not read its input")
+            pool.execute()
+        outcome = "no error"
+    except RuntimeError as error:
+        outcome = f"RuntimeError: {error}"
+    except WorkflowError as error:
+        outcome = f"WorkflowError: {error.message}"
+    report(outcome=outcome, statuses=sorted({job.status.name for job in jobs}) if RANK == 0 else None)
+
+
 def die(owner):
     os._exit(7)
 

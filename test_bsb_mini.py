@@ -956,6 +956,17 @@ def test_mpi_selftest(n):
 
 
 @needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_a_worker_that_raises_in_its_own_code_does_not_strand_the_others(n):
+    code, results, out, err = mpiexec(n, "worker_raises")
+    assert code == 0, err
+    assert results[1]["outcome"] == "RuntimeError: rank 1 could not read its input"
+    assert "Rank 1 left the pool: RuntimeError: rank 1 could not read its input" in results[0]["outcome"]
+    assert results[0]["statuses"] == ["SUCCESS"]  # its jobs ran elsewhere
+    assert len(results) == n
+
+
+@needs_mpi
 def test_mpi_a_killed_worker_ends_the_whole_run():
     code, results, out, err = mpiexec(3, "worker_dies", timeout=60)
     assert code != 0 and not results
