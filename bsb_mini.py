@@ -1152,31 +1152,25 @@ class JobPool:
         old, self._status = self._status, status
         self._announce(PoolProgressReason.POOL_STATUS_CHANGE, status, old, None)
 
-    def _announce(self, reason, status, old, job) -> bool:
+    def _announce(self, reason, status, old, job, deferred: bool = False) -> bool:
         """Tell the listeners on the main rank; True if one of them handled the event.
 
         Events raised in schedule()'s thread wait in ``_deferred`` for the main thread.
+        A listener that raises is recorded for the WorkflowError, and the pool goes on.
         """
-        if self._rank != 0 or not (self._pool_event_listeners if job is None else self._job_event_listeners):
+        listeners = self._pool_event_listeners if job is None else self._job_event_listeners
+        if not listeners or self._rank != 0:
             return False
+        if not deferred:
+            if self._scheduler_alive and threading.get_ident() != self._main_thread:
+                self._deferred.append((reason, status, old, job))
+                return False
+            if self._deferred:
+                self._deliver_deferred()
         progress = _make_progress(PoolProgress, (self, reason, status, old, job))
-        if self._scheduler_alive and threading.get_ident() != self._main_thread:
-            self._deferred.append(progress)
-            return False
-        if self._deferred:
-            self._deliver_deferred()
-        return self._notify(progress)
-
-    def _deliver_deferred(self) -> None:
-        deferred = self._deferred
-        while deferred:
-            self._notify(deferred.popleft())
-
-    def _notify(self, progress: PoolProgress) -> bool:
-        """Call the listeners; one that raises is recorded for the WorkflowError, and the pool goes on."""
         self._event_count += 1
         handled = False
-        for listener in self._pool_event_listeners if progress[4] is None else self._job_event_listeners:
+        for listener in listeners:
             try:
                 if listener(progress):
                     handled = True
@@ -1185,6 +1179,11 @@ class JobPool:
                 report.__cause__ = error
                 self._failures.append(report)
         return handled
+
+    def _deliver_deferred(self) -> None:
+        deferred = self._deferred
+        while deferred:
+            self._announce(*deferred.popleft(), deferred=True)
 
     def _max_wait(self) -> float | None:
         waits = [wait for _, wait in self._listeners if wait]
@@ -1741,20 +1740,47 @@ def _noop(owner: Any, *args: Any) -> None:
     return None
 
 
-def _sleep_job(owner: Any, seconds: float) -> None:
-    time.sleep(seconds)
+def _timed_job(owner: Any, seconds: float) -> None:
+    """Take ``seconds`` exactly: sleep most of it (time.sleep overshoots), spin the rest."""
+    deadline = time.perf_counter() + seconds
+    time.sleep(max(0.0, seconds - 0.0005))
+    while time.perf_counter() < deadline:
+        pass
 
 
-def _random_dag(count: int, seed: int = 7, max_deps: int = 3) -> list[tuple[int, ...]]:
-    """Dependencies (indices of earlier jobs) for ``count`` jobs, up to ``max_deps`` each."""
+def _random_dag(count: int, seed: int = 7, max_deps: int = 3, window: int | None = None) -> list[tuple[int, ...]]:
+    """Dependencies (indices of earlier jobs) for ``count`` jobs, up to ``max_deps`` each.
+
+    Without ``window`` a dependency is any earlier job; with it, one of the last ``window``.
+    """
     import random
 
     rng = random.Random(seed)
-    return [tuple(rng.sample(range(i), min(i, rng.randint(0, max_deps)))) for i in range(count)]
+    return [
+        tuple(rng.sample(range(max(0, i - window) if window else 0, i), min(i, rng.randint(0, max_deps))))
+        for i in range(count)
+    ]
 
 
-def _time_pool(count: int, dag: list | None, listener: Callable | None = None, **pool_kwargs) -> float:
-    """Seconds for a whole pool (open, submit, execute, close) of ``count`` no-op jobs."""
+def _time_pool(
+    count: int, dag: list | None, listener: Callable | None = None, collect_garbage: bool = True, **pool_kwargs
+) -> float:
+    """Seconds for a whole pool (open, submit, execute, close) of ``count`` no-op jobs.
+
+    ``collect_garbage=False`` turns CPython's cyclic GC off while timing, as timeit does.
+    """
+    import gc
+
+    gc.collect()
+    if not collect_garbage:
+        gc.disable()
+    try:
+        return _time_pool_once(count, dag, listener, **pool_kwargs)
+    finally:
+        gc.enable()
+
+
+def _time_pool_once(count: int, dag: list | None, listener: Callable | None, **pool_kwargs) -> float:
     started = time.perf_counter()
     with JobPool(**pool_kwargs) as pool:
         if listener is not None:
@@ -1788,6 +1814,7 @@ def _bench_row(workload: str, count: int, seconds: float, floor: float | None, e
 
 def _bench_serial(count: int, runs: int, scaling: list[int]) -> list[dict]:
     dag = _random_dag(count)
+    _time_pool(100, dag)  # warm up: the first pool imports mpi4py, if installed
     floor = _median_of(runs, lambda: _time_plain_loop(count))
     rows = [_bench_row("plain Python loop (the floor)", count, floor, floor)]
     rows.append(_bench_row("serial, independent", count, _median_of(runs, lambda: _time_pool(count, None)), floor))
@@ -1797,10 +1824,25 @@ def _bench_serial(count: int, runs: int, scaling: list[int]) -> list[dict]:
     quiet_report = _ProgressReport(stream=_NullStream())
     rows.append(_bench_row("serial, DAG + progress report", count,
                            _median_of(runs, lambda: _time_pool(count, dag, quiet_report)), floor))
-    for size in scaling:
-        big_dag = _random_dag(size)
-        rows.append(_bench_row(f"scaling: serial DAG, {size:,} jobs", size, _time_pool(size, big_dag),
-                               _time_plain_loop(size)))
+    rows += _bench_scaling(scaling)
+    return rows
+
+
+def _bench_scaling(sizes: list[int]) -> list[dict]:
+    """Per-job cost as the graph grows, relative to the smallest size.
+
+    "local" graphs draw dependencies from the last 1,000 jobs and run with the GC off:
+    the pool's own scaling. "uniform" graphs draw them from all earlier jobs, with
+    CPython's default GC: what a user pays, cache misses and full collections included.
+    """
+    rows = []
+    for label, window, collect_garbage in (("local deps, GC off", 1000, False), ("uniform deps, GC on", None, True)):
+        base = None
+        for size in sizes:
+            seconds = _time_pool(size, _random_dag(size, window=window), collect_garbage=collect_garbage)
+            base = base or seconds / size
+            rows.append(_bench_row(f"scaling: DAG {size:,} jobs, {label}", size, seconds, None,
+                                   f"{seconds / size / base:.2f}x the per-job cost at {sizes[0]:,}"))
     return rows
 
 
@@ -1857,34 +1899,47 @@ def _bench_bare_mpi_loop(comm: Any, count: int) -> float | None:
 
 
 def _bench_mpi(count: int, runs: int) -> list[dict]:
+    """MPI rows: throughput against a bare mpi4py loop, and load balance, for each way to wait."""
+    global _SPIN_POLLS
     comm = MPI.get_communicator()
     rank, size = MPI.get_rank(), MPI.get_size()
     workers = size - 1
     dag = _random_dag(count)
+    _time_pool(100, None)  # warm up
     bare = _median_of(runs, lambda: _bench_bare_mpi_loop(comm, count) or 0.0)
-    independent = _median_of(runs, lambda: _time_pool(count, None))
-    graph = _median_of(runs, lambda: _time_pool(count, dag))
+    measured = []
     tasks, seconds = 400, 0.005
     ideal = tasks * seconds / workers
-
-    def balanced() -> float:
-        started = time.perf_counter()
-        with JobPool() as pool:
-            if pool.is_main():
-                for _ in range(tasks):
-                    pool.submit(_sleep_job, (seconds,))
-        return time.perf_counter() - started
-
-    balance = _median_of(runs, balanced)
-    if rank != 0:
+    default_polls = _SPIN_POLLS
+    for strategy, polls in (("poll, then sleep", default_polls), ("spin", 10**15)):
+        _SPIN_POLLS = polls
+        try:
+            independent = _median_of(runs, lambda: _time_pool(count, None))
+            graph = _median_of(runs, lambda: _time_pool(count, dag))
+            balance = _median_of(runs, lambda: _time_timed_jobs(tasks, seconds))
+        finally:
+            _SPIN_POLLS = default_polls
+        measured.append((strategy, independent, graph, balance))
+    if rank != 0:  # only the main rank's clock counts
         return []
-    return [
-        _bench_row(f"bare mpi4py send/recv loop, {workers} workers", count, bare, bare),
-        _bench_row(f"MPI, independent, {workers} workers", count, independent, bare),
-        _bench_row(f"MPI, DAG <=3 deps, {workers} workers", count, graph, bare),
-        _bench_row(f"MPI, {tasks} x {seconds * 1000:.0f} ms jobs, {workers} workers", tasks, balance, None,
-                   f"{ideal / balance:.1%} of ideal {ideal:.2f} s"),
-    ]
+    rows = [_bench_row(f"bare mpi4py send/recv loop, {workers} workers", count, bare, bare)]
+    for strategy, independent, graph, balance in measured:
+        rows += [
+            _bench_row(f"MPI {strategy}: independent", count, independent, bare),
+            _bench_row(f"MPI {strategy}: DAG <=3 deps", count, graph, bare),
+            _bench_row(f"MPI {strategy}: {tasks} x {seconds * 1000:.0f} ms jobs", tasks, balance, None,
+                       f"{ideal / balance:.1%} of ideal {ideal:.2f} s"),
+        ]
+    return rows
+
+
+def _time_timed_jobs(tasks: int, seconds: float) -> float:
+    started = time.perf_counter()
+    with JobPool() as pool:
+        if pool.is_main():
+            for _ in range(tasks):
+                pool.submit(_timed_job, (seconds,))
+    return time.perf_counter() - started
 
 
 def _bench(argv: list[str]) -> int:

@@ -995,4 +995,4 @@ def test_mpi_bench_smoke():
     code, _, out, err = mpiexec(3, "-m", "bsb_mini", "bench", "--smoke", "--json", script=False, timeout=300)
     assert code == 0, err
     rows = {row["workload"]: row for row in json.loads(out)["rows"]}
-    assert rows["MPI, independent, 2 workers"]["jobs"] == 200
+    assert rows["MPI poll, then sleep: independent"]["jobs"] == 200
