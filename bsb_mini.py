@@ -1836,7 +1836,12 @@ def _bench_scaling(sizes: list[int]) -> list[dict]:
     CPython's default GC: what a user pays, cache misses and full collections included.
     """
     rows = []
-    for label, window, collect_garbage in (("local deps, GC off", 1000, False), ("uniform deps, GC on", None, True)):
+    variants = (
+        ("local deps, GC off", 1000, False),
+        ("uniform deps, GC off", None, False),
+        ("uniform deps, GC on", None, True),
+    )
+    for label, window, collect_garbage in variants:
         base = None
         for size in sizes:
             seconds = _time_pool(size, _random_dag(size, window=window), collect_garbage=collect_garbage)

@@ -169,6 +169,29 @@ def scenario_seed():
     report(done=True)
 
 
+def scenario_listeners():
+    """Pings keep coming while a worker runs a long job; a raising listener stops nothing."""
+    pings = []
+
+    def heartbeat(progress):
+        if progress.reason is PoolProgressReason.MAX_TIMEOUT_PING:
+            pings.append(progress.status.name)
+
+    def grumpy(progress):
+        if progress.reason is PoolProgressReason.JOB_STATUS_CHANGE and progress.status is JobStatus.SUCCESS:
+            raise OSError(f"listener cannot log {progress.job.name}")
+
+    outcome = None
+    try:
+        with create_job_pool(listeners=[heartbeat, grumpy], max_wait=0.05, quiet=True) as pool:
+            long = pool.submit(long_job, (0.6,), name="long")
+            short = [pool.submit(where, (i,)) for i in range(3)]
+    except WorkflowError as error:
+        outcome = [str(e) for e in error.exceptions]
+    report(pings=len(pings) if RANK == 0 else None, ping_statuses=sorted(set(pings)), outcome=outcome,
+           statuses=[job.status.name for job in [long, *short]] if RANK == 0 else None)
+
+
 def scenario_main_raises():
     try:
         with JobPool() as pool:
@@ -187,7 +210,6 @@ def scenario_main_raises():
 def scenario_fail_fast():
     with JobPool(fail_fast=True) as pool:
         first = pool.submit(failing, ("first failure",))
-        chain = [pool.submit(time.sleep, (0,), deps=[first])]  # noqa: F841 (kept for the graph)
         later = [pool.submit(where, (i,), deps=[first]) for i in range(5)]
         try:
             pool.execute()

@@ -898,6 +898,18 @@ def test_mpi_seed_example_prints_once():
 
 @needs_mpi
 @pytest.mark.parametrize("n", RANKS)
+def test_mpi_listeners_get_pings_and_a_raising_listener_stops_nothing(n):
+    code, results, out, err = mpiexec(n, "listeners")
+    assert code == 0, err
+    assert results[0]["pings"] >= 3 and results[0]["ping_statuses"] == ["EXECUTING"]
+    assert results[0]["statuses"] == ["SUCCESS"] * 4
+    outcomes = [results[r]["outcome"] for r in range(n)]
+    assert all(o == outcomes[0] for o in outcomes) and len(outcomes[0]) == 4
+    assert all("OSError: listener cannot log" in text for text in outcomes[0])
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
 def test_mpi_main_rank_error_releases_the_workers(n):
     code, results, out, err = mpiexec(n, "main_raises")
     assert code == 0, err
