@@ -826,9 +826,7 @@ class JobPool:
 
     def _run_here(self, job: Job) -> None:
         """Run one job in this thread (serial mode, or a main rank left without workers)."""
-        job._status = _RUNNING
-        if self._job_listeners:
-            self._announce(_JOB_STATUS_CHANGE, _RUNNING, _QUEUED, job)
+        self._mark_running(job)
         self._current = job
         try:
             kwargs = job._kwargs
@@ -858,11 +856,13 @@ class JobPool:
         self._set_status(PoolStatus.EXECUTING)
         scheduler = self._start_scheduling()
         pinger = self._start_pinger() if not self.parallel else None
+        interrupted = True
         try:
             if self.parallel:
                 self._dispatch_to_workers(scheduler)
             else:
                 self._run_serially(scheduler)
+            interrupted = False
         except BaseException as error:
             self._stop(f"the pool was interrupted ({type(error).__name__})")
             if self.parallel:
@@ -873,7 +873,7 @@ class JobPool:
                 pinger.set()
                 self._pinger_lock = None
             if scheduler is not None:
-                scheduler.join()
+                scheduler.join(1.0 if interrupted else None)  # a stuck scheduler must not hold an abort
                 self._scheduler_alive = False
         self._executed_upto = len(self._jobs)
         self._deliver_deferred()
@@ -996,7 +996,10 @@ class JobPool:
             if payload is None:
                 continue
             workers.sent(worker, batch)
-            self._comm.send(("jobs", payload), dest=worker, tag=_TAG_TO_WORKER)
+            # Non-blocking: a big batch must not hold the main rank until a busy worker reads it.
+            workers.sends.append((worker, self._comm.isend(("jobs", payload), dest=worker, tag=_TAG_TO_WORKER)))
+            if len(workers.sends) > 64:
+                workers.sends = [(w, request) for w, request in workers.sends if not request.Test()]
             sent = True
         return sent
 
@@ -1114,6 +1117,9 @@ class JobPool:
                 backoff.wait()
                 continue
             self._on_worker_message(book, status.Get_source(), message.recv())
+        for worker, request in book.sends:  # all read by now, except by workers that left
+            if worker in book.live:
+                request.Wait()
         for worker in book.live:
             self._comm.send(("stop", report), dest=worker, tag=_TAG_TO_WORKER)
 
@@ -1240,6 +1246,7 @@ class _WorkerBook:
         self.batches: dict[int, collections.deque] = {w: collections.deque() for w in self.live}
         self.in_flight = 0  # batches
         self.jobs_in_flight = 0
+        self.sends: list = []  # (worker, request) of batches sent without waiting
 
     def joined(self, worker: int) -> None:
         self.joined_workers.add(worker)

@@ -79,6 +79,21 @@ def scenario_where(count: str = "40"):
         report(statuses=sorted({job.status.name for job in jobs}), results=results)
 
 
+def measure(owner, blob):
+    return [bsb_mini.MPI.get_rank(), len(blob), blob[:4] * 100_000]
+
+
+def scenario_big_payloads():
+    """Arguments and results far above MPI's eager limit, in both directions."""
+    with JobPool() as pool:
+        jobs = [pool.submit(measure, (bytes([i]) * 2_000_000,)) for i in range(12)]
+    if RANK == 0:
+        report(sizes=[job.result[1] for job in jobs], back=[len(job.result[2]) for job in jobs],
+               ranks=sorted({job.result[0] for job in jobs}))
+    else:
+        report(done=True)
+
+
 def failing(owner, message):
     raise RuntimeError(message)
 

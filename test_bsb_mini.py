@@ -869,6 +869,15 @@ def test_mpi_failure_is_raised_on_every_rank_with_the_same_report(n):
 
 @needs_mpi
 @pytest.mark.parametrize("n", RANKS)
+def test_mpi_large_arguments_and_results_arrive_whole(n):
+    code, results, out, err = mpiexec(n, "big_payloads")
+    assert code == 0, err
+    assert results[0]["sizes"] == [2_000_000] * 12 and results[0]["back"] == [400_000] * 12
+    assert set(results[0]["ranks"]) <= set(range(1, n))
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
 def test_mpi_unpicklable_jobs_fail_alone(n):
     code, results, out, err = mpiexec(n, "unpicklable")
     assert code == 0, err
