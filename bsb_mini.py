@@ -1993,6 +1993,9 @@ def _bench(argv: list[str]) -> int:
 
 
 def _main(argv: list[str]) -> int:
+    # mpilock keeps one RMA window per communicator until exit, which MPICH's UCX layer
+    # reports as "not returned to mpool" warnings at shutdown; they are harmless here.
+    os.environ.setdefault("UCX_LOG_LEVEL", "error")
     commands = {"selftest": lambda rest: _selftest(), "bench": _bench}
     if not argv or argv[0] not in commands:
         print("usage: python -m bsb_mini {selftest,bench} [options]", file=sys.stderr)

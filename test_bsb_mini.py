@@ -784,6 +784,22 @@ def test_bench_smoke_prints_a_table():
     assert rows["serial, independent"]["jobs"] == 200 and rows["serial, independent"]["us_per_job"] > 0
 
 
+def readme_example(tmp_path):
+    text = (HERE / "README.md").read_text()
+    code = text.split("```python\n# example.py", 1)[1].split("```", 1)[0]
+    path = tmp_path / "example.py"
+    path.write_text("# example.py" + code)
+    return path
+
+
+def test_the_readme_example_runs_as_written(tmp_path):
+    out = subprocess.run([sys.executable, str(readme_example(tmp_path))], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "my scaffold placed cortex at density 2.0\n" \
+                         "my scaffold placed thalamus at density 2.0 SUCCESS on rank 0\n"
+
+
 # --- under a real mpiexec ---
 
 MPIEXEC = next((str(p) for p in [Path(sys.executable).with_name("mpiexec")] if p.exists()), None) or shutil.which(
@@ -1009,6 +1025,16 @@ def test_mpi_ctrl_c_on_the_launcher_ends_every_rank():
         pytest.fail("the ranks kept running after Ctrl-C")
     assert process.returncode != 0
     assert not list(Path(env["BSB_SCENARIO_OUT"]).glob("rank*.json"))  # no rank carried on to the end
+
+
+@needs_mpi
+def test_mpi_the_readme_example_runs_as_written(tmp_path):
+    code, _, out, err = mpiexec(4, str(readme_example(tmp_path)), script=False)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "my scaffold placed cortex at density 2.0"
+    assert re.fullmatch(r"my scaffold placed thalamus at density 2.0 SUCCESS on rank [123]", lines[1])
+    assert len(lines) == 2  # printed once, by the main rank
 
 
 @needs_mpi
