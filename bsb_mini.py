@@ -669,8 +669,11 @@ class JobPool:
             self._jobs.append(job)
             if self._job_listeners:
                 self._announce(PoolProgressReason.JOB_ADDED, None, None, job)
-            if self._rank == 0:
-                self._link_dependencies(job)
+            if self._rank == 0:  # worker ranks keep their submissions PENDING
+                if deps:
+                    self._link_dependencies(job)
+                else:
+                    self._enqueue(job)
         finally:
             if threaded:
                 self._lock.release()
