@@ -434,6 +434,33 @@ def test_jobs_run_in_the_thread_that_called_execute():
     assert job.result is True
 
 
+def test_huge_pools_keep_their_jobs_out_of_the_gc_and_give_them_back(monkeypatch):
+    import gc
+
+    monkeypatch.setattr(bsb_mini, "_GC_FREEZE_EVERY", 100)
+    assert gc.get_freeze_count() == 0
+    with JobPool() as pool:
+        jobs = [pool.submit(add, args=(i,)) for i in range(250)]
+        assert gc.get_freeze_count() > 0  # frozen after 100 and 200 jobs
+    assert gc.get_freeze_count() == 0  # given back when the pool closed
+    assert [job.result for job in jobs] == list(range(250))
+
+
+def test_an_application_that_froze_the_gc_itself_is_left_alone(monkeypatch):
+    import gc
+
+    monkeypatch.setattr(bsb_mini, "_GC_FREEZE_EVERY", 100)
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        with JobPool() as pool:
+            for i in range(250):
+                pool.submit(add, args=(i,))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
 # --- schedule() and node-level depends_on ---
 
 
