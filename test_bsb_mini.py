@@ -683,14 +683,16 @@ def test_progress_logs_on_each_ping_in_a_batch_job():
 # --- hypothesis: random graphs ---
 
 
+def earlier_indices(index):
+    """Up to 3 distinct positions before ``index``: the dependencies of a random graph."""
+    return st.lists(st.integers(0, index - 1), max_size=3, unique=True) if index else st.just([])
+
+
 @st.composite
 def job_graphs(draw):
+    """(dependencies, fails?) per job; about a quarter of the jobs fail."""
     count = draw(st.integers(1, 40))
-    graph = []
-    for index in range(count):
-        deps = draw(st.lists(st.integers(0, index - 1), max_size=3, unique=True)) if index else []
-        graph.append((deps, draw(st.booleans()) and draw(st.booleans())))
-    return graph
+    return [(draw(earlier_indices(i)), draw(st.booleans()) and draw(st.booleans())) for i in range(count)]
 
 
 def reference_outcome(graph):
@@ -742,10 +744,10 @@ def test_random_graphs_match_the_reference(graph):
 
 @st.composite
 def node_arrays(draw):
-    count = draw(st.integers(1, 25))
+    """Nodes in topological order; about one in six fails to schedule."""
     nodes = []
-    for index in range(count):
-        deps = draw(st.lists(st.integers(0, index - 1), max_size=3, unique=True)) if index else []
+    for index in range(draw(st.integers(1, 25))):
+        deps = draw(earlier_indices(index))
         nodes.append(Node(f"n{index}", [nodes[d] for d in deps], fail=draw(st.integers(0, 5)) == 0))
     return nodes
 
