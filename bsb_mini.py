@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import faulthandler
 import functools
 import gc
 import importlib
@@ -516,6 +517,27 @@ def _dumps(obj: Any) -> bytes:
         return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
 
 
+@contextlib.contextmanager
+def _tracebacks_on_crash():
+    """While jobs run, a segfault in one prints the Python traceback of its rank.
+
+    Under mpiexec a rank that dies takes the others down with it, and MPICH itself
+    says little; faulthandler at least shows which job crashed. Left as it was found.
+    """
+    if faulthandler.is_enabled():
+        yield
+        return
+    try:
+        faulthandler.enable()
+    except (AttributeError, ValueError, OSError):  # no usable stderr (e.g. a GUI app)
+        yield
+        return
+    try:
+        yield
+    finally:
+        faulthandler.disable()
+
+
 class _Backoff:
     """Poll hot for a moment, then sleep longer and longer: an idle rank gives the core away."""
 
@@ -885,10 +907,11 @@ class JobPool:
         pinger = self._start_pinger() if not self.parallel else None
         interrupted = True
         try:
-            if self.parallel:
-                self._dispatch_to_workers(scheduler)
-            else:
-                self._run_serially(scheduler)
+            with _tracebacks_on_crash():
+                if self.parallel:
+                    self._dispatch_to_workers(scheduler)
+                else:
+                    self._run_serially(scheduler)
             interrupted = False
         except BaseException as error:
             self._stop(f"the pool was interrupted ({type(error).__name__})")
@@ -1165,6 +1188,10 @@ class JobPool:
         if comm is None:
             return None
         comm.send(("hello",), dest=0, tag=_TAG_TO_MAIN)
+        with _tracebacks_on_crash():
+            return self._run_batches_until_released(comm, owner)
+
+    def _run_batches_until_released(self, comm, owner) -> None:
         while True:
             kind, payload = _wait_for_message(comm, 0, _TAG_TO_WORKER)
             if kind == "jobs":

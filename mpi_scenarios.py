@@ -285,6 +285,18 @@ def scenario_worker_dies():
     report(unreachable=True)
 
 
+def crash(owner):
+    import ctypes
+
+    ctypes.string_at(0)  # read address 0: a segmentation fault
+
+
+def scenario_worker_segfaults():
+    with JobPool() as pool:
+        pool.submit(crash)
+    report(unreachable=True)
+
+
 def long_job(owner, seconds):
     time.sleep(seconds)
 

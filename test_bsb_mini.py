@@ -1039,6 +1039,14 @@ def test_mpi_a_killed_worker_ends_the_whole_run():
 
 
 @needs_mpi
+def test_mpi_a_segfault_in_a_job_ends_the_run_and_shows_where():
+    code, results, out, err = mpiexec(3, "worker_segfaults", timeout=60)
+    assert code != 0 and not results
+    assert "Fatal Python error: Segmentation fault" in err
+    assert 'in crash' in err  # the job's own frame, from faulthandler on that rank
+
+
+@needs_mpi
 def test_mpi_ctrl_c_on_the_launcher_ends_every_rank():
     env = {**os.environ, "PYTHONPATH": str(HERE), "UCX_LOG_LEVEL": "error", "BSB_SCENARIO_OUT": tempfile.mkdtemp()}
     process = subprocess.Popen([MPIEXEC, "-n", "3", sys.executable, str(HERE / "mpi_scenarios.py"), "interrupt"],
