@@ -494,7 +494,83 @@ def _reaches(start: Any, target: Any, position: dict) -> bool:
     return False
 
 
+def _cancelled_error(job: Job, root: Job | None, parent: Job | str) -> JobCancelledError:
+    """Blame the failed (or user-cancelled) job at the root of the cascade, not only the parent."""
+    if isinstance(parent, str):
+        message = parent
+    else:
+        message = f"dependency {root.name!r} {root._status.name.lower()}"
+        if parent is not root:
+            message += f" (via {parent.name!r})"
+    error = JobCancelledError(f"Job {job.name!r} was cancelled: {message}")
+    error.root = root
+    return error
+
+
+def _settle_blame(jobs: list[Job]) -> None:
+    """Blame each job cancelled by a cascade on its earliest-submitted failed ancestor.
+
+    Which failure reaches a job first depends on timing under MPI; this makes the
+    blame (and so the report) the same on every run. One pass, O(jobs + edges).
+    """
+    for job in jobs:
+        error = job.error
+        if job._status is not _CANCELLED or getattr(error, "root", None) is None:
+            continue
+        candidates = [(_root_cause(dep), dep) for dep in job.deps if dep._status in (_FAILED, _CANCELLED)]
+        if not candidates:
+            continue
+        root, parent = min(candidates, key=lambda pair: pair[0]._index)
+        if root is not error.root:
+            job.error = _cancelled_error(job, root, parent)
+
+
+def _root_cause(job: Job) -> Job:
+    error = job.error
+    root = getattr(error, "root", None) if isinstance(error, JobCancelledError) else None
+    return root if root is not None else job
+
+
+def _failure_report(failures: list[BaseException], jobs: list[Job], cancelled: int) -> str:
+    """The WorkflowError's message: counts, then a line per failure with what it took down."""
+    victims: dict[Job, list[Job]] = collections.defaultdict(list)
+    if cancelled:
+        for job in jobs:
+            if job._status is _CANCELLED and getattr(job.error, "root", None) is not None:
+                victims[job.error.root].append(job)
+    failed_jobs = sum(1 for f in failures if getattr(f, "job", None) is not None)
+    head = f"{failed_jobs} of {len(jobs)} job(s) failed, {cancelled} cancelled because a dependency did not succeed"
+    if len(failures) > failed_jobs:
+        head += f", {len(failures) - failed_jobs} other error(s)"
+    lines = [head + ":"]
+    for failure in failures:
+        lines.append(f"  - {failure}")
+        lost = victims.get(getattr(failure, "job", None), ())
+        if lost:
+            names = ", ".join(job.name for job in lost[:3]) + (", ..." if len(lost) > 3 else "")
+            lines.append(f"    cancelled because of it: {len(lost)} job(s): {names}")
+    return "\n".join(lines)
+
+
 # --- 6. The pool: scheduling, serial execution, MPI dispatch ------------------------
+#
+# Serially, execute() pops ready jobs and runs them in the calling thread. Under MPI the
+# main rank (0) hands them to workers over a private duplicate of the communicator, with
+# two fixed tags and these messages (every payload of jobs or outcomes is pickled here,
+# so a job that will not pickle fails alone instead of breaking a whole message):
+#
+#   worker -> main   ("hello",)                       entered execute(), ready for work
+#                    ("done", busy_seconds, outcomes)  one (index, ok, pickled value,
+#                                                      traceback) per job of a batch
+#                    ("unloadable", reason)            a batch did not unpickle: resend solo
+#                    ("left", reason)                  raised in its own code; gone
+#   main -> worker   ("jobs", pickled batch)           a list of (index, fn, args, kwargs)
+#                    ("stop", report or None)          execute() is over (report: failures)
+#                    ("abort", reason)                 the main rank raised; give up
+#
+# The main rank keeps up to _PREFETCH batches on each worker, sized to the ready queue,
+# the number of workers and the measured job length, and polls for messages with a
+# backoff so that an idle rank does not take a core from a working one.
 
 _TAG_TO_WORKER, _TAG_TO_MAIN = 11, 12
 _ANY_SOURCE = -2  # mpi4py.MPI.ANY_SOURCE, without importing mpi4py here
@@ -565,6 +641,102 @@ def _wait_for_message(comm, source: int, tag: int):
         if message is not None:
             return message.recv()
         backoff.wait()
+
+
+def _mpi_status():
+    return _optional("mpi4py.MPI").Status()
+
+
+class _WorkerBook:
+    """The main rank's view of its workers: who joined, who left, what each holds."""
+
+    def __init__(self, size: int, departed: set[int]):
+        self.live = set(range(1, size)) - departed
+        self.joined_workers: set[int] = set()
+        self.batches: dict[int, collections.deque] = {w: collections.deque() for w in self.live}
+        self.in_flight = 0  # batches
+        self.jobs_in_flight = 0
+        self.sends: list = []  # (worker, request) of batches sent without waiting
+
+    def joined(self, worker: int) -> None:
+        self.joined_workers.add(worker)
+
+    def with_credit(self) -> list[int]:
+        return [w for w in self.joined_workers if w in self.live and len(self.batches[w]) < _PREFETCH]
+
+    def sent(self, worker: int, batch: list) -> None:
+        self.batches[worker].append(batch)
+        self.in_flight += 1
+        self.jobs_in_flight += len(batch)
+
+    def returned(self, worker: int) -> list:
+        self.in_flight -= 1
+        batch = self.batches[worker].popleft()
+        self.jobs_in_flight -= len(batch)
+        return batch
+
+    def left(self, worker: int) -> list:
+        self.live.discard(worker)
+        batches = self.batches.pop(worker, ())
+        self.in_flight -= len(batches)
+        self.jobs_in_flight -= sum(map(len, batches))
+        return [job for batch in batches for job in batch]
+
+    def all_settled(self) -> bool:
+        return all(w in self.joined_workers for w in self.live) and not self.in_flight
+
+
+def _run_batch(payload: bytes, owner: Any, rank: int) -> tuple:
+    """Worker: run a batch of jobs and package each outcome on its own."""
+    started = time.perf_counter()
+    try:
+        batch = pickle.loads(payload)
+    except Exception as reason:
+        return ("unloadable", _describe(reason))
+    outcomes = []
+    for index, fn, args, kwargs in batch:
+        try:
+            value, ok, remote_tb = fn(owner, *args, **kwargs), True, None
+        except BaseException as error:  # a SystemExit or KeyboardInterrupt fails the job only
+            value, ok, remote_tb = error, False, traceback.format_exc()
+        outcomes.append((index, *_pack_outcome(value, ok), remote_tb))
+    return ("done", time.perf_counter() - started, outcomes)
+
+
+def _pack_outcome(value: Any, ok: bool) -> tuple[bool, bytes]:
+    """Pickle a result or exception; one that won't pickle becomes a JobPoolError."""
+    try:
+        return ok, _dumps(value)
+    except Exception as reason:
+        what = "result" if ok else f"exception ({_describe(value)})"
+        return False, pickle.dumps(JobPoolError(f"its {what} cannot be sent back: {_describe(reason)}"))
+
+
+def _pack_report(error: WorkflowError) -> bytes:
+    """The main rank's WorkflowError, for the workers to raise with the same messages."""
+    entries = []
+    for entry in error.exceptions:
+        cause = entry.__cause__
+        try:
+            cause_bytes = pickle.dumps(cause) if cause is not None else None
+        except Exception:
+            cause_bytes = None
+        entries.append((type(entry).__name__, str(entry), getattr(entry, "__notes__", []), cause_bytes))
+    return pickle.dumps((error.message, entries))
+
+
+def _unpack_report(data: bytes) -> WorkflowError:
+    message, entries = pickle.loads(data)
+    kinds = {cls.__name__: cls for cls in (JobPoolError, JobSchedulingError, JobCancelledError)}
+    rebuilt = []
+    for kind, text, notes, cause_bytes in entries:
+        entry = kinds.get(kind, JobPoolError)(text)
+        for note in notes:
+            entry.add_note(note)
+        if cause_bytes is not None:
+            entry.__cause__ = _loads_or_stand_in(cause_bytes)
+        rebuilt.append(entry)
+    return WorkflowError(message, rebuilt)
 
 
 class JobPool:
@@ -1285,160 +1457,6 @@ class JobPool:
 
         threading.Thread(target=ping_while_a_job_runs, name="bsb_mini-pinger", daemon=True).start()
         return stop
-
-
-def _mpi_status():
-    return _optional("mpi4py.MPI").Status()
-
-
-class _WorkerBook:
-    """The main rank's view of its workers: who joined, who left, what each holds."""
-
-    def __init__(self, size: int, departed: set[int]):
-        self.live = set(range(1, size)) - departed
-        self.joined_workers: set[int] = set()
-        self.batches: dict[int, collections.deque] = {w: collections.deque() for w in self.live}
-        self.in_flight = 0  # batches
-        self.jobs_in_flight = 0
-        self.sends: list = []  # (worker, request) of batches sent without waiting
-
-    def joined(self, worker: int) -> None:
-        self.joined_workers.add(worker)
-
-    def with_credit(self) -> list[int]:
-        return [w for w in self.joined_workers if w in self.live and len(self.batches[w]) < _PREFETCH]
-
-    def sent(self, worker: int, batch: list) -> None:
-        self.batches[worker].append(batch)
-        self.in_flight += 1
-        self.jobs_in_flight += len(batch)
-
-    def returned(self, worker: int) -> list:
-        self.in_flight -= 1
-        batch = self.batches[worker].popleft()
-        self.jobs_in_flight -= len(batch)
-        return batch
-
-    def left(self, worker: int) -> list:
-        self.live.discard(worker)
-        batches = self.batches.pop(worker, ())
-        self.in_flight -= len(batches)
-        self.jobs_in_flight -= sum(map(len, batches))
-        return [job for batch in batches for job in batch]
-
-    def all_settled(self) -> bool:
-        return all(w in self.joined_workers for w in self.live) and not self.in_flight
-
-
-def _run_batch(payload: bytes, owner: Any, rank: int) -> tuple:
-    """Worker: run a batch of jobs and package each outcome on its own."""
-    started = time.perf_counter()
-    try:
-        batch = pickle.loads(payload)
-    except Exception as reason:
-        return ("unloadable", _describe(reason))
-    outcomes = []
-    for index, fn, args, kwargs in batch:
-        try:
-            value, ok, remote_tb = fn(owner, *args, **kwargs), True, None
-        except BaseException as error:  # a SystemExit or KeyboardInterrupt fails the job only
-            value, ok, remote_tb = error, False, traceback.format_exc()
-        outcomes.append((index, *_pack_outcome(value, ok), remote_tb))
-    return ("done", time.perf_counter() - started, outcomes)
-
-
-def _pack_outcome(value: Any, ok: bool) -> tuple[bool, bytes]:
-    """Pickle a result or exception; one that won't pickle becomes a JobPoolError."""
-    try:
-        return ok, _dumps(value)
-    except Exception as reason:
-        what = "result" if ok else f"exception ({_describe(value)})"
-        return False, pickle.dumps(JobPoolError(f"its {what} cannot be sent back: {_describe(reason)}"))
-
-
-def _pack_report(error: WorkflowError) -> bytes:
-    """The main rank's WorkflowError, for the workers to raise with the same messages."""
-    entries = []
-    for entry in error.exceptions:
-        cause = entry.__cause__
-        try:
-            cause_bytes = pickle.dumps(cause) if cause is not None else None
-        except Exception:
-            cause_bytes = None
-        entries.append((type(entry).__name__, str(entry), getattr(entry, "__notes__", []), cause_bytes))
-    return pickle.dumps((error.message, entries))
-
-
-def _unpack_report(data: bytes) -> WorkflowError:
-    message, entries = pickle.loads(data)
-    kinds = {cls.__name__: cls for cls in (JobPoolError, JobSchedulingError, JobCancelledError)}
-    rebuilt = []
-    for kind, text, notes, cause_bytes in entries:
-        entry = kinds.get(kind, JobPoolError)(text)
-        for note in notes:
-            entry.add_note(note)
-        if cause_bytes is not None:
-            entry.__cause__ = _loads_or_stand_in(cause_bytes)
-        rebuilt.append(entry)
-    return WorkflowError(message, rebuilt)
-
-
-def _cancelled_error(job: Job, root: Job | None, parent: Job | str) -> JobCancelledError:
-    """Blame the failed (or user-cancelled) job at the root of the cascade, not only the parent."""
-    if isinstance(parent, str):
-        message = parent
-    else:
-        message = f"dependency {root.name!r} {root._status.name.lower()}"
-        if parent is not root:
-            message += f" (via {parent.name!r})"
-    error = JobCancelledError(f"Job {job.name!r} was cancelled: {message}")
-    error.root = root
-    return error
-
-
-def _settle_blame(jobs: list[Job]) -> None:
-    """Blame each job cancelled by a cascade on its earliest-submitted failed ancestor.
-
-    Which failure reaches a job first depends on timing under MPI; this makes the
-    blame (and so the report) the same on every run. One pass, O(jobs + edges).
-    """
-    for job in jobs:
-        error = job.error
-        if job._status is not _CANCELLED or getattr(error, "root", None) is None:
-            continue
-        candidates = [(_root_cause(dep), dep) for dep in job.deps if dep._status in (_FAILED, _CANCELLED)]
-        if not candidates:
-            continue
-        root, parent = min(candidates, key=lambda pair: pair[0]._index)
-        if root is not error.root:
-            job.error = _cancelled_error(job, root, parent)
-
-
-def _root_cause(job: Job) -> Job:
-    error = job.error
-    root = getattr(error, "root", None) if isinstance(error, JobCancelledError) else None
-    return root if root is not None else job
-
-
-def _failure_report(failures: list[BaseException], jobs: list[Job], cancelled: int) -> str:
-    """The WorkflowError's message: counts, then a line per failure with what it took down."""
-    victims: dict[Job, list[Job]] = collections.defaultdict(list)
-    if cancelled:
-        for job in jobs:
-            if job._status is _CANCELLED and getattr(job.error, "root", None) is not None:
-                victims[job.error.root].append(job)
-    failed_jobs = sum(1 for f in failures if getattr(f, "job", None) is not None)
-    head = f"{failed_jobs} of {len(jobs)} job(s) failed, {cancelled} cancelled because a dependency did not succeed"
-    if len(failures) > failed_jobs:
-        head += f", {len(failures) - failed_jobs} other error(s)"
-    lines = [head + ":"]
-    for failure in failures:
-        lines.append(f"  - {failure}")
-        lost = victims.get(getattr(failure, "job", None), ())
-        if lost:
-            names = ", ".join(job.name for job in lost[:3]) + (", ..." if len(lost) > 3 else "")
-            lines.append(f"    cancelled because of it: {len(lost)} job(s): {names}")
-    return "\n".join(lines)
 
 
 # --- 7. Listeners and progress ------------------------------------------------------
