@@ -764,6 +764,7 @@ class JobPool:
         self._scheduler_alive = False  # is schedule()'s thread submitting right now?
         self._pinger_lock: threading.Lock | None = None  # held while the ping thread calls listeners
         self._event_count = 0
+        self._max_wait: float | None = None
         self._comm = None  # private duplicate of the communicator, while open
         self._book: _WorkerBook | None = None  # the workers of the running session
         self._departed: set[int] = set()  # workers that left the pool with an exception
@@ -834,6 +835,8 @@ class JobPool:
         if not callable(listener):
             raise JobPoolError(f"Listener {listener!r} is not callable; pass a function of one PoolProgress.")
         self._listeners.append((listener, max_wait))
+        if max_wait:  # pings come after the smallest max_wait of all listeners
+            self._max_wait = max_wait if self._max_wait is None else min(self._max_wait, max_wait)
         self._pool_event_listeners.append(listener)
         if getattr(listener, "_wants_job_events", True):
             self._job_event_listeners.append(listener)
@@ -1384,16 +1387,18 @@ class JobPool:
         old, self._status = self._status, status
         self._announce(PoolProgressReason.POOL_STATUS_CHANGE, status, old, None)
 
-    def _announce(self, reason, status, old, job, deferred: bool = False) -> bool:
+    def _announce(self, reason, status, old, job, now: bool = False) -> bool:
         """Tell the listeners on the main rank; True if one of them handled the event.
 
-        Events raised in schedule()'s thread wait in ``_deferred`` for the main thread.
-        A listener that raises is recorded for the WorkflowError, and the pool goes on.
+        Events raised in schedule()'s thread wait in ``_deferred`` for the main thread;
+        ``now`` delivers in this thread without looking at them (a deferred event being
+        delivered, or a ping from the ping thread). A listener that raises is recorded
+        for the WorkflowError, and the pool goes on.
         """
         listeners = self._pool_event_listeners if job is None else self._job_event_listeners
         if not listeners or self._rank != 0:
             return False
-        if not deferred:
+        if not now:
             if self._scheduler_alive and threading.get_ident() != self._main_thread:
                 self._deferred.append((reason, status, old, job))
                 return False
@@ -1415,26 +1420,19 @@ class JobPool:
     def _deliver_deferred(self) -> None:
         deferred = self._deferred
         while deferred:
-            self._announce(*deferred.popleft(), deferred=True)
+            self._announce(*deferred.popleft(), now=True)
 
-    def _max_wait(self) -> float | None:
-        waits = [wait for _, wait in self._listeners if wait]
-        return min(waits) if waits else None
-
-    def _ping(self) -> None:
-        self._announce(PoolProgressReason.MAX_TIMEOUT_PING, self._status, None, None)
-
-    def _maybe_ping(self, quiet_since: list) -> None:
+    def _maybe_ping(self, quiet_since: list, from_ping_thread: bool = False) -> None:
         """Ping when no event happened for max_wait seconds; ``quiet_since`` is [count, time]."""
-        max_wait = self._max_wait()
+        max_wait = self._max_wait
         if max_wait is None:
             return
-        now = time.monotonic()
+        moment = time.monotonic()
         if self._event_count != quiet_since[0]:
-            quiet_since[:] = [self._event_count, now]
-        elif now - quiet_since[1] >= max_wait:
-            self._ping()
-            quiet_since[:] = [self._event_count, now]
+            quiet_since[:] = [self._event_count, moment]
+        elif moment - quiet_since[1] >= max_wait:
+            self._announce(PoolProgressReason.MAX_TIMEOUT_PING, self._status, None, None, now=from_ping_thread)
+            quiet_since[:] = [self._event_count, moment]
 
     def _start_pinger(self) -> threading.Event | None:
         """Serial mode: a helper thread pings the listeners while a long job holds the main thread.
@@ -1442,7 +1440,7 @@ class JobPool:
         It calls them only while a job runs, holding ``_pinger_lock``, and the main thread
         takes that lock once when the job returns: never two listener calls at once.
         """
-        max_wait = self._max_wait()
+        max_wait = self._max_wait
         if max_wait is None:
             return None
         stop, lock = threading.Event(), threading.Lock()
@@ -1453,7 +1451,7 @@ class JobPool:
             while not stop.wait(max_wait / 8):
                 with lock:
                     if self._current is not None:
-                        self._maybe_ping(quiet_since)
+                        self._maybe_ping(quiet_since, from_ping_thread=True)
 
         threading.Thread(target=ping_while_a_job_runs, name="bsb_mini-pinger", daemon=True).start()
         return stop
