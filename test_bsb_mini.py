@@ -1035,7 +1035,7 @@ def test_mpi_a_worker_that_raises_in_its_own_code_does_not_strand_the_others(n):
 @needs_mpi
 def test_mpi_a_killed_worker_ends_the_whole_run():
     code, results, out, err = mpiexec(3, "worker_dies", timeout=60)
-    assert code != 0 and not results
+    assert code == 7 and not results  # the job's os._exit(7), and no rank carried on
 
 
 @needs_mpi
@@ -1062,6 +1062,7 @@ def test_mpi_ctrl_c_on_the_launcher_ends_every_rank():
         pytest.fail("the ranks kept running after Ctrl-C")
     assert process.returncode != 0
     assert not list(Path(env["BSB_SCENARIO_OUT"]).glob("rank*.json"))  # no rank carried on to the end
+    assert "KeyboardInterrupt" in err
 
 
 @needs_mpi
