@@ -1026,7 +1026,10 @@ class JobPool:
                 self._cancel_cascade(dependent, job, job)
         handled = self._announce(_JOB_STATUS_CHANGE, _FAILED, old, job)
         if not handled:
-            report = JobPoolError(f"Job {job.name!r} failed on rank {rank}: {_describe(error)}")
+            if isinstance(error, JobPoolError) and str(error).startswith(f"Job {job.name!r} "):
+                report = JobPoolError(str(error))  # the pool's own words already name the job
+            else:
+                report = JobPoolError(f"Job {job.name!r} failed on rank {rank}: {_describe(error)}")
             report.__cause__ = error
             report.job, report.rank = job, rank
             self._failures.append(report)
@@ -1762,12 +1765,12 @@ def _selftest_checks() -> list[tuple[str, Callable[[], None]]]:
             names = sorted(job.name for job in pool.jobs if job.status is JobStatus.SUCCESS)
             _check(names == ["a", "c"], f"scheduled {names}")
 
-    def listeners_and_lambdas():
+    def listeners():
         seen = []
         with create_job_pool(listeners=[lambda p: seen.append((p.reason, p.status))], quiet=True) as pool:
-            job = pool.submit(lambda owner, x: x + 1, (41,))
+            job = pool.submit(_selftest_add, (41, 1))
         if rank == 0:
-            _check(job.result == 42, "lambda job gave the wrong result")
+            _check(job.result == 42, "the job gave the wrong result")
             statuses = [s for r, s in seen if r is PoolProgressReason.POOL_STATUS_CHANGE]
             _check(statuses == [PoolStatus.SCHEDULING, PoolStatus.EXECUTING, PoolStatus.CLOSING],
                    f"pool statuses {statuses}")
@@ -1775,12 +1778,24 @@ def _selftest_checks() -> list[tuple[str, Callable[[], None]]]:
             _check(job_statuses == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCESS],
                    f"job statuses {job_statuses}")
 
+    def lambda_jobs():
+        """Lambdas run when they need not cross ranks or cloudpickle is there; else a clear refusal."""
+        can_send = size == 1 or _optional("cloudpickle") is not None
+        with JobPool() as pool:
+            job = pool.submit(lambda owner, x: x * 2, (21,))
+            try:
+                pool.execute()
+            except WorkflowError as error:
+                _check(not can_send and "install cloudpickle" in str(error), f"unexpected {error.message}")
+        if rank == 0:
+            _check(job.result == 42 if can_send else job.status is JobStatus.FAILED, f"lambda job {job!r}")
+
     return [
         ("provider fallback", provider_fallback), ("service registry", registry),
         ("MPI collectives", collectives), ("try_all / try_main", try_all_and_try_main),
         ("MPILock", locks), ("JobPool graph", job_graph),
         ("failure on every rank", failures_reach_every_rank), ("schedule() nodes", node_scheduling),
-        ("listeners and lambdas", listeners_and_lambdas),
+        ("listeners", listeners), ("lambda jobs", lambda_jobs),
     ]
 
 
@@ -1799,13 +1814,17 @@ def _selftest() -> int:
             check()
             outcome = None
         except Exception as error:
-            outcome = _describe(error)
+            outcome = _describe(error).splitlines()[0]
         outcomes = MPI.gather(outcome)
         if rank == 0:
-            bad = [(r, o) for r, o in enumerate(outcomes) if o is not None]
-            failed += bool(bad)
-            detail = "; ".join(f"rank {r}: {o}" for r, o in bad)
-            print(f"{'FAIL' if bad else 'ok  '}  {name}" + (f"  ({detail})" if bad else ""), flush=True)
+            ranks_by_outcome: dict[str, list[int]] = collections.defaultdict(list)
+            for where, text in enumerate(outcomes):
+                if text is not None:
+                    ranks_by_outcome[text].append(where)
+            failed += bool(ranks_by_outcome)
+            print(f"{'FAIL' if ranks_by_outcome else 'ok  '}  {name}", flush=True)
+            for text, ranks in ranks_by_outcome.items():
+                print(f"        rank(s) {', '.join(map(str, ranks))}: {text}", flush=True)
     failed = MPI.bcast(failed)
     total = len(_selftest_checks())
     if rank == 0:

@@ -792,7 +792,7 @@ def test_selftest_passes_in_this_context():
     out = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest"], capture_output=True, text=True,
                          cwd=HERE, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip().splitlines()[-1].startswith("selftest: 9 passed, 0 failed")
+    assert out.stdout.strip().splitlines()[-1].startswith("selftest: 10 passed, 0 failed")
 
 
 def test_selftest_passes_without_mpi4py(tmp_path):
@@ -802,7 +802,7 @@ def test_selftest_passes_without_mpi4py(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest"], capture_output=True, text=True,
                          env=env, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "emulator" in out.stdout and "9 passed, 0 failed" in out.stdout
+    assert "emulator" in out.stdout and "10 passed, 0 failed" in out.stdout
 
 
 def test_bench_smoke_prints_a_table():
@@ -844,12 +844,18 @@ needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC), reason="mpi4py and
 RANKS = [2, 3, 4]
 
 
-def mpiexec(n, *args, timeout=120, script=True):
-    """Run ``mpiexec -n n`` and return (returncode, {rank: outcome}, stdout, stderr); a hang fails."""
+def mpiexec(n, *args, timeout=120, script=True, hide=()):
+    """Run ``mpiexec -n n`` and return (returncode, {rank: outcome}, stdout, stderr); a hang fails.
+
+    ``hide``: optional packages to make unimportable, as if not installed.
+    """
     command = [MPIEXEC, "-n", str(n), sys.executable]
     command += [str(HERE / "mpi_scenarios.py"), *args] if script else list(args)
     folder = Path(tempfile.mkdtemp(prefix="bsb_mini_mpi_"))
-    env = {**os.environ, "PYTHONPATH": str(HERE), "UCX_LOG_LEVEL": "error", "BSB_SCENARIO_OUT": str(folder)}
+    for package in hide:
+        (folder / f"{package}.py").write_text(f"raise ImportError('{package} hidden by the test')\n")
+    path = os.pathsep.join([str(folder)] * bool(hide) + [str(HERE)])
+    env = {**os.environ, "PYTHONPATH": path, "UCX_LOG_LEVEL": "error", "BSB_SCENARIO_OUT": str(folder)}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                cwd=HERE, start_new_session=True)
     try:
@@ -1018,7 +1024,7 @@ def test_mpi_write_locks_never_overlap(n, tmp_path):
 def test_mpi_selftest(n):
     code, _, out, err = mpiexec(n, "-m", "bsb_mini", "selftest", script=False)
     assert code == 0, out + err
-    assert f"selftest: 9 passed, 0 failed (MPI, {n} rank(s))" in out
+    assert f"selftest: 10 passed, 0 failed (MPI, {n} rank(s))" in out
 
 
 @needs_mpi
@@ -1030,6 +1036,18 @@ def test_mpi_a_worker_that_raises_in_its_own_code_does_not_strand_the_others(n):
     assert "Rank 1 left the pool: RuntimeError: rank 1 could not read its input" in results[0]["outcome"]
     assert results[0]["statuses"] == ["SUCCESS"]  # its jobs ran elsewhere
     assert len(results) == n
+
+
+@needs_mpi
+def test_mpi_with_only_mpi4py_installed_selftest_and_readme_example_pass(tmp_path):
+    """`pip install mpi4py mpich` and nothing else: no cloudpickle, no mpilock."""
+    hidden = ("cloudpickle", "mpilock")
+    code, _, out, err = mpiexec(4, "-m", "bsb_mini", "selftest", script=False, hide=hidden)
+    assert code == 0, out + err
+    assert "selftest: 10 passed, 0 failed (MPI, 4 rank(s))" in out
+    code, _, out, err = mpiexec(4, str(readme_example(tmp_path)), script=False, hide=hidden)
+    assert code == 0, err
+    assert out.splitlines()[0] == "my scaffold placed cortex at density 2.0"
 
 
 @needs_mpi
