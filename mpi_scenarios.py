@@ -274,6 +274,10 @@ def scenario_worker_raises():
 
 
 def die(owner):
+    folder = os.environ.get("BSB_SCENARIO_OUT")
+    if folder:
+        with open(os.path.join(folder, "died.txt"), "w") as file:
+            file.write(str(bsb_mini.MPI.get_rank()))
     os._exit(7)
 
 
