@@ -1889,6 +1889,17 @@ def _time_pool_once(count: int, dag: list | None, listener: Callable | None, **p
     return time.perf_counter() - started
 
 
+def _time_thread_pool(count: int) -> float:
+    """A peer for scale: the standard library's ThreadPoolExecutor with 2 threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(2) as executor:
+        for future in [executor.submit(_noop, None, i) for i in range(count)]:
+            future.result()
+    return time.perf_counter() - started
+
+
 def _time_plain_loop(count: int) -> float:
     started = time.perf_counter()
     for i in range(count):
@@ -1913,6 +1924,8 @@ def _bench_serial(count: int, runs: int, scaling: list[int]) -> list[dict]:
     _time_pool(100, dag)  # warm up: the first pool imports mpi4py, if installed
     floor = _median_of(runs, lambda: _time_plain_loop(count))
     rows = [_bench_row("plain Python loop (the floor)", count, floor, floor)]
+    peer = _median_of(runs, lambda: _time_thread_pool(count))
+    rows.append(_bench_row("peer: ThreadPoolExecutor(2)", count, peer, floor))
     rows.append(_bench_row("serial, independent", count, _median_of(runs, lambda: _time_pool(count, None)), floor))
     rows.append(_bench_row("serial, DAG <=3 deps", count, _median_of(runs, lambda: _time_pool(count, dag)), floor))
     rows.append(_bench_row("serial, DAG + 1 listener", count,
