@@ -47,9 +47,31 @@ def random_graph(seed: int, count: int):
     return [(sorted(rng.sample(range(i), min(i, rng.randint(0, 3)))), rng.random() < 0.08) for i in range(count)]
 
 
+LEGAL_SEQUENCES = {
+    ("JOB_ADDED", "QUEUED", "RUNNING", "SUCCESS"),
+    ("JOB_ADDED", "QUEUED", "RUNNING", "FAILED"),
+    ("JOB_ADDED", "CANCELLED"),
+    ("JOB_ADDED", "QUEUED", "CANCELLED"),
+}
+
+
+def event_sequences(pool):
+    """A listener for ``pool`` that files every job event under the job's index."""
+    sequences = {}
+
+    def listener(progress):
+        if progress.job is not None:
+            step = "JOB_ADDED" if progress.reason is PoolProgressReason.JOB_ADDED else progress.status.name
+            sequences.setdefault(progress.job, []).append(step)
+
+    pool.add_listener(listener)
+    return sequences
+
+
 def run_graph(graph, comm=None):
-    """Submit a random graph; results pass along the edges. Returns statuses and results."""
+    """Submit a random graph. Returns statuses, results, the error report and event sequences."""
     with JobPool(comm=comm) as pool:
+        sequences = event_sequences(pool)
         jobs = []
         for index, (deps, fails) in enumerate(graph):
             jobs.append(pool.submit(dag_job, (index, fails), deps=[jobs[d] for d in deps]))
@@ -60,12 +82,14 @@ def run_graph(graph, comm=None):
             error = raised.message
     statuses = [job.status.name for job in jobs]
     results = [job.result if job.status is JobStatus.SUCCESS else None for job in jobs]
-    return statuses, results, error
+    illegal = [(job.name, sequences.get(job)) for job in jobs if tuple(sequences.get(job, ())) not in LEGAL_SEQUENCES]
+    return statuses, results, error, illegal if pool.is_main() else None
 
 
 def scenario_dag(seed: str, count: str = "300"):
-    statuses, results, error = run_graph(random_graph(int(seed), int(count)))
-    report(statuses=statuses if RANK == 0 else None, results=results if RANK == 0 else None, error=error)
+    statuses, results, error, illegal = run_graph(random_graph(int(seed), int(count)))
+    report(statuses=statuses if RANK == 0 else None, results=results if RANK == 0 else None, error=error,
+           illegal_event_sequences=illegal)
 
 
 def scenario_where(count: str = "40"):
@@ -320,7 +344,7 @@ def scenario_split_comm():
     """A pool on a split communicator: even and odd ranks run separate pools."""
     world = bsb_mini.MPI.get_communicator()
     half = world.Split(RANK % 2, RANK)
-    statuses, results, error = run_graph(random_graph(5, 50), comm=half)
+    statuses, results, error, _ = run_graph(random_graph(5, 50), comm=half)
     report(color=RANK % 2, sub_rank=half.Get_rank(), ok=error is None or "fails on purpose" in error,
            results=results if half.Get_rank() == 0 else None)
     half.Free()

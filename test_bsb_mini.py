@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bsb_mini
+import mpi_scenarios
 from bsb_mini import (
     DependencyError,
     ErrorModule,
@@ -722,6 +723,7 @@ def test_random_graphs_match_the_reference(graph):
         return value
 
     with JobPool() as pool:
+        sequences = mpi_scenarios.event_sequences(pool)
         jobs = []
         for index, (deps, fails) in enumerate(graph):
             jobs.append(pool.submit(body, args=(index, deps, fails), deps=[jobs[d] for d in deps]))
@@ -732,6 +734,7 @@ def test_random_graphs_match_the_reference(graph):
         except WorkflowError as error:
             assert len(error.exceptions) == sum(1 for job in jobs if job.status is JobStatus.FAILED) <= failures
     expected = reference_outcome(graph)
+    assert all(tuple(sequences[job]) in mpi_scenarios.LEGAL_SEQUENCES for job in jobs)
     for index, (deps, fails) in enumerate(graph):
         job = jobs[index]
         if expected[index] is not None:
@@ -874,9 +877,6 @@ def mpiexec(n, *args, timeout=120, script=True, hide=()):
 
 
 def serial_graph_outcome(seed, count):
-    sys.path.insert(0, str(HERE))
-    import mpi_scenarios
-
     return mpi_scenarios.run_graph(mpi_scenarios.random_graph(seed, count))
 
 
@@ -886,7 +886,8 @@ def serial_graph_outcome(seed, count):
 def test_mpi_random_graph_matches_the_serial_run(n, seed):
     code, results, out, err = mpiexec(n, "dag", str(seed), "300")
     assert code == 0, err
-    statuses, values, error = serial_graph_outcome(seed, 300)
+    statuses, values, error, illegal = serial_graph_outcome(seed, 300)
+    assert illegal == [] and results[0]["illegal_event_sequences"] == []  # same status order in both
     assert results[0]["statuses"] == statuses and results[0]["results"] == values
     assert "FAILED" in statuses and "CANCELLED" in statuses  # the seeds do exercise failures
     reports = {results[r]["error"] for r in range(n)}
@@ -1004,7 +1005,7 @@ def test_mpi_code_that_submits_on_every_rank_runs_each_job_once(n):
 def test_mpi_pool_on_a_split_communicator():
     code, results, out, err = mpiexec(4, "split_comm")
     assert code == 0, err
-    statuses, values, _ = serial_graph_outcome(5, 50)
+    statuses, values, _, _ = serial_graph_outcome(5, 50)
     assert results[0]["results"] == values and results[1]["results"] == values
     assert all(results[r]["ok"] for r in range(4))
 
