@@ -301,6 +301,13 @@ class MPIService:
             raise error
 
 
+def _as_service(comm: Any, default: Any) -> Any:
+    """An MPIService for ``comm`` (an mpi4py communicator or an MPIService), else ``default``."""
+    if isinstance(comm, MPIService):
+        return comm
+    return MPIService(comm) if comm else default
+
+
 def _dumps_exception(error: BaseException) -> bytes:
     """Pickle an exception, or a JobPoolError that tells it, when it won't pickle."""
     try:
@@ -380,7 +387,7 @@ class _MPILockService:
         self._mpi = mpi
 
     def sync(self, comm: Any = None, master: int = 0):
-        service = comm if isinstance(comm, MPIService) else MPIService(comm) if comm else self._mpi
+        service = _as_service(comm, self._mpi)
         real_comm = service.get_communicator()
         mpilock = _optional("mpilock") if real_comm is not None else None
         if mpilock is None:
@@ -418,7 +425,7 @@ class Job:
 
     __slots__ = (
         "_pool", "_index", "_fn", "_args", "_kwargs", "deps", "_name", "_status",
-        "_result", "error", "_waiting", "_dependents", "rank", "_solo", "__weakref__",
+        "_result", "error", "_waiting", "_dependents", "rank", "_solo",
     )
 
     def __init__(self, pool, index, fn, args, kwargs, deps, name):
@@ -633,11 +640,11 @@ class _Backoff:
         time.sleep(self.delay)
 
 
-def _wait_for_message(comm, source: int, tag: int):
+def _wait_for_message(comm, source: int, tag: int, status: Any = None):
     """Receive the next message, without burning a core while none comes."""
     backoff = _Backoff()
     while True:
-        message = comm.improbe(source, tag)
+        message = comm.improbe(source, tag, status)
         if message is not None:
             return message.recv()
         backoff.wait()
@@ -686,7 +693,7 @@ class _WorkerBook:
         return all(w in self.joined_workers for w in self.live) and not self.in_flight
 
 
-def _run_batch(payload: bytes, owner: Any, rank: int) -> tuple:
+def _run_batch(payload: bytes, owner: Any) -> tuple:
     """Worker: run a batch of jobs and package each outcome on its own."""
     started = time.perf_counter()
     try:
@@ -696,7 +703,8 @@ def _run_batch(payload: bytes, owner: Any, rank: int) -> tuple:
     outcomes = []
     for index, fn, args, kwargs in batch:
         try:
-            value, ok, remote_tb = fn(owner, *args, **kwargs), True, None
+            value = fn(owner, *args, **kwargs) if kwargs else fn(owner, *args)
+            ok, remote_tb = True, None
         except BaseException as error:  # a SystemExit or KeyboardInterrupt fails the job only
             value, ok, remote_tb = error, False, traceback.format_exc()
         outcomes.append((index, *_pack_outcome(value, ok), remote_tb))
@@ -745,7 +753,7 @@ class JobPool:
     def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None):
         self.owner = owner
         self._fail_fast = fail_fast
-        self._mpi = comm if isinstance(comm, MPIService) else MPIService(comm) if comm else get_service("MPI")
+        self._mpi = _as_service(comm, get_service("MPI"))
         self._jobs: list[Job] = []
         self._ready: collections.deque[Job] = collections.deque()
         self._lock = threading.RLock()
@@ -755,10 +763,8 @@ class JobPool:
         self._schedules: list[tuple[list, Callable | None]] = []
         self._failures: list[BaseException] = []
         self._stopping = False  # fail_fast tripped
-        self._listeners: list[tuple[Callable, float | None]] = []
-        self._pool_event_listeners: list[Callable] = []
-        self._job_event_listeners: list[Callable] = []
-        self._job_listeners = False  # does any listener want job events? (checked per event)
+        self._pool_event_listeners: list[Callable] = []  # every listener
+        self._job_event_listeners: list[Callable] = []  # those that want job events too
         self._deferred: collections.deque = collections.deque()  # events from other threads
         self._main_thread = threading.get_ident()
         self._scheduler_alive = False  # is schedule()'s thread submitting right now?
@@ -767,6 +773,8 @@ class JobPool:
         self._max_wait: float | None = None
         self._comm = None  # private duplicate of the communicator, while open
         self._book: _WorkerBook | None = None  # the workers of the running session
+        self._batch_cap = 8  # jobs per batch, adapted to the measured job length
+        self._wakeup = threading.Event()  # schedule()'s thread added work
         self._departed: set[int] = set()  # workers that left the pool with an exception
         self._aborted = False
         self._current: Job | None = None  # the job running in this thread (serial mode)
@@ -801,7 +809,7 @@ class JobPool:
             self._comm = comm.Dup()  # our tags never meet the application's messages
         self._entered = True
         self._main_thread = threading.get_ident()
-        for listener, _ in self._listeners:
+        for listener in self._pool_event_listeners:
             if hasattr(listener, "__enter__"):
                 listener.__enter__()
         self._set_status(PoolStatus.SCHEDULING)
@@ -823,7 +831,7 @@ class JobPool:
             if self._froze_gc:
                 gc.unfreeze()
                 self._froze_gc = False
-            for listener, _ in self._listeners:
+            for listener in self._pool_event_listeners:
                 if hasattr(listener, "__exit__"):
                     listener.__exit__(None, None, None)
             if self._comm is not None:
@@ -834,13 +842,11 @@ class JobPool:
         """Call ``listener(progress)`` on the main rank for each event of this pool."""
         if not callable(listener):
             raise JobPoolError(f"Listener {listener!r} is not callable; pass a function of one PoolProgress.")
-        self._listeners.append((listener, max_wait))
         if max_wait:  # pings come after the smallest max_wait of all listeners
             self._max_wait = max_wait if self._max_wait is None else min(self._max_wait, max_wait)
         self._pool_event_listeners.append(listener)
         if getattr(listener, "_wants_job_events", True):
             self._job_event_listeners.append(listener)
-            self._job_listeners = True
         if self._entered and not self._closed and hasattr(listener, "__enter__"):
             listener.__enter__()
 
@@ -874,7 +880,7 @@ class JobPool:
             self._jobs.append(job)
             if job._index >= self._next_gc_freeze:
                 self._keep_jobs_out_of_gc()
-            if self._job_listeners:
+            if self._job_event_listeners:
                 self._announce(PoolProgressReason.JOB_ADDED, None, None, job)
             if self._rank == 0:  # worker ranks keep their submissions PENDING
                 if deps:
@@ -952,7 +958,7 @@ class JobPool:
     def _enqueue(self, job: Job) -> None:
         job._status = _QUEUED
         self._ready.append(job)
-        if self._job_listeners:
+        if self._job_event_listeners:
             self._announce(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
 
     def _release_dependents(self, job: Job) -> None:
@@ -974,7 +980,7 @@ class JobPool:
             old, job._status = job._status, _CANCELLED
             job.error = _cancelled_error(job, root, parent)
             self._cancelled_count += 1
-            if self._job_listeners:
+            if self._job_event_listeners:
                 self._announce(_JOB_STATUS_CHANGE, _CANCELLED, old, job)
             if job._dependents:
                 root = root or job
@@ -1010,7 +1016,7 @@ class JobPool:
         finally:
             if threaded:
                 self._lock.release()
-        if self._job_listeners:
+        if self._job_event_listeners:
             self._announce(_JOB_STATUS_CHANGE, _SUCCESS, _RUNNING, job)
 
     def _failed(self, job: Job, error: BaseException, rank: int, remote_traceback: str | None = None) -> None:
@@ -1048,7 +1054,7 @@ class JobPool:
 
     def _mark_running(self, job: Job) -> None:
         job._status = _RUNNING
-        if self._job_listeners:
+        if self._job_event_listeners:
             self._announce(_JOB_STATUS_CHANGE, _RUNNING, _QUEUED, job)
 
     def _run_here(self, job: Job) -> None:
@@ -1078,7 +1084,6 @@ class JobPool:
     # -- the main rank's execute() --
 
     def _execute_as_main(self, return_results: bool) -> dict[Job, Any] | None:
-        self._executed_upto = len(self._jobs)
         self._stopping = False
         self._set_status(PoolStatus.EXECUTING)
         scheduler = self._start_scheduling()
@@ -1131,9 +1136,7 @@ class JobPool:
         while True:
             while ready:
                 job = ready.popleft()
-                if job._status is _QUEUED:
-                    if self._deferred:
-                        self._deliver_deferred()
+                if job._status is _QUEUED:  # _announce delivers schedule()'s queued events first
                     self._run_here(job)
             if scheduler is None or not scheduler.is_alive():
                 if not ready:
@@ -1148,7 +1151,6 @@ class JobPool:
     # -- schedule(): node arrays in a background thread on the main rank --
 
     def _start_scheduling(self) -> threading.Thread | None:
-        self._wakeup = threading.Event()
         schedules, self._schedules = self._schedules, []
         if not schedules:
             return None
@@ -1191,7 +1193,6 @@ class JobPool:
         comm, ready = self._comm, self._ready
         workers = self._book = _WorkerBook(self._size, self._departed)
         status, backoff = _mpi_status(), _Backoff()
-        self._batch_cap = 8
         quiet_since = [self._event_count, time.monotonic()]
         while True:
             message = comm.improbe(_ANY_SOURCE, _TAG_TO_MAIN, status)
@@ -1338,13 +1339,10 @@ class JobPool:
             return
         report = None if error is None else _pack_report(error)
         book, self._book = self._book or _WorkerBook(self._size, self._departed), None
-        status, backoff = _mpi_status(), _Backoff()
+        status = _mpi_status()
         while not book.all_settled():
-            message = self._comm.improbe(_ANY_SOURCE, _TAG_TO_MAIN, status)
-            if message is None:
-                backoff.wait()
-                continue
-            self._on_worker_message(book, status.Get_source(), message.recv())
+            message = _wait_for_message(self._comm, _ANY_SOURCE, _TAG_TO_MAIN, status)
+            self._on_worker_message(book, status.Get_source(), message)
         for worker, request in book.sends:  # all read by now, except by workers that left
             if worker in book.live:
                 request.Wait()
@@ -1373,7 +1371,7 @@ class JobPool:
         while True:
             kind, payload = _wait_for_message(comm, 0, _TAG_TO_WORKER)
             if kind == "jobs":
-                comm.send(_run_batch(payload, owner, self._rank), dest=0, tag=_TAG_TO_MAIN)
+                comm.send(_run_batch(payload, owner), dest=0, tag=_TAG_TO_MAIN)
             elif kind == "stop":
                 if payload is not None:
                     raise _unpack_report(payload)
@@ -1554,8 +1552,9 @@ class _ProgressReport:
     def _begin(self, pool: JobPool) -> None:
         self._pool, self._started = pool, time.monotonic()
         self._stop.clear()
-        every = self.TERMINAL_REFRESH if self._on_terminal() else self._log_every
-        if not self._on_terminal():
+        on_terminal = self._on_terminal()
+        every = self.TERMINAL_REFRESH if on_terminal else self._log_every
+        if not on_terminal:
             self._log(f"executing {len(pool._jobs)} job(s) on {pool._size} rank(s)")
         self._thread = threading.Thread(target=self._refresh, args=(every,), name="bsb_mini-progress", daemon=True)
         self._thread.start()
@@ -1809,7 +1808,8 @@ def _selftest() -> int:
     failed = 0
     if rank == 0:
         print(f"bsb_mini {__version__} selftest: {context}", flush=True)
-    for name, check in _selftest_checks():
+    checks = _selftest_checks()
+    for name, check in checks:
         try:
             check()
             outcome = None
@@ -1826,7 +1826,7 @@ def _selftest() -> int:
             for text, ranks in ranks_by_outcome.items():
                 print(f"        rank(s) {', '.join(map(str, ranks))}: {text}", flush=True)
     failed = MPI.bcast(failed)
-    total = len(_selftest_checks())
+    total = len(checks)
     if rank == 0:
         print(f"selftest: {total - failed} passed, {failed} failed ({context})", flush=True)
     return 1 if failed else 0
