@@ -15,6 +15,7 @@ import faulthandler
 import functools
 import gc
 import importlib
+import itertools
 import logging
 import operator
 import os
@@ -33,7 +34,7 @@ __all__ = [
     "MPIService", "MPI", "MPILock", "JobPool", "create_job_pool", "Job",
     "JobStatus", "PoolStatus", "PoolProgressReason", "PoolProgress",
     "JobPoolError", "JobPoolContextError", "JobSchedulingError",
-    "JobCancelledError", "WorkflowError",
+    "JobCancelledError", "WorkflowError", "PoolSnapshot",
 ]
 
 # --- 1. Errors and enums ---------------------------------------------------------
@@ -56,7 +57,14 @@ class JobSchedulingError(JobPoolError):
 
 
 class JobCancelledError(JobPoolError):
-    """The job was cancelled: by the user, by ``fail_fast`` or by a failed dependency."""
+    """The job was cancelled: by the user, by ``fail_fast`` or by a failed dependency.
+
+    ``root`` is the failed (or cancelled) job at the root of the cascade, or None.
+    """
+
+    def __init__(self, message: str = "", root: Any = None):
+        super().__init__(message)
+        self.root = root
 
 
 class WorkflowError(ExceptionGroup):  # noqa: N818 (the name is the spec's)
@@ -89,6 +97,7 @@ class PoolProgressReason(enum.Enum):
     MAX_TIMEOUT_PING = "max_timeout_ping"
 
 
+# Module constants for the hot path: an enum attribute costs several times a global's look-up.
 _PENDING, _QUEUED, _RUNNING = JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING
 _SUCCESS, _FAILED, _CANCELLED = JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED
 _ABORTED = JobStatus.ABORTED
@@ -124,11 +133,22 @@ _import_errors: dict[str, BaseException] = {}
 
 
 def provide(module_name: str, fallback: Any) -> Any:
-    """Return the imported ``module_name``, or ``fallback`` as it is if it can't be."""
+    """Return the imported ``module_name``, or ``fallback`` as it is if it can't be.
+
+    A package that is installed but breaks while importing also gives the fallback,
+    with a WARNING that names it (an ErrorModule fallback's message says it too).
+    """
     try:
         return importlib.import_module(module_name)
-    except Exception as error:  # ImportError, or a package broken on import
+    except ImportError as error:
         _import_errors[module_name] = error
+        return fallback
+    except Exception as error:  # installed, but broken on import
+        _import_errors[module_name] = error
+        problem = f"{module_name} is installed but failed to import: {_describe(error)}"
+        logging.getLogger("bsb_mini").warning("%s; using its fallback.", problem)
+        if isinstance(fallback, ErrorModule):
+            return ErrorModule(f"{fallback._message} ({problem})")
         return fallback
 
 
@@ -193,9 +213,36 @@ def _check_launcher_environment() -> None:
     raise DependencyError(
         f"An MPI launcher started this process ({', '.join(found)} set) but mpi4py "
         f"cannot be imported{reason}: every rank would run the whole script alone and "
-        'repeat all the work. Install it: pip install "bsb-mini[parallel]" (or '
-        "pip install mpi4py), or set BSB_IGNORE_PARALLEL=1 to run single-node anyway."
+        "repeat all the work. Install it (pip install mpi4py, or load your cluster's mpi4py "
+        "module), or set BSB_IGNORE_PARALLEL=1 to run single-node anyway."
     )
+
+
+# The thread that runs jobs right now (an execute() or a worker serving), if any: MPI
+# collectives and new pools are refused there, since under MPI the other ranks are not
+# there to meet them and the call would hang.
+_job_thread: int | None = None
+
+
+@contextlib.contextmanager
+def _jobs_run_in_this_thread():
+    global _job_thread
+    outer, _job_thread = _job_thread, threading.get_ident()
+    try:
+        yield
+    finally:
+        _job_thread = outer
+
+
+def _refuse_inside_a_job(what: str) -> None:
+    if _job_thread is not None and _job_thread == threading.get_ident():
+        raise JobPoolError(
+            f"{what} inside a running job (or a listener) of a JobPool: jobs must not call MPI "
+            "collectives or open pools, because under MPI the other ranks are busy elsewhere and "
+            "the call would hang. Do it before or after the pool's execute()."
+        )
+
+
 
 
 class MPIService:
@@ -236,8 +283,13 @@ class MPIService:
         comm = self._communicator()
         return 1 if comm is None else comm.Get_size()
 
+    def _collective(self, name: str) -> Any:
+        """The communicator for a collective call, refused inside a running job."""
+        _refuse_inside_a_job(f"MPI.{name}() called")
+        return self._communicator()
+
     def barrier(self) -> None:
-        comm = self._communicator()
+        comm = self._collective("barrier")
         if comm is not None:
             comm.Barrier()
 
@@ -248,19 +300,19 @@ class MPIService:
         comm.Abort(errorcode)
 
     def bcast(self, obj: Any, root: int = 0) -> Any:
-        comm = self._communicator()
+        comm = self._collective("bcast")
         return obj if comm is None else comm.bcast(obj, root=root)
 
     def gather(self, obj: Any, root: int = 0) -> list | None:
-        comm = self._communicator()
+        comm = self._collective("gather")
         return [obj] if comm is None else comm.gather(obj, root=root)
 
     def allgather(self, obj: Any) -> list:
-        comm = self._communicator()
+        comm = self._collective("allgather")
         return [obj] if comm is None else comm.allgather(obj)
 
     def scatter(self, seq: Any, root: int = 0) -> Any:
-        comm = self._communicator()
+        comm = self._collective("scatter")
         if comm is not None:
             return comm.scatter(seq, root=root)
         if seq is None or len(seq) != 1:
@@ -270,6 +322,7 @@ class MPIService:
     @contextlib.contextmanager
     def try_all(self, default_exception: BaseException | None = None):
         """If any rank raises inside the block, every rank raises."""
+        _refuse_inside_a_job("MPI.try_all() used")
         error = None
         try:
             yield
@@ -286,6 +339,7 @@ class MPIService:
     @contextlib.contextmanager
     def try_main(self):
         """If the main rank raises inside the block, every rank raises that error."""
+        _refuse_inside_a_job("MPI.try_main() used")
         error = None
         try:
             yield
@@ -324,7 +378,11 @@ def _loads_or_stand_in(data: bytes) -> BaseException:
 
 
 def _describe(error: BaseException) -> str:
-    text = str(error)
+    """``Type: message``, even for an exception whose ``__str__`` raises."""
+    try:
+        text = str(error)
+    except Exception as broken:
+        text = f"<its str() raised {type(broken).__name__}>"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -417,18 +475,19 @@ def _default_name(fn: Callable, args: tuple, kwargs: dict) -> str:
 
 
 class Job:
-    """One call ``fn(owner, *args, **kwargs)`` in a pool, with its dependencies.
+    """One call ``fn(owner, *args, **kwargs)`` in a pool: identity, call, graph links, outcome.
 
-    Bookkeeping is graphlib's: ``_waiting`` counts unfinished dependencies and
-    ``_dependents`` lists the jobs to release when this one succeeds.
+    Graph links are graphlib's: ``_waiting`` counts unfinished dependencies and
+    ``_dependents`` lists the jobs to release when this one succeeds. Only the
+    pool's ``_Graph`` changes ``_status``.
     """
 
     __slots__ = (
         "_pool", "_index", "_fn", "_args", "_kwargs", "deps", "_name", "_status",
-        "_result", "error", "_waiting", "_dependents", "rank", "_solo",
+        "_result", "error", "_waiting", "_dependents", "rank", "_context", "_solo",
     )
 
-    def __init__(self, pool, index, fn, args, kwargs, deps, name):
+    def __init__(self, pool, index, fn, args, kwargs, deps, name, context):
         self._pool = pool
         self._index = index
         self._fn = fn
@@ -440,7 +499,8 @@ class Job:
         self.error = None
         self._waiting = 0
         self._dependents = None
-        self.rank = None  # the rank that ran it
+        self.rank = None  # the rank that runs it: set when it is started or handed to a worker
+        self._context = context or None
         self._solo = False  # send alone: it broke a batch before
 
     @property
@@ -454,6 +514,18 @@ class Job:
         return self._status
 
     @property
+    def context(self) -> dict:
+        """The extra keyword arguments given to submit() (not passed to the job)."""
+        if self._context is None:
+            self._context = {}
+        return self._context
+
+    @property
+    def attempts(self) -> int:
+        """How many times the job started (0 or 1: a job runs at most once)."""
+        return int(self._status in _STARTED_STATES)
+
+    @property
     def result(self) -> Any:
         if self._status is _SUCCESS:
             return self._result
@@ -461,25 +533,263 @@ class Job:
         raise JobPoolError(f"Job {self.name!r} has no result, it is {self._status.name}{detail}")
 
     def cancel(self, reason: str | None = None) -> None:
-        """Cancel a PENDING or QUEUED job and its dependents; others are left alone."""
-        self._pool._cancel_by_user(self, reason)
+        """Cancel a PENDING or QUEUED job and its dependents; others are left as they are."""
+        self._pool._on_main_thread(self._pool._graph.cancel_by_user, self, reason)
 
     def __repr__(self) -> str:
         return f"<Job {self.name!r} {self._status.name}>"
 
 
+_STARTED_STATES = frozenset((_RUNNING, _SUCCESS, _FAILED, _ABORTED))
+
+
+class _Graph:
+    """The only code that changes job states: graphlib's counts, a ready queue, the cascade.
+
+    Jobs whose dependencies are met wait in ``held`` (PENDING) until the pool executes,
+    then in ``ready`` (QUEUED). Runs on the pool's main thread only; every state change
+    goes out through ``emit(reason, status, old, job)`` (None while no listener wants
+    job events), which returns True when a listener handled the event.
+    """
+
+    def __init__(self) -> None:
+        self.jobs: list[Job] = []  # in submission order; appended from any thread
+        self.ready: collections.deque[Job] = collections.deque()
+        self.held: list[Job] = []
+        self.executing = False
+        self.stop_reason: str | None = None  # set by fail_fast or an interruption
+        self.emit: Callable | None = None
+        self.active = 0  # jobs handed to a worker or running here
+        self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = 0  # for snapshots
+
+    # -- jobs come in --
+
+    def link(self, job: Job) -> None:
+        """Count the unfinished dependencies of a new job; hold or queue it if there are none."""
+        waiting = 0
+        for dep in job.deps:
+            status = dep._status
+            if status is _SUCCESS:
+                continue
+            if status is _FAILED or status is _CANCELLED or status is _ABORTED:
+                self._cascade(job, _root_cause(dep), dep)
+                return
+            if dep._dependents is None:
+                dep._dependents = [job]
+            else:
+                dep._dependents.append(job)
+            waiting += 1
+        if waiting:
+            job._waiting = waiting
+        elif self.executing:
+            self._enqueue(job)
+        else:
+            self.held.append(job)
+
+    def start_executing(self) -> None:
+        """execute() began: every held job becomes QUEUED."""
+        self.executing, self.stop_reason = True, None
+        held, self.held = self.held, []
+        for job in held:
+            if job._status is _PENDING:
+                self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        job._status = _QUEUED
+        self.ready.append(job)
+        if self.emit is not None:
+            self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
+
+    def take(self) -> Job | None:
+        """The next QUEUED job of the ready queue (cancelled ones are skipped), now active."""
+        ready = self.ready
+        while ready:
+            job = ready.popleft()
+            if job._status is _QUEUED:
+                self.active += 1
+                return job
+        return None
+
+    def put_back(self, jobs: list[Job]) -> None:
+        """Jobs handed to a worker that will not run them go to the front of the queue."""
+        for job in reversed(jobs):
+            if job._status is _QUEUED:
+                job.rank = None
+                self.active -= 1
+                self.ready.appendleft(job)
+
+    # -- jobs run and end --
+
+    def started(self, job: Job) -> None:
+        job._status = _RUNNING
+        if self.emit is not None:
+            self.emit(_JOB_STATUS_CHANGE, _RUNNING, _QUEUED, job)
+
+    def succeeded(self, job: Job, result: Any) -> None:
+        job._result = result
+        job._status = _SUCCESS
+        self.active -= 1
+        self.n_succeeded += 1
+        if job._dependents:
+            for dependent in job._dependents:
+                dependent._waiting -= 1
+                if not dependent._waiting and dependent._status is _PENDING:
+                    self._enqueue(dependent)
+        if self.emit is not None:
+            self.emit(_JOB_STATUS_CHANGE, _SUCCESS, _RUNNING, job)
+
+    def failed(self, job: Job, error: BaseException) -> bool:
+        """Record a failure and cancel what depends on it; True if a listener handled it."""
+        old, job._status, job.error = job._status, _FAILED, error
+        self.active -= 1
+        self.n_failed += 1
+        for dependent in job._dependents or ():
+            self._cascade(dependent, job, job)
+        return bool(self.emit is not None and self.emit(_JOB_STATUS_CHANGE, _FAILED, old, job))
+
+    def aborted_while_running(self, jobs: Iterable[Job]) -> None:
+        """The pool was interrupted: jobs that were running or on a worker end ABORTED."""
+        for job in jobs:
+            if job._status is _RUNNING or (job._status is _QUEUED and job.rank is not None):
+                old, job._status = job._status, _ABORTED
+                job.error = JobPoolError(f"Job {job.name!r} was aborted: the pool was interrupted")
+                self.active -= 1
+                self.n_aborted += 1
+                if self.emit is not None:
+                    self.emit(_JOB_STATUS_CHANGE, _ABORTED, old, job)
+
+    # -- cancellation --
+
+    def cancel_by_user(self, job: Job, reason: str | None) -> None:
+        if job.rank is None:  # not on a worker, not running
+            self._cascade(job, None, reason or "cancelled by the user")
+
+    def stop(self, reason: str) -> None:
+        """Cancel everything that has not started (fail_fast, or an interruption)."""
+        self.stop_reason = reason
+        while self.ready:
+            job = self.ready.popleft()
+            if job.rank is None:
+                self._cascade(job, None, reason)
+        for job in self.jobs:
+            if job._status is _PENDING:
+                self._cascade(job, None, reason)
+
+    def _cascade(self, first: Job, root: Job | None, parent: Job | str) -> None:
+        """Cancel ``first`` and everything downstream of it, blaming the root cause.
+
+        ``parent`` is the failed or cancelled dependency of ``first``, or a reason.
+        """
+        todo = [(first, parent)]
+        while todo:
+            job, parent = todo.pop()
+            if job._status is not _PENDING and (job._status is not _QUEUED or job.rank is not None):
+                continue
+            old, job._status = job._status, _CANCELLED
+            job.error = _cancelled_error(job, root, parent)
+            self.n_cancelled += 1
+            if self.emit is not None:
+                self.emit(_JOB_STATUS_CHANGE, _CANCELLED, old, job)
+            if job._dependents:
+                todo.extend((dependent, job) for dependent in job._dependents)
+                root = root or job
+
+
+def _cancelled_error(job: Job, root: Job | None, parent: Job | str) -> JobCancelledError:
+    """Blame the failed (or user-cancelled) job at the root of the cascade, not only the parent."""
+    if isinstance(parent, str):
+        return JobCancelledError(f"Job {job.name!r} was cancelled: {parent}")
+    root = root or parent
+    message = f"dependency {root.name!r} {root._status.name.lower()}"
+    if parent is not root:
+        message += f" (via {parent.name!r})"
+    return JobCancelledError(f"Job {job.name!r} was cancelled: {message}", root=root)
+
+
+def _root_cause(job: Job) -> Job:
+    error = job.error
+    root = error.root if isinstance(error, JobCancelledError) else None
+    return root if root is not None else job
+
+
+def _settle_blame(jobs: list[Job]) -> None:
+    """Blame each job cancelled by a cascade on its earliest-submitted failed ancestor.
+
+    Which failure reaches a job first depends on timing under MPI; this makes the
+    blame (and so the report) the same on every run. One pass, O(jobs + edges).
+    """
+    for job in sorted(jobs, key=_by_index):
+        error = job.error
+        if job._status is not _CANCELLED or not isinstance(error, JobCancelledError) or error.root is None:
+            continue
+        candidates = [(_root_cause(dep), dep) for dep in job.deps if dep._status in (_FAILED, _CANCELLED)]
+        if not candidates:
+            continue
+        root, parent = min(candidates, key=lambda pair: pair[0]._index)
+        if root is not error.root:
+            job.error = _cancelled_error(job, root, parent)
+
+
+_by_index = operator.attrgetter("_index")
+
+
+class _Failure:
+    """One entry of a WorkflowError: a failed job (with its rank), a node, a listener or a rank."""
+
+    __slots__ = ("job", "rank", "error", "named")
+
+    def __init__(self, job: Job | None, rank: int | None, error: BaseException, named: bool = False):
+        self.job, self.rank, self.error = job, rank, error
+        self.named = named  # the error is the pool's own, and its words name the job already
+
+    def exception(self) -> JobPoolError:
+        """The entry as the WorkflowError shows it, chained to the original error."""
+        job, error = self.job, self.error
+        if job is None:  # nodes, listeners and ranks: already a JobPoolError that says it all
+            return error
+        if self.named:
+            entry = JobPoolError(str(error))
+        else:
+            entry = JobPoolError(f"Job {job.name!r} failed on rank {self.rank}: {_describe(error)}")
+        entry.__cause__ = error
+        return entry
+
+
+def _workflow_error(failures: list[_Failure], graph: _Graph) -> WorkflowError:
+    """Counts, then a line per failure with what it took down; entries in submission order."""
+    failures = sorted(failures, key=lambda f: f.job._index if f.job is not None else len(graph.jobs))
+    victims: dict[Job, list[Job]] = collections.defaultdict(list)
+    for job in graph.jobs:
+        if job._status is _CANCELLED and isinstance(job.error, JobCancelledError) and job.error.root is not None:
+            victims[job.error.root].append(job)
+    failed_jobs = sum(1 for f in failures if f.job is not None)
+    head = (f"{failed_jobs} of {len(graph.jobs)} job(s) failed, "
+            f"{graph.n_cancelled} cancelled because a dependency did not succeed")
+    if len(failures) > failed_jobs:
+        head += f", {len(failures) - failed_jobs} other error(s)"
+    lines, entries = [head + ":"], []
+    for failure in failures:
+        entry = failure.exception()
+        entries.append(entry)
+        lines.append(f"  - {entry}")
+        lost = victims.get(failure.job, ())
+        if lost:
+            names = ", ".join(job.name for job in lost[:3]) + (", ..." if len(lost) > 3 else "")
+            lines.append(f"    cancelled because of it: {len(lost)} job(s): {names}")
+    return WorkflowError("\n".join(lines), entries)
+
+
 def _check_node_order(nodes: list) -> None:
-    """Every ``depends_on`` entry must come earlier in the array: no missing, later or cyclic."""
+    """Every ``depends_on`` entry in the array must come earlier in it (no later or cyclic one).
+
+    Entries that are not in the array at all are taken as done already (a subset of a
+    workflow is being rebuilt) and ignored.
+    """
     position = {id(node): i for i, node in enumerate(nodes)}
     for i, node in enumerate(nodes):
         for dep in getattr(node, "depends_on", None) or ():
             where = position.get(id(dep))
-            if where is None:
-                raise JobSchedulingError(
-                    f"{node!r} depends on {dep!r}, which is not in the array given to "
-                    f"schedule(); add {dep!r} to the array before {node!r}."
-                )
-            if where >= i:
+            if where is not None and where >= i:
                 kind = "forms a cycle with" if _reaches(dep, node, position) else "comes after"
                 raise JobSchedulingError(
                     f"{node!r} depends on {dep!r}, which {kind} it in the array given to "
@@ -501,103 +811,333 @@ def _reaches(start: Any, target: Any, position: dict) -> bool:
     return False
 
 
-def _cancelled_error(job: Job, root: Job | None, parent: Job | str) -> JobCancelledError:
-    """Blame the failed (or user-cancelled) job at the root of the cascade, not only the parent."""
-    if isinstance(parent, str):
-        message = parent
-    else:
-        message = f"dependency {root.name!r} {root._status.name.lower()}"
-        if parent is not root:
-            message += f" (via {parent.name!r})"
-    error = JobCancelledError(f"Job {job.name!r} was cancelled: {message}")
-    error.root = root
-    return error
+# --- 6. The pool: lifecycle, schedule(), serial runner, MPI transport -----------------
 
 
-def _settle_blame(jobs: list[Job]) -> None:
-    """Blame each job cancelled by a cascade on its earliest-submitted failed ancestor.
+class JobPool:
+    """Runs jobs with dependencies, serially or across the ranks of a communicator.
 
-    Which failure reaches a job first depends on timing under MPI; this makes the
-    blame (and so the report) the same on every run. One pass, O(jobs + edges).
+    This class is the public surface and the lifecycle; the work is done by the
+    ``_Graph`` (job states), the ``_NodeWalker`` (schedule()), ``_run_serially`` or
+    the MPI ``_MainSide``/``_WorkerSide`` pair, and ``_Events`` (listeners).
     """
-    for job in jobs:
-        error = job.error
-        if job._status is not _CANCELLED or getattr(error, "root", None) is None:
-            continue
-        candidates = [(_root_cause(dep), dep) for dep in job.deps if dep._status in (_FAILED, _CANCELLED)]
-        if not candidates:
-            continue
-        root, parent = min(candidates, key=lambda pair: pair[0]._index)
-        if root is not error.root:
-            job.error = _cancelled_error(job, root, parent)
 
+    def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None):
+        self.owner = owner
+        self._fail_fast = fail_fast
+        self._mpi = _as_service(comm, get_service("MPI"))
+        self._graph = _Graph()
+        self._events = _Events(self)
+        self._schedules: list[tuple[list, Callable | None]] = []
+        self._failures: list[_Failure] = []
+        self._opened = self._closed = self._executing = False
+        self._executed = False  # an execute() ran: leaving the block runs only what came after
+        self._inbox: collections.deque = collections.deque()  # calls posted by other threads
+        self._main_thread = 0
+        self._walker: _NodeWalker | None = None
+        self._main_side: _MainSide | None = None
+        self._worker_side: _WorkerSide | None = None
+        self._comm = None  # a private duplicate of the communicator while open
+        self._rank, self._size = 0, 1
+        self._index = itertools.count()
+        self._next_gc_freeze = _GC_FREEZE_EVERY
+        self._froze_gc = False
 
-def _root_cause(job: Job) -> Job:
-    error = job.error
-    root = getattr(error, "root", None) if isinstance(error, JobCancelledError) else None
-    return root if root is not None else job
+    # -- the public surface --
 
+    def is_main(self) -> bool:
+        return self._rank == 0
 
-def _failure_report(failures: list[BaseException], jobs: list[Job], cancelled: int) -> str:
-    """The WorkflowError's message: counts, then a line per failure with what it took down."""
-    victims: dict[Job, list[Job]] = collections.defaultdict(list)
-    if cancelled:
-        for job in jobs:
-            if job._status is _CANCELLED and getattr(job.error, "root", None) is not None:
-                victims[job.error.root].append(job)
-    failed_jobs = sum(1 for f in failures if getattr(f, "job", None) is not None)
-    head = f"{failed_jobs} of {len(jobs)} job(s) failed, {cancelled} cancelled because a dependency did not succeed"
-    if len(failures) > failed_jobs:
-        head += f", {len(failures) - failed_jobs} other error(s)"
-    lines = [head + ":"]
-    for failure in failures:
-        lines.append(f"  - {failure}")
-        lost = victims.get(getattr(failure, "job", None), ())
-        if lost:
-            names = ", ".join(job.name for job in lost[:3]) + (", ..." if len(lost) > 3 else "")
-            lines.append(f"    cancelled because of it: {len(lost)} job(s): {names}")
-    return "\n".join(lines)
+    @property
+    def parallel(self) -> bool:
+        return self._size > 1
 
+    @property
+    def size(self) -> int:
+        """How many ranks run jobs: the workers under MPI, else 1."""
+        return max(1, self._size - 1)
 
-# --- 6. The pool: scheduling, serial execution, MPI dispatch ------------------------
-#
-# Serially, execute() pops ready jobs and runs them in the calling thread. Under MPI the
-# main rank (0) hands them to workers over a private duplicate of the communicator, with
-# two fixed tags and these messages (every payload of jobs or outcomes is pickled here,
-# so a job that will not pickle fails alone instead of breaking a whole message):
-#
-#   worker -> main   ("hello",)                       entered execute(), ready for work
-#                    ("done", busy_seconds, outcomes)  one (index, ok, pickled value,
-#                                                      traceback) per job of a batch
-#                    ("unloadable", reason)            a batch did not unpickle: resend solo
-#                    ("left", reason)                  raised in its own code; gone
-#   main -> worker   ("jobs", pickled batch)           a list of (index, fn, args, kwargs)
-#                    ("stop", report or None)          execute() is over (report: failures)
-#                    ("abort", reason)                 the main rank raised; give up
-#
-# The main rank keeps up to _PREFETCH batches on each worker, sized to the ready queue,
-# the number of workers and the measured job length, and polls for messages with a
-# backoff so that an idle rank does not take a core from a working one.
+    @property
+    def status(self) -> PoolStatus | None:
+        return self._events.status
 
-_TAG_TO_WORKER, _TAG_TO_MAIN = 11, 12
-_ANY_SOURCE = -2  # mpi4py.MPI.ANY_SOURCE, without importing mpi4py here
-_PREFETCH = 2  # batches a worker may hold: one running, one waiting
-_BATCH_SECONDS = 0.005  # aim for batches this long, so the tail stays balanced
-_MAX_BATCH = 512
-_SPIN_POLLS = 200  # polls before a waiting rank starts to sleep
-_GC_FREEZE_EVERY = 20_000  # jobs; see JobPool._keep_jobs_out_of_gc
-_MAX_SLEEP = 0.001
+    @property
+    def jobs(self) -> list[Job]:
+        return list(self._graph.jobs)
 
+    def snapshot(self) -> PoolSnapshot:
+        """Counts of the pool's jobs right now (readable from any thread): see PoolSnapshot."""
+        graph = self._graph
+        done = graph.n_succeeded + graph.n_failed + graph.n_cancelled + graph.n_aborted
+        return PoolSnapshot(len(graph.jobs), done, graph.active, graph.n_succeeded, graph.n_failed,
+                            graph.n_cancelled, graph.n_aborted, self.size)
 
-def _dumps(obj: Any) -> bytes:
-    """Pickle fast with pickle; fall back to cloudpickle (lambdas, closures) if installed."""
-    try:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        cloudpickle = _optional("cloudpickle")
-        if cloudpickle is None:
+    def add_listener(self, listener: Callable, max_wait: float | None = None) -> None:
+        """Call ``listener(progress)`` on the main rank for each event of this pool."""
+        self._events.add(listener, max_wait)
+        if self._opened and not self._closed and hasattr(listener, "__enter__"):
+            listener.__enter__()
+
+    def submit(
+        self,
+        fn: Callable,
+        args: Iterable = (),
+        kwargs: dict | None = None,
+        deps: Iterable[Job] | None = None,
+        name: str | None = None,
+        **context: Any,
+    ) -> Job:
+        """Add ``fn(owner, *args, **kwargs)``; it runs once every job in ``deps`` succeeded.
+
+        Extra keyword arguments are not passed to the job: they are kept as ``job.context``.
+        """
+        if type(args) is not tuple:
+            args = _checked_args(fn, args)
+        if kwargs is not None and type(kwargs) is not dict:
+            kwargs = _checked_kwargs(fn, args, kwargs)
+        if self._closed or not callable(fn) or context:
+            self._check_submission(fn, context)
+        if deps:
+            deps = self._checked_deps(fn, args, kwargs, deps)
+        else:
+            deps = ()
+        job = Job(self, next(self._index), fn, args, kwargs or _NO_KWARGS, deps, name, context)
+        self._graph.jobs.append(job)
+        if self._rank == 0:  # worker ranks keep their submissions PENDING
+            if self._walker is not None and threading.get_ident() != self._main_thread:
+                self._inbox.append((self._add, (job,)))
+            else:
+                self._add(job)
+        return job
+
+    queue = submit
+
+    def schedule(self, nodes: Iterable, scheduler: Callable | None = None) -> None:
+        """Run ``scheduler(node)`` (default ``node.queue(pool)``) for each node, in a thread."""
+        nodes = list(nodes)
+        _check_node_order(nodes)
+        self._schedules.append((nodes, scheduler))
+
+    def execute(self, return_results: bool = False) -> dict[Job, Any] | None:
+        """Run all submitted and scheduled jobs; every rank calls it (see _WorkerSide)."""
+        if not self._opened or self._closed:
+            raise JobPoolContextError("execute() must be called inside the pool's `with` block.")
+        if self._executing:
+            raise JobPoolError("execute() was called from inside a running job or listener of this pool.")
+        self._executing = True
+        try:
+            if self._worker_side is not None:
+                self._worker_side.serve_one_execute()
+                return None
+            return self._execute_as_main(return_results)
+        finally:
+            self._executing = False
+
+    # -- the lifecycle: who serves whom, and until when --
+    #
+    # Opening is collective (a Dup of the communicator). The main rank's execute() runs
+    # jobs; a worker's execute() serves until the main rank's execute() ends (END), and a
+    # worker leaving its block serves until the main rank leaves its block (CLOSE). Every
+    # CLOSE is answered by a BYE, and neither side sends after that: when the communicator
+    # is freed nothing of this pool is left in flight, so no message reaches another pool.
+
+    def __enter__(self) -> JobPool:
+        if self._opened:
+            raise JobPoolContextError("This JobPool was already opened; make a new one.")
+        _refuse_inside_a_job("opening a JobPool")
+        comm = self._mpi.get_communicator()
+        self._rank, self._size = self._mpi.get_rank(), self._mpi.get_size()
+        if comm is not None and self._size > 1:
+            self._comm = comm.Dup()
+            if self._rank == 0:
+                self._main_side = _MainSide(self._comm, self._size)
+            else:
+                self._worker_side = _WorkerSide(self._comm, self)
+        self._opened = True
+        self._main_thread = threading.get_ident()
+        self._events.open()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._worker_side is not None:
+                self._worker_side.leave(exc)
+            elif exc_type is None:
+                self._finish_and_close()
+            elif self._main_side is not None:
+                self._main_side.close(_aborted(f"the main rank raised {_describe(exc)}"))
+        finally:
+            self._closed = True
+            if self._froze_gc:
+                gc.unfreeze()
+                self._froze_gc = False
+            self._events.close()
+            if self._comm is not None:
+                self._comm.Free()
+                self._comm = None
+
+    def _finish_and_close(self) -> None:
+        """Main rank, leaving without an exception: run what is left, then release the workers."""
+        error = None
+        try:
+            if not self._executed or self._graph.held or self._schedules:
+                self.execute()
+        except BaseException as raised:
+            why = f"the main rank raised {_describe(raised)}"
+            error = raised if isinstance(raised, WorkflowError) else _aborted(why)
             raise
-        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        finally:
+            if self._main_side is not None:
+                self._main_side.close(error)
+
+    # -- the main rank's execute() --
+
+    def _execute_as_main(self, return_results: bool) -> dict[Job, Any] | None:
+        graph = self._graph
+        self._events.set_status(PoolStatus.EXECUTING)
+        graph.start_executing()
+        walker = self._walker = _NodeWalker.create(self, take_turns=self._main_side is None)
+        if walker is not None:
+            walker.thread.start()
+        try:
+            with _tracebacks_on_crash(), _jobs_run_in_this_thread():
+                if self._main_side is not None:
+                    self._main_side.run(self)
+                else:
+                    _run_serially(self)
+        except BaseException as error:
+            if self._main_side is not None:
+                graph.aborted_while_running(self._main_side.in_flight_jobs())
+            graph.stop(f"the pool was interrupted ({type(error).__name__})")
+            raise
+        finally:
+            graph.executing = False
+            self._executed = True
+            self._walker = None
+            if walker is not None:
+                walker.finish()
+        self._drain_inbox()
+        self._events.set_status(PoolStatus.CLOSING)
+        if graph.n_cancelled:
+            _settle_blame(graph.jobs)
+        failures, self._failures = self._failures, []
+        error = _workflow_error(failures, graph) if failures else None
+        if self._main_side is not None:
+            self._main_side.end_execute(error)
+        if error is not None:
+            raise error
+        if return_results:
+            return {job: job._result for job in graph.jobs if job._status is _SUCCESS}
+        return None
+
+    # -- the main thread's inbox, and what reaches the graph --
+
+    def _on_main_thread(self, call: Callable, *args: Any) -> None:
+        """Run ``call(*args)`` now on the main thread, or post it there from another thread."""
+        if self._walker is not None and threading.get_ident() != self._main_thread:
+            self._inbox.append((call, args))
+        else:
+            call(*args)
+
+    def _drain_inbox(self) -> None:
+        inbox = self._inbox
+        while inbox:
+            call, args = inbox.popleft()
+            call(*args)
+
+    def _add(self, job: Job) -> None:
+        if job._index >= self._next_gc_freeze:
+            self._keep_jobs_out_of_gc()
+        if self._graph.emit is not None:
+            self._events.emit(PoolProgressReason.JOB_ADDED, self._events.status, None, job)
+        if job._status is _PENDING:  # not cancelled while it waited in the inbox
+            self._graph.link(job)
+
+    def _job_failed(self, job: Job, error: BaseException, rank: int, remote_traceback: str | None = None,
+                    named: bool = False) -> None:
+        """A job raised (``named``: the pool could not send it, and says so): cascade and record."""
+        job.rank = rank
+        if remote_traceback:
+            error.add_note(f"Traceback of the job on rank {rank}:\n{remote_traceback.rstrip()}")
+        if not self._graph.failed(job, error):
+            self._failures.append(_Failure(job, rank, error, named))
+            if self._fail_fast:
+                self._graph.stop("fail_fast: an earlier job failed")
+
+    def _other_failure(self, error: JobPoolError) -> None:
+        """A node that failed to schedule, a listener that raised, a rank that left."""
+        self._failures.append(_Failure(None, None, error))
+        if self._fail_fast and isinstance(error, JobSchedulingError):
+            self._graph.stop("fail_fast: a node failed to schedule")
+
+    # -- submit()'s checks, off the hot path --
+
+    def _check_submission(self, fn: Callable, context: dict) -> None:
+        if self._closed:
+            raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
+        if not callable(fn):
+            raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
+        reserved = sorted(set(context) & {"key", "timeout", "retries"})
+        if reserved:
+            raise JobPoolError(
+                f"Cannot submit {_default_name(fn, (), {})}: submit({reserved[0]}=...) is not available in "
+                f"bsb_mini {__version__}; leave it out."
+            )
+
+    def _checked_deps(self, fn: Callable, args: tuple, kwargs: dict | None, deps: Any) -> tuple:
+        call = _default_name(fn, args, kwargs or {})
+        if isinstance(deps, (str, bytes, Job)) or not isinstance(deps, Iterable):
+            raise JobPoolError(f"Cannot submit {call}: deps={deps!r} is not a list of Jobs; pass deps=[job, ...].")
+        deps = tuple(deps)
+        for dep in deps:
+            if type(dep) is not Job or dep._pool is not self:
+                what = "a Job of another pool" if isinstance(dep, Job) else "not a Job"
+                raise JobPoolError(
+                    f"Cannot submit {call}: its dependency {dep!r} is {what}; "
+                    "deps must be Jobs returned by this pool's submit()."
+                )
+        return deps
+
+    def _keep_jobs_out_of_gc(self) -> None:
+        """Stop CPython's full collections from re-walking every job of a huge pool.
+
+        Each full collection visits all live objects, so with 10^6 jobs the GC costs
+        more than the pool. Every _GC_FREEZE_EVERY jobs, what exists is moved to the
+        GC's permanent generation (gc.freeze, an O(1) splice); the pool gives it back
+        (gc.unfreeze) when it closes. Skipped when the GC is off or the application
+        froze objects itself.
+        """
+        self._next_gc_freeze += _GC_FREEZE_EVERY
+        if gc.isenabled() and (self._froze_gc or gc.get_freeze_count() == 0):
+            gc.freeze()
+            self._froze_gc = True
+
+
+_GC_FREEZE_EVERY = 20_000  # jobs; see JobPool._keep_jobs_out_of_gc
+
+
+def _checked_args(fn: Callable, args: Any) -> tuple:
+    if isinstance(args, list):
+        return tuple(args)
+    if isinstance(args, (str, bytes, bytearray)) or not isinstance(args, Iterable):
+        raise JobPoolError(
+            f"Cannot submit {_default_name(fn, (), {})}: args={_short.repr(args)} is not a tuple or list "
+            f"of arguments; pass args=({_short.repr(args)},) for one argument."
+        )
+    return tuple(args)
+
+
+def _checked_kwargs(fn: Callable, args: tuple, kwargs: Any) -> dict:
+    if not isinstance(kwargs, collections.abc.Mapping):
+        raise JobPoolError(
+            f"Cannot submit {_default_name(fn, args, {})}: kwargs={_short.repr(kwargs)} is not a dict; "
+            "pass kwargs={'name': value}."
+        )
+    return dict(kwargs)
+
+
+def _aborted(reason: str) -> WorkflowError:
+    return WorkflowError(f"The pool was aborted: {reason}.", [JobPoolError(f"The pool was aborted: {reason}.")])
 
 
 @contextlib.contextmanager
@@ -619,6 +1159,172 @@ def _tracebacks_on_crash():
         yield
     finally:
         faulthandler.disable()
+
+
+class _NodeWalker:
+    """schedule()'s node arrays, walked in a thread on the main rank.
+
+    It skips nodes downstream of a node that failed to schedule, and hands every
+    submission and failure to the pool's main thread through its inbox. Serially it
+    takes turns with the jobs (``take_turn``): no job runs while a node is scheduled.
+    """
+
+    def __init__(self, pool: JobPool, schedules: list, take_turns: bool):
+        self.pool, self.schedules = pool, schedules
+        self.done = False
+        self.turns = (threading.Semaphore(0), threading.Semaphore(0)) if take_turns else None
+        self.thread = threading.Thread(target=self._walk, name="bsb_mini-scheduler", daemon=True)
+
+    @classmethod
+    def create(cls, pool: JobPool, take_turns: bool) -> _NodeWalker | None:
+        schedules, pool._schedules = pool._schedules, []
+        return cls(pool, schedules, take_turns) if schedules else None
+
+    def take_turn(self) -> bool:
+        """Serially: let the walker schedule one node, and wait for it. False when all are done."""
+        if self.done or self.turns is None:
+            return False
+        walker_turn, main_turn = self.turns
+        walker_turn.release()
+        main_turn.acquire()
+        return True
+
+    def finish(self) -> None:
+        """execute() ends (or was interrupted): let the thread see it and wait a moment for it."""
+        if self.turns is not None:
+            self.turns[0].release()
+        self.thread.join(None if self.done else 1.0)  # a stuck node must not hold an interruption
+
+    def _walk(self) -> None:
+        pool, graph, post = self.pool, self.pool._graph, self.pool._inbox.append
+        try:
+            for nodes, scheduler in self.schedules:
+                skipped: set[int] = set()
+                for node in nodes:
+                    if self.turns is not None:
+                        self.turns[0].acquire()
+                    if graph.stop_reason is not None or not graph.executing:
+                        return
+                    try:
+                        self._schedule(node, scheduler, skipped)
+                    finally:
+                        if self.turns is not None:
+                            self.turns[1].release()
+        except BaseException as error:  # noqa: B036 (a bug here must reach the user, not vanish)
+            post((pool._other_failure, (JobSchedulingError(f"schedule() stopped: {_describe(error)}"),)))
+        finally:
+            self.done = True
+            if self.turns is not None:
+                self.turns[1].release()
+
+    def _schedule(self, node: Any, scheduler: Callable | None, skipped: set[int]) -> None:
+        pool = self.pool
+        blocked = [dep for dep in getattr(node, "depends_on", None) or () if id(dep) in skipped]
+        if blocked:
+            skipped.add(id(node))
+            error = JobSchedulingError(
+                f"{node!r} was not scheduled because its dependency {blocked[0]!r} failed to schedule."
+            )
+            pool._inbox.append((pool._other_failure, (error,)))
+            return
+        try:
+            scheduler(node) if scheduler is not None else node.queue(pool)
+        except Exception as cause:
+            skipped.add(id(node))
+            error = JobSchedulingError(f"Scheduling {node!r} failed: {_describe(cause)}")
+            error.__cause__ = cause
+            pool._inbox.append((pool._other_failure, (error,)))
+
+
+def _run_serially(pool: JobPool) -> None:
+    """Size 1: run ready jobs in this thread, taking turns with schedule()'s walker."""
+    graph, ready, walker = pool._graph, pool._graph.ready, pool._walker
+    owner, rank = pool.owner, pool._rank
+    pinger = pool._events.start_pinger()
+    try:
+        while True:
+            if pool._inbox:
+                pool._drain_inbox()
+            while ready:
+                job = ready.popleft()
+                if job._status is not _QUEUED:
+                    continue
+                graph.active += 1
+                job.rank = rank
+                graph.started(job)
+                try:
+                    kwargs = job._kwargs
+                    result = job._fn(owner, *job._args, **kwargs) if kwargs else job._fn(owner, *job._args)
+                except KeyboardInterrupt:
+                    graph.aborted_while_running((job,))
+                    raise
+                except BaseException as error:  # noqa: B036 (SystemExit in a job fails the job only)
+                    if pinger is not None:
+                        pinger.job_returned()
+                    pool._job_failed(job, error, rank)
+                else:
+                    if pinger is not None:
+                        pinger.job_returned()
+                    graph.succeeded(job, result)
+            if walker is not None and walker.take_turn():
+                continue
+            if not pool._inbox and not ready:
+                return
+    finally:
+        if pinger is not None:
+            pinger.stop()
+
+
+# --- 6b. The MPI transport ----------------------------------------------------------
+#
+# Both ends of every message, in one place. Each pool talks over its own duplicate of
+# the communicator, with one tag each way; every message is a tuple whose first item
+# is its kind. Payloads of jobs and outcomes are pickled here (cloudpickle or dill take
+# what pickle refuses), job by job where it matters, so one that will not pickle fails
+# alone instead of breaking a whole message.
+#
+#   main -> worker (_TO_WORKER)
+#     (_JOBS, payload)     a batch: pickled [(fn, args, kwargs), ...]
+#     (_END, report)       the main rank's execute() ended (report: its WorkflowError, pickled, or None)
+#     (_CLOSE, report)     the main rank left its block (report: as above, or an abort); answer BYE
+#   worker -> main (_TO_MAIN)
+#     (_READY,)                 the worker serves this pool from now on (sent once)
+#     (_STARTED, position)      the job at ``position`` of its oldest batch started (long jobs only)
+#     (_DONE, seconds, outcomes)  its oldest batch ran: one (kind, payload, traceback) per job
+#     (_UNLOADABLE, reason)     its oldest batch did not unpickle: the main rank resends it job by job
+#     (_LEFT, reason)           the worker's own code raised: it runs nothing more, waits for CLOSE
+#     (_BYE,)                   the answer to CLOSE, the last message of the pool
+#
+# An unexpected message is a JobPoolError, never a silent fall-through.
+
+_TO_WORKER, _TO_MAIN = 11, 12
+_JOBS, _END, _CLOSE = "jobs", "end", "close"
+_READY, _STARTED, _DONE, _UNLOADABLE, _LEFT, _BYE = "ready", "started", "done", "unloadable", "left", "bye"
+_OK, _RAISED, _UNSENDABLE = 0, 1, 2  # kinds of outcome
+_ANY_SOURCE = -2  # mpi4py.MPI.ANY_SOURCE, without importing mpi4py here
+_BATCH_SECONDS = 0.005  # aim for batches this long, so the tail stays balanced
+_MAX_BATCH = 512
+_PREFETCH_BELOW = 0.02  # seconds per job: shorter jobs get a second batch queued behind the first
+_HERALD_EVERY = 0.25  # seconds: a job seen running twice this far apart is announced RUNNING
+_SPIN_POLLS = 200  # polls before a waiting rank starts to sleep
+_MAX_SLEEP = 0.001
+
+
+def _dumps(obj: Any) -> bytes:
+    """Pickle fast with pickle; fall back to cloudpickle, else dill (lambdas, closures), if installed."""
+    try:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        for name in ("cloudpickle", "dill"):
+            fallback = _optional(name)
+            if fallback is not None:
+                return fallback.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        raise
+
+
+def _unexpected(message: Any, source: int) -> JobPoolError:
+    return JobPoolError(f"bsb_mini received an unexpected message {_short.repr(message)} from rank {source}; "
+                        "this is a bug in bsb_mini, please report it.")
 
 
 class _Backoff:
@@ -654,70 +1360,361 @@ def _mpi_status():
     return _optional("mpi4py.MPI").Status()
 
 
-class _WorkerBook:
-    """The main rank's view of its workers: who joined, who left, what each holds."""
+class _MainSide:
+    """The main rank's end: hands batches of ready jobs to idle workers, settles outcomes.
 
-    def __init__(self, size: int, departed: set[int]):
-        self.live = set(range(1, size)) - departed
-        self.joined_workers: set[int] = set()
-        self.batches: dict[int, collections.deque] = {w: collections.deque() for w in self.live}
+    Balance: a worker gets a second batch only when every worker has one and jobs are
+    short (measured); batches hold one job until job lengths are measured, then about
+    _BATCH_SECONDS of work.
+    """
+
+    def __init__(self, comm: Any, size: int):
+        self.comm = comm
+        self.joined: set[int] = set()  # serving, and not left
+        self.left: set[int] = set()
+        self.batches: dict[int, collections.deque] = {w: collections.deque() for w in range(1, size)}
         self.in_flight = 0  # batches
-        self.jobs_in_flight = 0
-        self.sends: list = []  # (worker, request) of batches sent without waiting
+        self.sends: list = []  # requests of messages sent without waiting
+        self.seconds_per_job: float | None = None  # measured
+        self.status = _mpi_status()
 
-    def joined(self, worker: int) -> None:
-        self.joined_workers.add(worker)
+    def in_flight_jobs(self) -> list[Job]:
+        return [job for batches in self.batches.values() for batch in batches for job in batch]
 
-    def with_credit(self) -> list[int]:
-        return [w for w in self.joined_workers if w in self.live and len(self.batches[w]) < _PREFETCH]
+    def run(self, pool: JobPool) -> None:
+        """One execute(): dispatch and settle until nothing is ready, in flight or to be scheduled."""
+        comm, graph, status, events = self.comm, pool._graph, self.status, pool._events
+        ready, inbox = graph.ready, pool._inbox
+        backoff, quiet = _Backoff(), events.quiet_timer()
+        while True:
+            message = comm.improbe(_ANY_SOURCE, _TO_MAIN, status)
+            if message is not None:
+                self.on_message(pool, status.Get_source(), message.recv())
+                backoff.reset()
+                continue
+            if inbox:
+                pool._drain_inbox()
+            if ready and self.dispatch(pool):
+                backoff.reset()
+                continue
+            walker = pool._walker
+            if not self.in_flight and not ready and (walker is None or walker.done) and not inbox:
+                return
+            if ready and len(self.left) == len(self.batches):  # every worker left: run them here
+                _run_serially(pool)
+                continue
+            quiet.ping_if_due()
+            backoff.wait()
 
-    def sent(self, worker: int, batch: list) -> None:
-        self.batches[worker].append(batch)
-        self.in_flight += 1
-        self.jobs_in_flight += len(batch)
+    def dispatch(self, pool: JobPool) -> bool:
+        """Send batches to idle workers (and, for short jobs, a second one to busy workers)."""
+        batches, graph = self.batches, pool._graph
+        targets = [w for w in self.joined if not batches[w]]
+        depth = 1
+        if not targets and self.seconds_per_job is not None and self.seconds_per_job < _PREFETCH_BELOW:
+            targets, depth = [w for w in self.joined if len(batches[w]) == 1], 2
+        sent = False
+        for worker in targets:
+            batch = self.take_batch(graph, self.batch_size(len(graph.ready), depth))
+            if not batch:
+                break
+            payload = self.pack(pool, batch)
+            if payload is None:
+                continue
+            for job in batch:
+                job.rank = worker
+            batches[worker].append(batch)
+            self.in_flight += 1
+            self.send(worker, (_JOBS, payload))
+            sent = True
+        return sent
 
-    def returned(self, worker: int) -> list:
-        self.in_flight -= 1
-        batch = self.batches[worker].popleft()
-        self.jobs_in_flight -= len(batch)
+    def batch_size(self, waiting: int, depth: int) -> int:
+        mean = self.seconds_per_job
+        if mean is None:
+            return 1
+        cap = _MAX_BATCH if mean <= 0 else max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / mean)))
+        return max(1, min(cap, waiting // (len(self.joined) * depth)))
+
+    def take_batch(self, graph: _Graph, size: int) -> list[Job]:
+        ready, batch = graph.ready, []
+        while len(batch) < size:
+            job = graph.take()
+            if job is None:
+                break
+            if job._solo and batch:
+                graph.active -= 1
+                ready.appendleft(job)
+                break
+            batch.append(job)
+            if job._solo:
+                break
         return batch
 
-    def left(self, worker: int) -> list:
-        self.live.discard(worker)
-        batches = self.batches.pop(worker, ())
-        self.in_flight -= len(batches)
-        self.jobs_in_flight -= sum(map(len, batches))
-        return [job for batch in batches for job in batch]
-
-    def all_settled(self) -> bool:
-        return all(w in self.joined_workers for w in self.live) and not self.in_flight
-
-
-def _run_batch(payload: bytes, owner: Any) -> tuple:
-    """Worker: run a batch of jobs and package each outcome on its own."""
-    started = time.perf_counter()
-    try:
-        batch = pickle.loads(payload)
-    except Exception as reason:
-        return ("unloadable", _describe(reason))
-    outcomes = []
-    for index, fn, args, kwargs in batch:
+    def pack(self, pool: JobPool, batch: list[Job]) -> bytes | None:
+        """Pickle a batch; a job that cannot be pickled fails alone, the rest go."""
         try:
-            value = fn(owner, *args, **kwargs) if kwargs else fn(owner, *args)
-            ok, remote_tb = True, None
-        except BaseException as error:  # a SystemExit or KeyboardInterrupt fails the job only
-            value, ok, remote_tb = error, False, traceback.format_exc()
-        outcomes.append((index, *_pack_outcome(value, ok), remote_tb))
-    return ("done", time.perf_counter() - started, outcomes)
+            return _dumps([(job._fn, job._args, job._kwargs) for job in batch])
+        except Exception:
+            pass
+        sendable = []
+        for job in batch:
+            try:
+                _dumps((job._fn, job._args, job._kwargs))
+            except Exception as reason:
+                pool._graph.started(job)
+                pool._job_failed(job, JobPoolError(
+                    f"Job {job.name!r} cannot be sent to a worker: its function or arguments "
+                    f"do not pickle ({_describe(reason)}). Use module-level functions and "
+                    "picklable arguments, or install cloudpickle."
+                ), 0, named=True)
+            else:
+                sendable.append(job)
+        batch[:] = sendable
+        return self.pack(pool, batch) if batch else None
+
+    def send(self, worker: int, message: tuple) -> None:
+        """Send without waiting: a big batch must not hold the main rank until a busy worker reads it."""
+        self.sends.append(self.comm.isend(message, dest=worker, tag=_TO_WORKER))
+        if len(self.sends) > 64:
+            self.sends = [request for request in self.sends if not request.Test()]
+
+    def on_message(self, pool: JobPool, worker: int, message: tuple) -> None:
+        kind, graph = message[0], pool._graph
+        if kind == _DONE:
+            batch = self.batches[worker].popleft()
+            self.in_flight -= 1
+            _, seconds, outcomes = message
+            self.measure(seconds, len(outcomes))
+            for job, (outcome, payload, remote_tb) in zip(batch, outcomes, strict=True):
+                if job._status is _QUEUED:
+                    graph.started(job)
+                if job._status is _RUNNING:
+                    self.settle(pool, job, outcome, payload, remote_tb, worker)
+        elif kind == _STARTED:
+            try:
+                job = self.batches[worker][0][message[1]]
+            except IndexError:
+                raise _unexpected(message, worker) from None
+            if job._status is _QUEUED:
+                graph.started(job)
+        elif kind == _READY:
+            if worker not in self.left:
+                self.joined.add(worker)
+        elif kind == _UNLOADABLE:
+            self.in_flight -= 1
+            self.resend_solo(pool, self.batches[worker].popleft(), message[1], worker)
+        elif kind == _LEFT:
+            self.joined.discard(worker)
+            self.left.add(worker)
+            for batch in self.batches[worker]:
+                self.in_flight -= 1
+                graph.put_back(batch)
+            self.batches[worker].clear()
+            pool._other_failure(JobPoolError(f"Rank {worker} left the pool: {message[1]}"))
+        else:
+            raise _unexpected(message, worker)
+
+    def measure(self, seconds: float, count: int) -> None:
+        if count:
+            mean, previous = seconds / count, self.seconds_per_job
+            self.seconds_per_job = mean if previous is None else (previous + mean) / 2
+
+    def settle(self, pool: JobPool, job: Job, outcome: int, payload: Any, remote_tb: str | None, worker: int) -> None:
+        if outcome == _UNSENDABLE:
+            pool._job_failed(job, JobPoolError(f"Job {job.name!r} ran on rank {worker}, but {payload}"),
+                             worker, remote_tb, named=True)
+            return
+        try:
+            value = pickle.loads(payload)
+        except Exception as reason:
+            what = "result" if outcome == _OK else "exception"
+            pool._job_failed(job, JobPoolError(
+                f"Job {job.name!r} ran on rank {worker}, but its {what} could not be "
+                f"unpickled on the main rank: {_describe(reason)}"
+            ), worker, remote_tb, named=True)
+            return
+        if outcome == _OK:
+            pool._graph.succeeded(job, value)
+        else:
+            pool._job_failed(job, value, worker, remote_tb)
+
+    def resend_solo(self, pool: JobPool, batch: list[Job], reason: str, worker: int) -> None:
+        """Send the jobs of a batch that did not load one by one, so only the culprit fails."""
+        for job in batch:
+            if job._status is not _QUEUED:
+                continue
+            if job._solo:
+                pool._graph.started(job)
+                pool._job_failed(job, JobPoolError(
+                    f"Job {job.name!r} could not be unpickled on rank {worker}: {reason}. "
+                    "Define its function and arguments at module level so every rank can import them."
+                ), worker, named=True)
+            else:
+                job._solo = True
+        pool._graph.put_back([job for job in batch if job._status is _QUEUED])
+
+    def end_execute(self, error: WorkflowError | None) -> None:
+        """Release the workers that serve in execute(), with the same report."""
+        message = (_END, None if error is None else _pack_report(error))
+        for worker in self.batches:
+            if worker not in self.left:
+                self.send(worker, message)
+
+    def close(self, error: WorkflowError | None) -> None:
+        """Tell every worker the pool is over and wait for each one's BYE: nothing stays in flight."""
+        message = (_CLOSE, None if error is None else _pack_report(error))
+        for worker in self.batches:
+            self.send(worker, message)
+        waiting, status = set(self.batches), self.status
+        while waiting:
+            reply = _wait_for_message(self.comm, _ANY_SOURCE, _TO_MAIN, status)
+            if reply[0] == _BYE:
+                waiting.discard(status.Get_source())
+            # anything else is late news of a pool that is over (outcomes of aborted jobs)
+        for request in self.sends:
+            request.Wait()
+        self.sends = []
 
 
-def _pack_outcome(value: Any, ok: bool) -> tuple[bool, bytes]:
-    """Pickle a result or exception; one that won't pickle becomes a JobPoolError."""
+class _WorkerSide:
+    """A worker's end: runs the batches the main rank sends, until END or CLOSE."""
+
+    def __init__(self, comm: Any, pool: JobPool):
+        self.comm, self.pool = comm, pool
+        self.joined = False
+        self.closed = False
+        self.herald: _Herald | None = None
+
+    def serve_one_execute(self) -> None:
+        """A worker's execute(): serve until the main rank's execute() ends (or it closes the pool)."""
+        report = self.serve(until_end=True)
+        if report is not None:
+            raise _unpack_report(report)
+
+    def leave(self, exc: BaseException | None) -> None:
+        """The worker leaves its block: serve until the main rank leaves its own; or, after an
+        exception of its own, tell the main rank it runs nothing more, and wait for CLOSE."""
+        if self.closed:
+            return
+        if exc is None:
+            report = self.serve(until_end=False)
+            if report is not None:
+                raise _unpack_report(report)
+            return
+        comm = self.comm
+        comm.send((_LEFT, _describe(exc)), dest=0, tag=_TO_MAIN)
+        while _wait_for_message(comm, 0, _TO_WORKER)[0] != _CLOSE:
+            pass  # batches were put back by the main rank; ENDs are for those who serve
+        self.say_bye()
+
+    def serve(self, until_end: bool) -> bytes | None:
+        """Run batches until END (``until_end``) or CLOSE; return the report that came with it."""
+        if self.closed:
+            return None
+        comm = self.comm
+        if not self.joined:
+            comm.send((_READY,), dest=0, tag=_TO_MAIN)
+            self.joined = True
+            self.herald = _Herald.start(comm)
+        with _tracebacks_on_crash(), _jobs_run_in_this_thread():
+            while True:
+                message = _wait_for_message(comm, 0, _TO_WORKER)
+                kind = message[0]
+                if kind == _JOBS:
+                    self.run_batch(message[1])
+                elif kind == _END:
+                    if until_end:
+                        return message[1]
+                elif kind == _CLOSE:
+                    self.say_bye()
+                    return message[1]
+                else:
+                    raise _unexpected(message, 0)
+
+    def say_bye(self) -> None:
+        self.comm.send((_BYE,), dest=0, tag=_TO_MAIN)
+        self.closed = True
+        if self.herald is not None:
+            self.herald.stop()
+
+    def run_batch(self, payload: bytes) -> None:
+        """Run a batch of jobs and send each outcome, packaged on its own."""
+        started = time.perf_counter()
+        herald, owner = self.herald, self.pool.owner
+        try:
+            calls = pickle.loads(payload)
+        except Exception as reason:
+            self.comm.send((_UNLOADABLE, _describe(reason)), dest=0, tag=_TO_MAIN)
+            return
+        outcomes = []
+        if herald is not None:
+            herald.batch += 1
+            batch = herald.batch
+        for position, (fn, args, kwargs) in enumerate(calls):
+            if herald is not None:
+                herald.current = (batch, position)
+            try:
+                value = fn(owner, *args, **kwargs) if kwargs else fn(owner, *args)
+            except BaseException as error:  # noqa: B036 (SystemExit or Ctrl-C in a job fails the job only)
+                outcomes.append(_pack_outcome(error, False, traceback.format_exc()))
+            else:
+                outcomes.append(_pack_outcome(value, True, None))
+        message = (_DONE, time.perf_counter() - started, outcomes)
+        if herald is None:
+            self.comm.send(message, dest=0, tag=_TO_MAIN)
+            return
+        herald.current = None
+        with herald.lock:  # a STARTED being sent goes first
+            self.comm.send(message, dest=0, tag=_TO_MAIN)
+
+
+def _pack_outcome(value: Any, ok: bool, remote_tb: str | None) -> tuple:
+    """Pickle a result or exception; one that won't pickle becomes a message naming the problem."""
     try:
-        return ok, _dumps(value)
-    except Exception as reason:
+        return (_OK if ok else _RAISED), _dumps(value), remote_tb
+    except BaseException as reason:  # noqa: B036 (a __reduce__ that raises SystemExit fails the job only)
         what = "result" if ok else f"exception ({_describe(value)})"
-        return False, pickle.dumps(JobPoolError(f"its {what} cannot be sent back: {_describe(reason)}"))
+        return _UNSENDABLE, f"its {what} cannot be sent back: {_describe(reason)}", remote_tb
+
+
+class _Herald:
+    """A worker's helper thread: announces a job that has run for a while as RUNNING.
+
+    The worker's main thread only stores the position of the job it runs; a job seen
+    at the same position twice, _HERALD_EVERY apart, is announced (STARTED), under a
+    lock that the main thread takes before it sends the batch's outcomes, so the
+    announcement always arrives first. Needs MPI_THREAD_MULTIPLE (mpi4py's default).
+    """
+
+    def __init__(self, comm: Any):
+        self.comm, self.lock = comm, threading.Lock()
+        self.batch = 0
+        self.current: tuple[int, int] | None = None  # (batch, position) of the running job
+        self.stopped = threading.Event()
+
+    @classmethod
+    def start(cls, comm: Any) -> _Herald | None:
+        mpi = _optional("mpi4py.MPI")
+        if mpi.Query_thread() != mpi.THREAD_MULTIPLE:
+            return None
+        herald = cls(comm)
+        threading.Thread(target=herald._watch, name="bsb_mini-herald", daemon=True).start()
+        return herald
+
+    def stop(self) -> None:
+        self.stopped.set()
+
+    def _watch(self) -> None:
+        last, announced = None, None
+        while not self.stopped.wait(_HERALD_EVERY):
+            now = self.current
+            if now is not None and now == last and now != announced:
+                with self.lock:
+                    if self.current == now and not self.stopped.is_set():
+                        self.comm.send((_STARTED, now[1]), dest=0, tag=_TO_MAIN)
+                        announced = now
+            last = now
 
 
 def _pack_report(error: WorkflowError) -> bytes:
@@ -747,717 +1744,6 @@ def _unpack_report(data: bytes) -> WorkflowError:
     return WorkflowError(message, rebuilt)
 
 
-class JobPool:
-    """Runs jobs with dependencies, serially or across the ranks of a communicator."""
-
-    def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None):
-        self.owner = owner
-        self._fail_fast = fail_fast
-        self._mpi = _as_service(comm, get_service("MPI"))
-        self._jobs: list[Job] = []
-        self._ready: collections.deque[Job] = collections.deque()
-        self._lock = threading.RLock()
-        self._status: PoolStatus | None = None
-        self._entered = self._closed = self._running = False
-        self._executed_upto = -1  # jobs below this index were in an execute() already
-        self._schedules: list[tuple[list, Callable | None]] = []
-        self._failures: list[BaseException] = []
-        self._stopping = False  # fail_fast tripped
-        self._pool_event_listeners: list[Callable] = []  # every listener
-        self._job_event_listeners: list[Callable] = []  # those that want job events too
-        self._deferred: collections.deque = collections.deque()  # events from other threads
-        self._main_thread = threading.get_ident()
-        self._scheduler_alive = False  # is schedule()'s thread submitting right now?
-        self._pinger_lock: threading.Lock | None = None  # held while the ping thread calls listeners
-        self._event_count = 0
-        self._max_wait: float | None = None
-        self._comm = None  # private duplicate of the communicator, while open
-        self._book: _WorkerBook | None = None  # the workers of the running session
-        self._batch_cap = 8  # jobs per batch, adapted to the measured job length
-        self._wakeup = threading.Event()  # schedule()'s thread added work
-        self._departed: set[int] = set()  # workers that left the pool with an exception
-        self._aborted = False
-        self._current: Job | None = None  # the job running in this thread (serial mode)
-        self._rank, self._size = 0, 1
-        self._succeeded_count = self._failed_count = self._cancelled_count = 0  # for progress
-        self._next_gc_freeze = _GC_FREEZE_EVERY  # see _keep_jobs_out_of_gc
-        self._froze_gc = False
-
-    # -- the public surface --
-
-    def is_main(self) -> bool:
-        return self._rank == 0
-
-    @property
-    def parallel(self) -> bool:
-        return self._size > 1
-
-    @property
-    def status(self) -> PoolStatus | None:
-        return self._status
-
-    @property
-    def jobs(self) -> list[Job]:
-        return list(self._jobs)
-
-    def __enter__(self) -> JobPool:
-        if self._entered:
-            raise JobPoolContextError("This JobPool was already opened; make a new one.")
-        comm = self._mpi.get_communicator()
-        self._rank, self._size = self._mpi.get_rank(), self._mpi.get_size()
-        if comm is not None and self._size > 1:
-            self._comm = comm.Dup()  # our tags never meet the application's messages
-        self._entered = True
-        self._main_thread = threading.get_ident()
-        for listener in self._pool_event_listeners:
-            if hasattr(listener, "__enter__"):
-                listener.__enter__()
-        self._set_status(PoolStatus.SCHEDULING)
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                if self.is_main() and (self._executed_upto < 0 or self._has_unexecuted()):
-                    self.execute()
-                elif self.parallel:
-                    self._close_session()
-            elif self.parallel and self.is_main():
-                self._abort_workers(f"the main rank raised {_describe(exc)}")
-            elif self.parallel:  # tell the main rank not to wait for this worker any more
-                self._comm.send(("left", _describe(exc)), dest=0, tag=_TAG_TO_MAIN)
-        finally:
-            self._closed = True
-            if self._froze_gc:
-                gc.unfreeze()
-                self._froze_gc = False
-            for listener in self._pool_event_listeners:
-                if hasattr(listener, "__exit__"):
-                    listener.__exit__(None, None, None)
-            if self._comm is not None:
-                self._comm.Free()
-                self._comm = None
-
-    def add_listener(self, listener: Callable, max_wait: float | None = None) -> None:
-        """Call ``listener(progress)`` on the main rank for each event of this pool."""
-        if not callable(listener):
-            raise JobPoolError(f"Listener {listener!r} is not callable; pass a function of one PoolProgress.")
-        if max_wait:  # pings come after the smallest max_wait of all listeners
-            self._max_wait = max_wait if self._max_wait is None else min(self._max_wait, max_wait)
-        self._pool_event_listeners.append(listener)
-        if getattr(listener, "_wants_job_events", True):
-            self._job_event_listeners.append(listener)
-        if self._entered and not self._closed and hasattr(listener, "__enter__"):
-            listener.__enter__()
-
-    def submit(
-        self,
-        fn: Callable,
-        args: Iterable = (),
-        kwargs: dict | None = None,
-        deps: Iterable[Job] | None = None,
-        name: str | None = None,
-    ) -> Job:
-        """Add ``fn(owner, *args, **kwargs)``; it runs once every job in ``deps`` succeeded."""
-        if self._closed:
-            raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
-        if not callable(fn):
-            raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
-        if type(args) is not tuple:
-            args = tuple(args)
-        if deps:
-            deps = tuple(deps)
-            for dep in deps:
-                if type(dep) is not Job or dep._pool is not self:
-                    self._refuse_dependency(fn, args, kwargs, dep)
-        else:
-            deps = ()
-        threaded = self._scheduler_alive  # then schedule()'s thread may submit at the same time
-        if threaded:
-            self._lock.acquire()
-        try:
-            job = Job(self, len(self._jobs), fn, args, kwargs or _NO_KWARGS, deps, name)
-            self._jobs.append(job)
-            if job._index >= self._next_gc_freeze:
-                self._keep_jobs_out_of_gc()
-            if self._job_event_listeners:
-                self._announce(PoolProgressReason.JOB_ADDED, None, None, job)
-            if self._rank == 0:  # worker ranks keep their submissions PENDING
-                if deps:
-                    self._link_dependencies(job)
-                else:
-                    self._enqueue(job)
-        finally:
-            if threaded:
-                self._lock.release()
-        return job
-
-    queue = submit
-
-    def _keep_jobs_out_of_gc(self) -> None:
-        """Stop CPython's full collections from re-walking every job of a huge pool.
-
-        Each full collection visits all live objects, so with 10^6 jobs the GC costs
-        more than the pool. Every _GC_FREEZE_EVERY jobs, what exists is moved to the
-        GC's permanent generation (gc.freeze, an O(1) splice); the pool gives it back
-        (gc.unfreeze) when it closes. Skipped when the GC is off or the application
-        froze objects itself.
-        """
-        self._next_gc_freeze += _GC_FREEZE_EVERY
-        if gc.isenabled() and (self._froze_gc or gc.get_freeze_count() == 0):
-            gc.freeze()
-            self._froze_gc = True
-
-    def _refuse_dependency(self, fn: Callable, args: tuple, kwargs: dict | None, dep: Any) -> None:
-        what = "a Job of another pool" if isinstance(dep, Job) else "not a Job"
-        raise JobPoolError(
-            f"Cannot submit {_default_name(fn, args, kwargs or {})}: its dependency {dep!r} is "
-            f"{what}; deps must be Jobs returned by this pool's submit()."
-        )
-
-    def schedule(self, nodes: Iterable, scheduler: Callable | None = None) -> None:
-        """Run ``scheduler(node)`` (default ``node.queue(pool)``) for each node in a thread."""
-        nodes = list(nodes)
-        _check_node_order(nodes)
-        self._schedules.append((nodes, scheduler))
-
-    def execute(self, return_results: bool = False) -> dict[Job, Any] | None:
-        """Run all submitted and scheduled jobs; every rank must call it."""
-        if not self._entered or self._closed:
-            raise JobPoolContextError("execute() must be called inside the pool's `with` block.")
-        if self._running:
-            raise JobPoolError("execute() was called from inside a running job or listener.")
-        self._running = True
-        try:
-            if not self.is_main():
-                return self._serve_as_worker()
-            return self._execute_as_main(return_results)
-        finally:
-            self._running = False
-
-    # -- dependency bookkeeping (graphlib-style, under self._lock) --
-
-    def _link_dependencies(self, job: Job) -> None:
-        waiting = 0
-        for dep in job.deps:
-            status = dep._status
-            if status is _SUCCESS:
-                continue
-            if status is _FAILED or status is _CANCELLED or status is _ABORTED:
-                self._cancel_cascade(job, _root_cause(dep), dep)
-                return
-            if dep._dependents is None:
-                dep._dependents = [job]
-            else:
-                dep._dependents.append(job)
-            waiting += 1
-        job._waiting = waiting
-        if not waiting:
-            self._enqueue(job)
-
-    def _enqueue(self, job: Job) -> None:
-        job._status = _QUEUED
-        self._ready.append(job)
-        if self._job_event_listeners:
-            self._announce(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
-
-    def _release_dependents(self, job: Job) -> None:
-        for dependent in job._dependents:
-            dependent._waiting -= 1
-            if not dependent._waiting and dependent._status is _PENDING:
-                self._enqueue(dependent)
-
-    def _cancel_cascade(self, first: Job, root: Job | None, reason: Job | str) -> None:
-        """Cancel ``first`` and every job downstream of it, blaming the root cause.
-
-        ``reason`` is the failed or cancelled dependency of ``first``, or a text.
-        """
-        todo = [(first, reason)]
-        while todo:
-            job, parent = todo.pop()
-            if job._status is not _PENDING and job._status is not _QUEUED:
-                continue
-            old, job._status = job._status, _CANCELLED
-            job.error = _cancelled_error(job, root, parent)
-            self._cancelled_count += 1
-            if self._job_event_listeners:
-                self._announce(_JOB_STATUS_CHANGE, _CANCELLED, old, job)
-            if job._dependents:
-                root = root or job
-                todo.extend((dependent, job) for dependent in job._dependents)
-
-    def _cancel_by_user(self, job: Job, reason: str | None) -> None:
-        with self._lock:
-            self._cancel_cascade(job, None, reason or "cancelled by the user")
-
-    def _running_now(self) -> int:
-        book = self._book
-        if book is not None:
-            return book.jobs_in_flight
-        current = self._current
-        return int(current is not None and current._status is _RUNNING)
-
-    def _has_unexecuted(self) -> bool:
-        return len(self._jobs) > self._executed_upto or bool(self._schedules)
-
-    # -- job outcomes, the same serially and under MPI --
-
-    def _succeeded(self, job: Job, result: Any, rank: int) -> None:
-        job._result = result
-        job.rank = rank
-        self._succeeded_count += 1
-        threaded = self._scheduler_alive
-        if threaded:
-            self._lock.acquire()
-        try:
-            job._status = _SUCCESS
-            if job._dependents:
-                self._release_dependents(job)
-        finally:
-            if threaded:
-                self._lock.release()
-        if self._job_event_listeners:
-            self._announce(_JOB_STATUS_CHANGE, _SUCCESS, _RUNNING, job)
-
-    def _failed(self, job: Job, error: BaseException, rank: int, remote_traceback: str | None = None) -> None:
-        """Record a failed job, cancel its dependents, and tell the listeners."""
-        job.rank = rank
-        job.error = error
-        if remote_traceback:
-            error.add_note(f"Traceback of the job on rank {rank}:\n{remote_traceback.rstrip()}")
-        with self._lock:
-            old, job._status = job._status, _FAILED
-            self._failed_count += 1
-            for dependent in job._dependents or ():
-                self._cancel_cascade(dependent, job, job)
-        handled = self._announce(_JOB_STATUS_CHANGE, _FAILED, old, job)
-        if not handled:
-            if isinstance(error, JobPoolError) and str(error).startswith(f"Job {job.name!r} "):
-                report = JobPoolError(str(error))  # the pool's own words already name the job
-            else:
-                report = JobPoolError(f"Job {job.name!r} failed on rank {rank}: {_describe(error)}")
-            report.__cause__ = error
-            report.job, report.rank = job, rank
-            self._failures.append(report)
-            if self._fail_fast:
-                self._stop("fail_fast: an earlier job failed")
-
-    def _stop(self, reason: str) -> None:
-        """Cancel everything that has not started (fail_fast, or an abort)."""
-        self._stopping = True
-        with self._lock:
-            while self._ready:
-                self._cancel_cascade(self._ready.popleft(), None, reason)
-            for job in self._jobs:
-                if job._status is _PENDING:
-                    self._cancel_cascade(job, None, reason)
-
-    def _mark_running(self, job: Job) -> None:
-        job._status = _RUNNING
-        if self._job_event_listeners:
-            self._announce(_JOB_STATUS_CHANGE, _RUNNING, _QUEUED, job)
-
-    def _run_here(self, job: Job) -> None:
-        """Run one job in this thread (serial mode, or a main rank left without workers)."""
-        self._mark_running(job)
-        self._current = job
-        try:
-            kwargs = job._kwargs
-            result = job._fn(self.owner, *job._args, **kwargs) if kwargs else job._fn(self.owner, *job._args)
-        except KeyboardInterrupt:
-            job._status = _ABORTED
-            raise
-        except BaseException as error:  # SystemExit in a job is a failed job too
-            self._job_returned()
-            self._failed(job, error, self._rank)
-        else:
-            self._job_returned()
-            self._succeeded(job, result, self._rank)
-
-    def _job_returned(self) -> None:
-        """Serial mode: from here on, the main thread may call listeners again."""
-        self._current = None
-        if self._pinger_lock is not None:
-            with self._pinger_lock:  # wait for a ping that is being delivered right now
-                pass
-
-    # -- the main rank's execute() --
-
-    def _execute_as_main(self, return_results: bool) -> dict[Job, Any] | None:
-        self._stopping = False
-        self._set_status(PoolStatus.EXECUTING)
-        scheduler = self._start_scheduling()
-        pinger = self._start_pinger() if not self.parallel else None
-        interrupted = True
-        try:
-            with _tracebacks_on_crash():
-                if self.parallel:
-                    self._dispatch_to_workers(scheduler)
-                else:
-                    self._run_serially(scheduler)
-            interrupted = False
-        except BaseException as error:
-            self._stop(f"the pool was interrupted ({type(error).__name__})")
-            if self.parallel:
-                self._abort_workers(f"the main rank raised {_describe(error)}")
-            raise
-        finally:
-            if pinger is not None:
-                pinger.set()
-                self._pinger_lock = None
-            if scheduler is not None:
-                scheduler.join(1.0 if interrupted else None)  # a stuck scheduler must not hold an abort
-                self._scheduler_alive = False
-        self._executed_upto = len(self._jobs)
-        self._deliver_deferred()
-        self._set_status(PoolStatus.CLOSING)
-        error = self._workflow_error()
-        if self.parallel:
-            self._close_session(error)
-        if error is not None:
-            raise error
-        if return_results:
-            return {job: job._result for job in self._jobs if job._status is _SUCCESS}
-        return None
-
-    def _workflow_error(self) -> WorkflowError | None:
-        failures, self._failures = self._failures, []
-        if not failures:
-            return None
-        # Failed jobs in submission order, whatever order the workers finished them in.
-        failures.sort(key=lambda f: f.job._index if getattr(f, "job", None) is not None else len(self._jobs))
-        if self._cancelled_count:
-            _settle_blame(self._jobs)
-        return WorkflowError(_failure_report(failures, self._jobs, self._cancelled_count), failures)
-
-    def _run_serially(self, scheduler: threading.Thread | None) -> None:
-        ready, wakeup = self._ready, self._wakeup
-        quiet_since = [self._event_count, time.monotonic()]
-        while True:
-            while ready:
-                job = ready.popleft()
-                if job._status is _QUEUED:  # _announce delivers schedule()'s queued events first
-                    self._run_here(job)
-            if scheduler is None or not scheduler.is_alive():
-                if not ready:
-                    return
-                continue
-            wakeup.clear()
-            if not ready:  # wait for schedule()'s thread to add jobs
-                wakeup.wait(0.01)
-                self._deliver_deferred()
-                self._maybe_ping(quiet_since)
-
-    # -- schedule(): node arrays in a background thread on the main rank --
-
-    def _start_scheduling(self) -> threading.Thread | None:
-        schedules, self._schedules = self._schedules, []
-        if not schedules:
-            return None
-        self._scheduler_alive = True
-        thread = threading.Thread(
-            target=self._schedule_nodes, args=(schedules,), name="bsb_mini-scheduler", daemon=True
-        )
-        thread.start()
-        return thread
-
-    def _schedule_nodes(self, schedules: list) -> None:
-        for nodes, scheduler in schedules:
-            failed: dict[int, Any] = {}
-            for node in nodes:
-                if self._stopping:
-                    return
-                blocked = [dep for dep in getattr(node, "depends_on", None) or () if id(dep) in failed]
-                if blocked:
-                    failed[id(node)] = node
-                    self._failures.append(JobSchedulingError(
-                        f"{node!r} was not scheduled because its dependency {blocked[0]!r} failed to schedule."
-                    ))
-                    continue
-                try:
-                    scheduler(node) if scheduler is not None else node.queue(self)
-                except Exception as error:
-                    failed[id(node)] = node
-                    report = JobSchedulingError(f"Scheduling {node!r} failed: {_describe(error)}")
-                    report.__cause__ = error
-                    self._failures.append(report)
-                    if self._fail_fast:
-                        self._stop("fail_fast: a node failed to schedule")
-                finally:
-                    self._wakeup.set()
-
-    # -- MPI dispatch, main side --
-
-    def _dispatch_to_workers(self, scheduler: threading.Thread | None) -> None:
-        """Hand ready jobs to idle workers in batches until every job is settled."""
-        comm, ready = self._comm, self._ready
-        workers = self._book = _WorkerBook(self._size, self._departed)
-        status, backoff = _mpi_status(), _Backoff()
-        quiet_since = [self._event_count, time.monotonic()]
-        while True:
-            message = comm.improbe(_ANY_SOURCE, _TAG_TO_MAIN, status)
-            if message is not None:
-                self._on_worker_message(workers, status.Get_source(), message.recv())
-                backoff.reset()
-                continue
-            if self._deferred:
-                self._deliver_deferred()
-            if ready and self._send_batches(workers):
-                backoff.reset()
-                continue
-            if not workers.in_flight and not ready and not (scheduler and scheduler.is_alive()):
-                if workers.all_settled():
-                    return
-            if not workers.live and ready:
-                self._run_without_workers()
-                continue
-            self._maybe_ping(quiet_since)
-            backoff.wait()
-
-    def _send_batches(self, workers: _WorkerBook) -> bool:
-        sent = False
-        for worker in workers.with_credit():
-            share = len(self._ready) // (len(workers.live) * _PREFETCH)
-            batch = self._take_batch(max(1, min(share, self._batch_cap)))
-            if not batch:
-                break
-            payload = self._pack(batch)
-            if payload is None:
-                continue
-            workers.sent(worker, batch)
-            # Non-blocking: a big batch must not hold the main rank until a busy worker reads it.
-            workers.sends.append((worker, self._comm.isend(("jobs", payload), dest=worker, tag=_TAG_TO_WORKER)))
-            if len(workers.sends) > 64:
-                workers.sends = [(w, request) for w, request in workers.sends if not request.Test()]
-            sent = True
-        return sent
-
-    def _take_batch(self, size: int) -> list[Job]:
-        ready, batch = self._ready, []
-        while ready and len(batch) < size:
-            job = ready.popleft()
-            if job._status is not _QUEUED:
-                continue
-            if job._solo and batch:
-                ready.appendleft(job)
-                break
-            batch.append(job)
-            if job._solo:
-                break
-        return batch
-
-    def _pack(self, batch: list[Job]) -> bytes | None:
-        """Pickle a batch; a job that cannot be pickled fails alone, the rest go."""
-        try:
-            return _dumps([(job._index, job._fn, job._args, job._kwargs) for job in batch])
-        except Exception:
-            pass
-        sendable = []
-        for job in batch:
-            try:
-                _dumps((job._fn, job._args, job._kwargs))
-            except Exception as reason:
-                self._mark_running(job)
-                self._failed(job, JobPoolError(
-                    f"Job {job.name!r} cannot be sent to a worker: its function or arguments "
-                    f"do not pickle ({_describe(reason)}). Use module-level functions and "
-                    "picklable arguments, or install cloudpickle."
-                ), self._rank)
-            else:
-                sendable.append(job)
-        batch[:] = sendable
-        return self._pack(batch) if batch else None
-
-    def _on_worker_message(self, workers: _WorkerBook, worker: int, message: tuple) -> None:
-        kind = message[0]
-        if kind == "done":
-            _, busy, outcomes = message
-            workers.returned(worker)
-            self._adapt_batch_size(busy, len(outcomes))
-            jobs = self._jobs
-            for index, ok, payload, remote_tb in outcomes:
-                job = jobs[index]
-                if job._status is not _QUEUED:
-                    continue
-                self._mark_running(job)
-                self._settle_remote(job, ok, payload, remote_tb, worker)
-        elif kind == "hello":
-            workers.joined(worker)
-        elif kind == "unloadable":
-            batch = workers.returned(worker)
-            self._requeue_solo(batch, message[1], worker)
-        elif kind == "left":
-            self._departed.add(worker)
-            self._requeue_solo(workers.left(worker), None, worker)
-            self._failures.append(JobPoolError(f"Rank {worker} left the pool: {message[1]}"))
-
-    def _settle_remote(self, job: Job, ok: bool, payload: bytes, remote_tb: str | None, worker: int) -> None:
-        try:
-            value = pickle.loads(payload)
-        except Exception as reason:
-            what = "result" if ok else "exception"
-            self._failed(job, JobPoolError(
-                f"Job {job.name!r} ran on rank {worker}, but its {what} could not be "
-                f"unpickled on the main rank: {_describe(reason)}"
-            ), worker, remote_tb)
-            return
-        if ok:
-            self._succeeded(job, value, worker)
-        else:
-            self._failed(job, value, worker, remote_tb)
-
-    def _requeue_solo(self, batch: list[Job], reason: str | None, worker: int) -> None:
-        """Send the jobs of a batch that did not load one by one, so only the culprit fails."""
-        for job in reversed(batch):
-            if job._status is not _QUEUED:
-                continue
-            if job._solo and reason is not None:
-                self._mark_running(job)
-                self._failed(job, JobPoolError(
-                    f"Job {job.name!r} could not be unpickled on rank {worker}: {reason}. "
-                    "Define its function and arguments at module level so every rank can import them."
-                ), worker)
-            else:
-                job._solo = True
-                self._ready.appendleft(job)
-
-    def _adapt_batch_size(self, busy: float, count: int) -> None:
-        if count:
-            mean = busy / count
-            self._batch_cap = max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / mean) if mean > 0 else _MAX_BATCH))
-
-    def _run_without_workers(self) -> None:
-        while self._ready:
-            job = self._ready.popleft()
-            if job._status is _QUEUED:
-                self._run_here(job)
-
-    def _close_session(self, error: WorkflowError | None = None) -> None:
-        """Main: wait until every worker is idle, then release it. Worker: wait for that."""
-        if not self.is_main():
-            self._serve_as_worker()
-            return
-        report = None if error is None else _pack_report(error)
-        book, self._book = self._book or _WorkerBook(self._size, self._departed), None
-        status = _mpi_status()
-        while not book.all_settled():
-            message = _wait_for_message(self._comm, _ANY_SOURCE, _TAG_TO_MAIN, status)
-            self._on_worker_message(book, status.Get_source(), message)
-        for worker, request in book.sends:  # all read by now, except by workers that left
-            if worker in book.live:
-                request.Wait()
-        for worker in book.live:
-            self._comm.send(("stop", report), dest=worker, tag=_TAG_TO_WORKER)
-
-    def _abort_workers(self, reason: str) -> None:
-        if self._aborted:
-            return
-        self._aborted = True
-        for worker in set(range(1, self._size)) - self._departed:
-            self._comm.send(("abort", reason), dest=worker, tag=_TAG_TO_WORKER)
-
-    # -- MPI dispatch, worker side --
-
-    def _serve_as_worker(self) -> None:
-        """Run the batches the main rank sends until it says stop (or abort)."""
-        comm, owner = self._comm, self.owner
-        if comm is None:
-            return None
-        comm.send(("hello",), dest=0, tag=_TAG_TO_MAIN)
-        with _tracebacks_on_crash():
-            return self._run_batches_until_released(comm, owner)
-
-    def _run_batches_until_released(self, comm, owner) -> None:
-        while True:
-            kind, payload = _wait_for_message(comm, 0, _TAG_TO_WORKER)
-            if kind == "jobs":
-                comm.send(_run_batch(payload, owner), dest=0, tag=_TAG_TO_MAIN)
-            elif kind == "stop":
-                if payload is not None:
-                    raise _unpack_report(payload)
-                return None
-            else:
-                raise WorkflowError(
-                    f"The pool was aborted: {payload}.",
-                    [JobPoolError(f"The pool was aborted: {payload}.")],
-                )
-
-    # -- listeners and events (see section 7) --
-
-    def _set_status(self, status: PoolStatus) -> None:
-        old, self._status = self._status, status
-        self._announce(PoolProgressReason.POOL_STATUS_CHANGE, status, old, None)
-
-    def _announce(self, reason, status, old, job, now: bool = False) -> bool:
-        """Tell the listeners on the main rank; True if one of them handled the event.
-
-        Events raised in schedule()'s thread wait in ``_deferred`` for the main thread;
-        ``now`` delivers in this thread without looking at them (a deferred event being
-        delivered, or a ping from the ping thread). A listener that raises is recorded
-        for the WorkflowError, and the pool goes on.
-        """
-        listeners = self._pool_event_listeners if job is None else self._job_event_listeners
-        if not listeners or self._rank != 0:
-            return False
-        if not now:
-            if self._scheduler_alive and threading.get_ident() != self._main_thread:
-                self._deferred.append((reason, status, old, job))
-                return False
-            if self._deferred:
-                self._deliver_deferred()
-        progress = _make_progress(PoolProgress, (self, reason, status, old, job))
-        self._event_count += 1
-        handled = False
-        for listener in listeners:
-            try:
-                if listener(progress):
-                    handled = True
-            except Exception as error:
-                report = JobPoolError(f"Listener {listener!r} raised {_describe(error)}")
-                report.__cause__ = error
-                self._failures.append(report)
-        return handled
-
-    def _deliver_deferred(self) -> None:
-        deferred = self._deferred
-        while deferred:
-            self._announce(*deferred.popleft(), now=True)
-
-    def _maybe_ping(self, quiet_since: list, from_ping_thread: bool = False) -> None:
-        """Ping when no event happened for max_wait seconds; ``quiet_since`` is [count, time]."""
-        max_wait = self._max_wait
-        if max_wait is None:
-            return
-        moment = time.monotonic()
-        if self._event_count != quiet_since[0]:
-            quiet_since[:] = [self._event_count, moment]
-        elif moment - quiet_since[1] >= max_wait:
-            self._announce(PoolProgressReason.MAX_TIMEOUT_PING, self._status, None, None, now=from_ping_thread)
-            quiet_since[:] = [self._event_count, moment]
-
-    def _start_pinger(self) -> threading.Event | None:
-        """Serial mode: a helper thread pings the listeners while a long job holds the main thread.
-
-        It calls them only while a job runs, holding ``_pinger_lock``, and the main thread
-        takes that lock once when the job returns: never two listener calls at once.
-        """
-        max_wait = self._max_wait
-        if max_wait is None:
-            return None
-        stop, lock = threading.Event(), threading.Lock()
-        quiet_since = [self._event_count, time.monotonic()]
-        self._pinger_lock = lock
-
-        def ping_while_a_job_runs():
-            while not stop.wait(max_wait / 8):
-                with lock:
-                    if self._current is not None:
-                        self._maybe_ping(quiet_since, from_ping_thread=True)
-
-        threading.Thread(target=ping_while_a_job_runs, name="bsb_mini-pinger", daemon=True).start()
-        return stop
-
-
 # --- 7. Listeners and progress ------------------------------------------------------
 
 
@@ -1480,6 +1766,127 @@ class PoolProgress(tuple):
 
 
 _make_progress = tuple.__new__  # PoolProgress(...) without a Python-level __init__
+
+
+class PoolSnapshot(collections.namedtuple(
+    "PoolSnapshot", "total done running succeeded failed cancelled aborted ranks"
+)):
+    """``pool.snapshot()``: job counts at one moment (``running``: started or on a worker)."""
+
+    __slots__ = ()
+
+
+class _Events:
+    """Delivers a pool's events to its listeners, on the main rank's main thread.
+
+    A listener that raises is recorded for the WorkflowError and the pool goes on.
+    MAX_TIMEOUT_PING goes out when nothing happened for the smallest ``max_wait``.
+    """
+
+    def __init__(self, pool: JobPool):
+        self.pool = pool
+        self.status: PoolStatus | None = None
+        self.listeners: list[Callable] = []
+        self.job_listeners: list[Callable] = []  # those that want job events too
+        self.max_wait: float | None = None
+        self.count = 0  # events delivered, to tell when the pool was quiet
+
+    def add(self, listener: Callable, max_wait: float | None) -> None:
+        if not callable(listener):
+            raise JobPoolError(f"Listener {listener!r} is not callable; pass a function of one PoolProgress.")
+        if max_wait:
+            self.max_wait = max_wait if self.max_wait is None else min(self.max_wait, max_wait)
+        self.listeners.append(listener)
+        if getattr(listener, "_wants_job_events", True):
+            self.job_listeners.append(listener)
+            self.pool._graph.emit = self.emit
+
+    def open(self) -> None:
+        for listener in self.listeners:
+            if hasattr(listener, "__enter__"):
+                listener.__enter__()
+        self.set_status(PoolStatus.SCHEDULING)
+
+    def close(self) -> None:
+        for listener in self.listeners:
+            if hasattr(listener, "__exit__"):
+                listener.__exit__(None, None, None)
+
+    def set_status(self, status: PoolStatus) -> None:
+        old, self.status = self.status, status
+        self.emit(PoolProgressReason.POOL_STATUS_CHANGE, status, old, None)
+
+    def emit(self, reason: PoolProgressReason, status: Any, old: Any, job: Job | None) -> bool:
+        """Tell the listeners; True if one of them handled the event (a FAILED job's)."""
+        listeners = self.listeners if job is None else self.job_listeners
+        if not listeners or self.pool._rank != 0:
+            return False
+        progress = _make_progress(PoolProgress, (self.pool, reason, status, old, job))
+        self.count += 1
+        handled = False
+        for listener in listeners:
+            try:
+                if listener(progress):
+                    handled = True
+            except Exception as error:
+                report = JobPoolError(f"Listener {listener!r} raised {_describe(error)}")
+                report.__cause__ = error
+                self.pool._other_failure(report)
+        return handled
+
+    def quiet_timer(self) -> _QuietTimer:
+        return _QuietTimer(self)
+
+    def start_pinger(self) -> _Pinger | None:
+        return _Pinger(self) if self.max_wait is not None else None
+
+
+class _QuietTimer:
+    """Pings the listeners when no event happened for ``max_wait`` seconds."""
+
+    def __init__(self, events: _Events):
+        self.events, self.count, self.since = events, events.count, time.monotonic()
+
+    def ping_if_due(self) -> None:
+        events = self.events
+        if events.max_wait is None:
+            return
+        moment = time.monotonic()
+        if events.count != self.count:
+            self.count, self.since = events.count, moment
+        elif moment - self.since >= events.max_wait:
+            events.emit(PoolProgressReason.MAX_TIMEOUT_PING, events.status, None, None)
+            self.count, self.since = events.count, moment
+
+
+class _Pinger:
+    """Serially: a helper thread pings the listeners while a long job holds the main thread.
+
+    It calls them only while a job runs, holding ``lock``, and the main thread takes that
+    lock once when a job returns: never two listener calls at once.
+    """
+
+    def __init__(self, events: _Events):
+        self.lock, self.stopped = threading.Lock(), threading.Event()
+        self.timer = _QuietTimer(events)
+        self.running_here = None
+        threading.Thread(target=self._ping_while_a_job_runs, args=(events.max_wait,),
+                         name="bsb_mini-pinger", daemon=True).start()
+
+    def _ping_while_a_job_runs(self, max_wait: float) -> None:
+        graph = self.timer.events.pool._graph
+        while not self.stopped.wait(max_wait / 8):
+            with self.lock:
+                if graph.active and not self.stopped.is_set():
+                    self.timer.ping_if_due()
+
+    def job_returned(self) -> None:
+        with self.lock:  # wait for a ping that is being delivered right now
+            pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.job_returned()
 
 
 def create_job_pool(
@@ -1512,7 +1919,7 @@ def _clock(seconds: float) -> str:
 class _ProgressReport:
     """The default listener: a live line on a terminal, or INFO log lines in a batch job.
 
-    It reads the pool's counters from a helper thread instead of listening to every
+    It reads ``pool.snapshot()`` from a helper thread instead of listening to every
     job event, so it costs the pool next to nothing however many jobs there are.
     """
 
@@ -1543,7 +1950,7 @@ class _ProgressReport:
     def __call__(self, progress: PoolProgress) -> None:
         reason, status = progress.reason, progress.status
         if reason is PoolProgressReason.MAX_TIMEOUT_PING and not self._on_terminal():
-            self._log(self._progress_text(progress.pool))
+            self._log(self._progress_text(progress.pool.snapshot()))
         elif reason is PoolProgressReason.POOL_STATUS_CHANGE and status is PoolStatus.EXECUTING:
             self._begin(progress.pool)
         elif reason is PoolProgressReason.POOL_STATUS_CHANGE and status is PoolStatus.CLOSING:
@@ -1555,48 +1962,45 @@ class _ProgressReport:
         on_terminal = self._on_terminal()
         every = self.TERMINAL_REFRESH if on_terminal else self._log_every
         if not on_terminal:
-            self._log(f"executing {len(pool._jobs)} job(s) on {pool._size} rank(s)")
+            counts = pool.snapshot()
+            self._log(f"executing {counts.total} job(s) on {counts.ranks} rank(s)")
         self._thread = threading.Thread(target=self._refresh, args=(every,), name="bsb_mini-progress", daemon=True)
         self._thread.start()
 
     def _refresh(self, every: float) -> None:
         while not self._stop.wait(every):
+            text = self._progress_text(self._pool.snapshot())
             if self._on_terminal():
-                self._draw(self._progress_text(self._pool))
+                self._draw(text)
             else:
-                self._log(self._progress_text(self._pool))
+                self._log(text)
 
     def _end(self, pool: JobPool) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        summary = self._summary_text(pool)
+        summary = self._summary_text(pool.snapshot())
         if self._on_terminal():
             self._draw(summary, final=True)
         else:
             self._log(summary)
 
-    def _counts(self, pool: JobPool) -> tuple[int, int, int, int, int, int]:
-        done = pool._succeeded_count + pool._failed_count + pool._cancelled_count
-        return (len(pool._jobs), done, pool._running_now(), pool._failed_count,
-                pool._cancelled_count, pool._succeeded_count)
-
-    def _progress_text(self, pool: JobPool) -> str:
-        total, done, running, failed, cancelled, _ = self._counts(pool)
+    def _progress_text(self, counts: PoolSnapshot) -> str:
         elapsed = time.monotonic() - self._started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        eta = _clock((total - done) / rate) if rate > 0 and total > done else "?"
-        return (f"{done}/{total} done, {running} running, {failed} failed, {cancelled} cancelled, "
-                f"{rate:,.0f} jobs/s, {_clock(elapsed)} elapsed, ETA {eta}")
+        rate = counts.done / elapsed if elapsed > 0 else 0.0
+        eta = _clock((counts.total - counts.done) / rate) if rate > 0 and counts.total > counts.done else "?"
+        return (f"{counts.done}/{counts.total} done, {counts.running} running, {counts.failed} failed, "
+                f"{counts.cancelled} cancelled, {rate:,.0f} jobs/s, {_clock(elapsed)} elapsed, ETA {eta}")
 
-    def _summary_text(self, pool: JobPool) -> str:
-        total, done, _, failed, cancelled, succeeded = self._counts(pool)
+    def _summary_text(self, counts: PoolSnapshot) -> str:
         elapsed = time.monotonic() - self._started
-        rate = done / elapsed if elapsed > 0 else 0.0
-        verdict = "finished" if not failed and not cancelled else "finished with errors"
-        return (f"{verdict}: {succeeded}/{total} succeeded, {failed} failed, {cancelled} cancelled "
-                f"in {_clock(elapsed)} ({rate:,.0f} jobs/s)")
+        rate = counts.done / elapsed if elapsed > 0 else 0.0
+        bad = counts.failed or counts.cancelled or counts.aborted
+        verdict = "finished with errors" if bad else "finished"
+        aborted = f", {counts.aborted} aborted" if counts.aborted else ""
+        return (f"{verdict}: {counts.succeeded}/{counts.total} succeeded, {counts.failed} failed, "
+                f"{counts.cancelled} cancelled{aborted} in {_clock(elapsed)} ({rate:,.0f} jobs/s)")
 
     def _draw(self, text: str, final: bool = False) -> None:
         with self._write_lock:
@@ -1622,7 +2026,6 @@ class _ProgressReport:
 register_service("MPI", MPI := MPIService())
 register_service("MPILock", MPILock := _MPILockService(MPI))
 register_service("JobPool", JobPool)
-
 
 # --- 8. Command line ------------------------------------------------------------------
 

@@ -177,7 +177,7 @@ def test_guard_refuses_launcher_without_mpi4py(without_mpi4py, variable):
         mpi.get_rank()
     message = str(raised.value)
     assert variable in message
-    assert 'pip install "bsb-mini[parallel]"' in message
+    assert "pip install mpi4py" in message and "mpi4py module" in message
     assert "BSB_IGNORE_PARALLEL=1" in message
 
 
@@ -496,12 +496,10 @@ def test_schedule_skips_nodes_downstream_of_a_failed_node():
     assert "<Node after_after>" in str(errors[2]) and "<Node after>" in str(errors[2])
 
 
-@pytest.mark.parametrize("case", ["missing", "later", "cycle", "self"])
+@pytest.mark.parametrize("case", ["later", "cycle", "self"])
 def test_schedule_refuses_nodes_out_of_order_before_running_anything(case):
     a, b = Node("a"), Node("b")
-    if case == "missing":
-        b.depends_on, nodes = [Node("ghost")], [a, b]
-    elif case == "later":
+    if case == "later":
         a.depends_on, nodes = [b], [a, b]
     elif case == "cycle":
         a.depends_on, b.depends_on, nodes = [b], [a], [a, b]
@@ -513,28 +511,50 @@ def test_schedule_refuses_nodes_out_of_order_before_running_anything(case):
     assert pool.jobs == []
     message = str(raised.value)
     assert "<Node a>" in message or "<Node b>" in message
-    dependent = "<Node b>" if case == "missing" else "<Node a>"
-    assert message.count("<Node") >= 2 and dependent in message
+    assert message.count("<Node") >= 2 and "<Node a>" in message
     if case == "cycle":
         assert "cycle" in message
 
 
-def test_schedule_runs_in_a_background_thread_while_jobs_execute():
-    first_ran = threading.Event()
-    seen = {}
+def test_schedule_ignores_depends_on_entries_outside_the_array():
+    """A subset of a workflow is rebuilt (bsb-core's compile(only=...)): the rest counts as done."""
+    done_earlier = Node("placement")
+    connectivity = Node("connectivity", [done_earlier])
+    after = Node("after", [connectivity, done_earlier])
+    with JobPool() as pool:
+        pool.schedule([connectivity, after])
+        pool.execute()
+    assert sorted(job.name for job in pool.jobs) == ["after", "connectivity"]
+    assert {job.status for job in pool.jobs} == {JobStatus.SUCCESS}
+
+
+def test_serial_schedule_takes_turns_with_the_jobs():
+    """No job runs while a node is being scheduled (an HDF5 file shared by both stays safe)."""
+    state = {"job running": False, "overlaps": 0, "jobs run before the last node": 0, "threads": set()}
+
+    def job(owner):
+        state["job running"] = True
+        time.sleep(0.002)
+        state["job running"] = False
 
     def scheduler(node):
-        seen.setdefault("threads", set()).add(threading.current_thread() is threading.main_thread())
-        if node.name == "last":
-            seen["first job ran before the last node was scheduled"] = first_ran.wait(30)
-        pool.submit(lambda owner: first_ran.set(), name=node.name)
+        state["threads"].add(threading.current_thread() is threading.main_thread())
+        for _ in range(5):
+            state["overlaps"] += state["job running"]
+            time.sleep(0.001)
+        if node.name == "n19":
+            state["jobs run before the last node"] = sum(j.status is JobStatus.SUCCESS for j in pool.jobs)
+        for _ in range(3):
+            pool.submit(job, name=node.name)
 
-    first = Node("first")
+    nodes = [Node(f"n{i}") for i in range(20)]
     with JobPool() as pool:
-        pool.schedule([first, Node("last", [first])], scheduler)
+        pool.schedule(nodes, scheduler)
         pool.execute()
-    assert seen == {"threads": {False}, "first job ran before the last node was scheduled": True}
-    assert [job.status for job in pool.jobs] == [JobStatus.SUCCESS] * 2
+    assert state["overlaps"] == 0
+    assert state["threads"] == {False}  # schedule() walks its nodes in a background thread
+    assert state["jobs run before the last node"] > 0  # and the jobs of earlier nodes ran meanwhile
+    assert [job.status for job in pool.jobs] == [JobStatus.SUCCESS] * 60
 
 
 # --- 5. listeners ---
