@@ -600,16 +600,6 @@ class _Graph:
         if self.emit is not None:
             self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
 
-    def take(self) -> Job | None:
-        """The next QUEUED job of the ready queue (cancelled ones are skipped), now active."""
-        ready = self.ready
-        while ready:
-            job = ready.popleft()
-            if job._status is _QUEUED:
-                self.active += 1
-                return job
-        return None
-
     def put_back(self, jobs: list[Job]) -> None:
         """Jobs handed to a worker that will not run them go to the front of the queue."""
         for job in reversed(jobs):
@@ -898,16 +888,25 @@ class JobPool:
         if self._closed or not callable(fn) or context:
             self._check_submission(fn, context)
         if deps:
-            deps = self._checked_deps(fn, args, kwargs, deps)
+            if type(deps) is not list and type(deps) is not tuple:
+                deps = self._checked_deps(fn, args, kwargs, deps)
+            deps = tuple(deps)
+            for dep in deps:
+                if type(dep) is not Job or dep._pool is not self:
+                    self._checked_deps(fn, args, kwargs, deps)
         else:
             deps = ()
+        graph = self._graph
         job = Job(self, next(self._index), fn, args, kwargs or _NO_KWARGS, deps, name, context)
-        self._graph.jobs.append(job)
-        if self._rank == 0:  # worker ranks keep their submissions PENDING
-            if self._walker is not None and threading.get_ident() != self._main_thread:
-                self._inbox.append((self._add, (job,)))
-            else:
-                self._add(job)
+        graph.jobs.append(job)
+        if self._rank != 0:  # worker ranks keep their submissions PENDING
+            return job
+        if self._walker is not None and threading.get_ident() != self._main_thread:
+            self._inbox.append((self._add, (job,)))
+        elif graph.emit is not None or job._index >= self._next_gc_freeze:
+            self._add(job)
+        else:
+            graph.link(job)
         return job
 
     queue = submit
@@ -1085,15 +1084,17 @@ class JobPool:
             )
 
     def _checked_deps(self, fn: Callable, args: tuple, kwargs: dict | None, deps: Any) -> tuple:
-        call = _default_name(fn, args, kwargs or {})
-        if isinstance(deps, (str, bytes, Job)) or not isinstance(deps, Iterable):
-            raise JobPoolError(f"Cannot submit {call}: deps={deps!r} is not a list of Jobs; pass deps=[job, ...].")
-        deps = tuple(deps)
+        """``deps`` as a tuple of this pool's Jobs, or a JobPoolError that says what to pass."""
+        if type(deps) is not tuple:
+            if isinstance(deps, (str, bytes, Job)) or not isinstance(deps, Iterable):
+                raise JobPoolError(f"Cannot submit {_default_name(fn, args, kwargs or {})}: deps={deps!r} "
+                                   "is not a list of Jobs; pass deps=[job, ...].")
+            deps = tuple(deps)
         for dep in deps:
             if type(dep) is not Job or dep._pool is not self:
                 what = "a Job of another pool" if isinstance(dep, Job) else "not a Job"
                 raise JobPoolError(
-                    f"Cannot submit {call}: its dependency {dep!r} is {what}; "
+                    f"Cannot submit {_default_name(fn, args, kwargs or {})}: its dependency {dep!r} is {what}; "
                     "deps must be Jobs returned by this pool's submit()."
                 )
         return deps
@@ -1415,14 +1416,12 @@ class _MainSide:
             targets, depth = [w for w in self.joined if len(batches[w]) == 1], 2
         sent = False
         for worker in targets:
-            batch = self.take_batch(graph, self.batch_size(len(graph.ready), depth))
+            batch = self.take_batch(graph, self.batch_size(len(graph.ready), depth), worker)
             if not batch:
                 break
             payload = self.pack(pool, batch)
             if payload is None:
                 continue
-            for job in batch:
-                job.rank = worker
             batches[worker].append(batch)
             self.in_flight += 1
             self.send(worker, (_JOBS, payload))
@@ -1436,19 +1435,21 @@ class _MainSide:
         cap = _MAX_BATCH if mean <= 0 else max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / mean)))
         return max(1, min(cap, waiting // (len(self.joined) * depth)))
 
-    def take_batch(self, graph: _Graph, size: int) -> list[Job]:
+    def take_batch(self, graph: _Graph, size: int, worker: int) -> list[Job]:
+        """Up to ``size`` QUEUED jobs from the ready queue, now on ``worker`` (a solo job goes alone)."""
         ready, batch = graph.ready, []
-        while len(batch) < size:
-            job = graph.take()
-            if job is None:
-                break
-            if job._solo and batch:
-                graph.active -= 1
-                ready.appendleft(job)
-                break
-            batch.append(job)
+        while ready and len(batch) < size:
+            job = ready.popleft()
+            if job._status is not _QUEUED:
+                continue
             if job._solo:
-                break
+                if batch:
+                    ready.appendleft(job)
+                    break
+                size = 1
+            job.rank = worker
+            batch.append(job)
+        graph.active += len(batch)
         return batch
 
     def pack(self, pool: JobPool, batch: list[Job]) -> bytes | None:
@@ -1486,11 +1487,22 @@ class _MainSide:
             self.in_flight -= 1
             _, seconds, outcomes = message
             self.measure(seconds, len(outcomes))
+            loads, started, succeeded = pickle.loads, graph.started, graph.succeeded
             for job, (outcome, payload, remote_tb) in zip(batch, outcomes, strict=True):
-                if job._status is _QUEUED:
-                    graph.started(job)
-                if job._status is _RUNNING:
-                    self.settle(pool, job, outcome, payload, remote_tb, worker)
+                status = job._status
+                if status is _QUEUED:
+                    started(job)
+                elif status is not _RUNNING:
+                    continue  # aborted while it was on the worker
+                if outcome == _OK:
+                    try:
+                        value = loads(payload)
+                    except Exception:
+                        pass
+                    else:
+                        succeeded(job, value)
+                        continue
+                self.settle(pool, job, outcome, payload, remote_tb, worker)
         elif kind == _STARTED:
             try:
                 job = self.batches[worker][0][message[1]]
@@ -1521,6 +1533,7 @@ class _MainSide:
             self.seconds_per_job = mean if previous is None else (previous + mean) / 2
 
     def settle(self, pool: JobPool, job: Job, outcome: int, payload: Any, remote_tb: str | None, worker: int) -> None:
+        """A job's outcome other than a result that unpickles: it failed, one way or another."""
         if outcome == _UNSENDABLE:
             pool._job_failed(job, JobPoolError(f"Job {job.name!r} ran on rank {worker}, but {payload}"),
                              worker, remote_tb, named=True)
@@ -1534,10 +1547,7 @@ class _MainSide:
                 f"unpickled on the main rank: {_describe(reason)}"
             ), worker, remote_tb, named=True)
             return
-        if outcome == _OK:
-            pool._graph.succeeded(job, value)
-        else:
-            pool._job_failed(job, value, worker, remote_tb)
+        pool._job_failed(job, value, worker, remote_tb)
 
     def resend_solo(self, pool: JobPool, batch: list[Job], reason: str, worker: int) -> None:
         """Send the jobs of a batch that did not load one by one, so only the culprit fails."""
@@ -1650,10 +1660,9 @@ class _WorkerSide:
         outcomes = []
         if herald is not None:
             herald.batch += 1
-            batch = herald.batch
         for position, (fn, args, kwargs) in enumerate(calls):
             if herald is not None:
-                herald.current = (batch, position)
+                herald.position = position
             try:
                 value = fn(owner, *args, **kwargs) if kwargs else fn(owner, *args)
             except BaseException as error:  # noqa: B036 (SystemExit or Ctrl-C in a job fails the job only)
@@ -1664,7 +1673,7 @@ class _WorkerSide:
         if herald is None:
             self.comm.send(message, dest=0, tag=_TO_MAIN)
             return
-        herald.current = None
+        herald.position = None
         with herald.lock:  # a STARTED being sent goes first
             self.comm.send(message, dest=0, tag=_TO_MAIN)
 
@@ -1689,8 +1698,7 @@ class _Herald:
 
     def __init__(self, comm: Any):
         self.comm, self.lock = comm, threading.Lock()
-        self.batch = 0
-        self.current: tuple[int, int] | None = None  # (batch, position) of the running job
+        self.batch, self.position = 0, None  # the running job: its batch's number, its position there
         self.stopped = threading.Event()
 
     @classmethod
@@ -1708,10 +1716,10 @@ class _Herald:
     def _watch(self) -> None:
         last, announced = None, None
         while not self.stopped.wait(_HERALD_EVERY):
-            now = self.current
-            if now is not None and now == last and now != announced:
+            now = (self.batch, self.position)
+            if now[1] is not None and now == last and now != announced:
                 with self.lock:
-                    if self.current == now and not self.stopped.is_set():
+                    if (self.batch, self.position) == now and not self.stopped.is_set():
                         self.comm.send((_STARTED, now[1]), dest=0, tag=_TO_MAIN)
                         announced = now
             last = now
