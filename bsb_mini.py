@@ -1595,10 +1595,11 @@ class _WorkerSide:
         self.joined = False
         self.closed = False
         self.herald: _Herald | None = None
+        self.raised: bytes | None = None  # the last report an execute() raised
 
     def serve_one_execute(self) -> None:
         """A worker's execute(): serve until the main rank's execute() ends (or it closes the pool)."""
-        report = self.serve(until_end=True)
+        report = self.raised = self.serve(until_end=True)
         if report is not None:
             raise _unpack_report(report)
 
@@ -1609,7 +1610,7 @@ class _WorkerSide:
             return
         if exc is None:
             report = self.serve(until_end=False)
-            if report is not None:
+            if report is not None and report != self.raised:  # not raised by an execute() already
                 raise _unpack_report(report)
             return
         comm = self.comm

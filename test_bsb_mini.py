@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import bsb_mini
+import fault_scenarios
 import mpi_scenarios
 from bsb_mini import (
     DependencyError,
@@ -876,7 +877,10 @@ def mpiexec(n, *args, timeout=120, script=True, hide=()):
     ``hide``: optional packages to make unimportable, as if not installed.
     """
     command = [MPIEXEC, "-n", str(n), sys.executable]
-    command += [str(HERE / "mpi_scenarios.py"), *args] if script else list(args)
+    if args[:1] == ("--faults",):  # fault_scenarios.py run --seed S --pools P
+        command += [str(HERE / "fault_scenarios.py"), "run", "--seed", args[1], "--pools", args[2]]
+    else:
+        command += [str(HERE / "mpi_scenarios.py"), *args] if script else list(args)
     folder = Path(tempfile.mkdtemp(prefix="bsb_mini_mpi_"))
     for package in hide:
         (folder / f"{package}.py").write_text(f"raise ImportError('{package} hidden by the test')\n")
@@ -892,6 +896,7 @@ def mpiexec(n, *args, timeout=120, script=True, hide=()):
         pytest.fail(f"mpiexec -n {n} {' '.join(args)} hung for {timeout} s:\n{out}\n{err}")
     results = {int(path.stem[4:]): json.loads(path.read_text()) for path in folder.glob("rank*.json")}
     results.update({path.name: path.read_text() for path in folder.glob("*.txt")})
+    results.update({path.name: path.read_text() for path in folder.glob("faults*.json")})
     shutil.rmtree(folder, ignore_errors=True)
     return process.returncode, results, out, err
 
@@ -1125,3 +1130,25 @@ def test_mpi_bench_smoke():
     assert code == 0, err
     rows = {row["workload"]: row for row in json.loads(out)["rows"]}
     assert rows["MPI poll, then sleep: independent"]["jobs"] == 200
+
+
+# --- randomized fault tests (fault_scenarios.py; its long mode is documented in the README) ---
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_random_faults_many_pools_in_one_process(seed):
+    summary = fault_scenarios.run(seed, 300)
+    assert summary["pools"] == 300
+    assert summary["problems"] == []
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+@pytest.mark.parametrize("seed", [1, 2])
+def test_mpi_random_faults_many_pools_in_one_process(n, seed):
+    code, results, out, err = mpiexec(n, "--faults", str(seed), "150", timeout=240)
+    summaries = [results[f"faults{rank}.json"] for rank in range(n) if f"faults{rank}.json" in results]
+    assert len(summaries) == n, f"not every rank left every pool (exit {code}):\n{err[-5000:]}"
+    problems = [problem for summary in summaries for problem in json.loads(summary)["problems"]]
+    assert problems == [] and code == 0, "\n".join(problems[:5]) + err[-3000:]
+    assert {json.loads(summary)["pools"] for summary in summaries} == {150}

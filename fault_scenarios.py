@@ -1,0 +1,419 @@
+"""Randomized fault tests: many pools back to back in ONE process, each against a reference model.
+
+Every rank draws the same scenario from ``(seed, pool number)``: a random DAG of jobs,
+some of which raise, call ``sys.exit``, take unpicklable arguments, return unpicklable
+results or raise unpicklable exceptions; user cancels; ``fail_fast``; listeners that
+record, handle failures or raise; ``schedule()`` nodes that fail; the main rank or a
+worker raising inside the block; ``JobPool`` used directly or through
+``create_job_pool``; split communicators; zero, one or two ``execute()`` calls per rank
+(not the same on every rank); a second wave of jobs submitted after the first execute.
+
+After each pool every rank checks what a user would look at: statuses and results
+against the model, the same WorkflowError text on every rank, no job run twice, no job
+started before its dependencies ended, every rank out of the pool. A watchdog turns a
+hang into a failure that prints every thread's stack on every rank.
+
+    python fault_scenarios.py run --seed 1 --pools 200           # serially, or under mpiexec -n N
+    python fault_scenarios.py sweep --ranks 1 2 3 4 --runs 10 --pools 100   # the long mode
+
+``run`` writes one JSON line per rank to ``$BSB_SCENARIO_OUT/faults<rank>.json`` when
+that is set, else prints it; ``sweep`` starts ``mpiexec`` runs and sums them up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import faulthandler
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+
+import bsb_mini
+from bsb_mini import JobPool, JobStatus, PoolProgressReason, PoolStatus, WorkflowError, create_job_pool
+
+HANG_SECONDS = 60  # one pool that takes this long is a hang
+LOG: list[tuple[int, int, float, float]] = []  # (pool, job, start, end) of every job run in this process
+KINDS = ["ok"] * 14 + ["raise", "exit", "bad_arg", "bad_result", "bad_exc", "str_raises", "exit_on_pickle", "slow"]
+RUNS_IN_PARALLEL = {"ok", "raise", "exit", "bad_result", "bad_exc", "str_raises", "exit_on_pickle", "slow"}
+
+
+class ScenarioError(Exception):
+    """Raised on purpose by a rank inside a pool's block."""
+
+
+class Unpicklable:
+    def __reduce__(self):
+        raise TypeError("this object refuses to be pickled")
+
+
+class ExitsWhenPickled:
+    def __reduce__(self):
+        raise SystemExit("pickling this result calls sys.exit")
+
+
+class UnpicklableError(Exception):
+    def __reduce__(self):
+        raise TypeError("this exception refuses to be pickled")
+
+
+class StrRaisesError(Exception):
+    def __str__(self):
+        raise RuntimeError("__str__ is broken")
+
+
+def job(owner, pool_no, index, kind, payload=None):
+    started = time.monotonic()
+    try:
+        if kind == "slow":
+            time.sleep(0.01)
+        if kind == "raise":
+            raise ValueError(f"job {index} fails on purpose")
+        if kind == "exit":
+            sys.exit(index)
+        if kind == "bad_exc":
+            raise UnpicklableError(index)
+        if kind == "str_raises":
+            raise StrRaisesError()
+        if kind == "bad_result":
+            return Unpicklable()
+        if kind == "exit_on_pickle":
+            return ExitsWhenPickled()
+        return pool_no * 1000 + index
+    finally:
+        LOG.append((pool_no, index, started, time.monotonic()))
+
+
+class Node:
+    """A schedule() node that submits one job, or fails to schedule."""
+
+    def __init__(self, number: int, depends_on: list, fail: bool, pool_no: int):
+        self.number, self.depends_on, self.fail, self.pool_no = number, depends_on, fail, pool_no
+
+    def queue(self, pool):
+        if self.fail:
+            raise RuntimeError(f"node {self.number} cannot be scheduled")
+        index = 500 + self.number
+        pool.submit(job, (self.pool_no, index, "ok"), name=f"j{index}")
+
+    def __repr__(self):
+        return f"<node {self.number}>"
+
+
+class Listener:
+    """Records pool events; may handle failures or raise once."""
+
+    def __init__(self, mode: str):
+        self.mode, self.raised, self.entered, self.exited = mode, False, 0, 0
+        self.pool_statuses: list = []
+
+    def __call__(self, progress):
+        if progress.reason is PoolProgressReason.POOL_STATUS_CHANGE:
+            self.pool_statuses.append(progress.status)
+        if progress.reason is PoolProgressReason.JOB_STATUS_CHANGE:
+            if self.mode == "raise" and not self.raised and progress.status is JobStatus.SUCCESS:
+                self.raised = True
+                raise RuntimeError("listener trouble")
+            return self.mode == "handle" and progress.status is JobStatus.FAILED
+        return False
+
+    def __enter__(self):
+        self.entered += 1
+        return self
+
+    def __exit__(self, *exc_info):
+        self.exited += 1
+
+
+def draw_scenario(seed: int, pool_no: int) -> dict:
+    """The same scenario on every rank: it depends on nothing but the seed and the pool's number."""
+    rng = random.Random(f"{seed}-{pool_no}")
+    count = rng.choice([0, 1, 2, 3, 5, 8, 12, 20])
+    jobs = [(i, sorted(rng.sample(range(i), min(i, rng.randint(0, 3)))), rng.choice(KINDS)) for i in range(count)]
+    wave2 = []
+    if rng.random() < 0.25:
+        wave2 = [(100 + i, sorted(rng.sample(range(count), min(count, rng.randint(0, 2)))), rng.choice(KINDS))
+                 for i in range(rng.randint(1, 4))]
+    nodes = []
+    if rng.random() < 0.3:
+        for number in range(rng.randint(1, 4)):
+            nodes.append((number, sorted(rng.sample(range(number), min(number, rng.randint(0, 2)))),
+                          rng.random() < 0.25))
+    raiser = rng.choice(["none"] * 8 + ["main-before", "main-after", "worker-before", "worker-after"])
+    if raiser.startswith("worker"):  # the main rank may then run jobs itself, where everything pickles
+        jobs = [(i, deps, "raise" if kind.startswith(("bad", "exit_on")) else kind) for i, deps, kind in jobs]
+        wave2 = [(i, deps, "raise" if kind.startswith(("bad", "exit_on")) else kind) for i, deps, kind in wave2]
+    return {
+        "jobs": jobs, "wave2": wave2, "nodes": nodes, "raiser": raiser,
+        "cancel": sorted(rng.sample(range(count), min(count, 2))) if rng.random() < 0.15 else [],
+        "fail_fast": rng.random() < 0.12,
+        "listener": rng.choice(["none", "none", "record", "handle", "raise"]),
+        "create": rng.random() < 0.5,
+        "worker_pick": rng.randrange(1000),
+        "main_execs": rng.choice([0, 1, 1, 2]),
+        "worker_execs": rng.choice([0, 1, 1, 2]),
+        "split": rng.random() < 0.15,
+    }
+
+
+def fails(kind: str, parallel: bool) -> bool:
+    if kind in ("raise", "exit", "bad_exc", "str_raises"):
+        return True
+    return parallel and kind in ("bad_arg", "bad_result", "exit_on_pickle")
+
+
+def reference(scenario: dict, parallel: bool, ran_waves: set[int], submitted: set[int]) -> dict[str, str]:
+    """Expected status of each job by name, without fail_fast."""
+    expected: dict[int, str] = {}
+    waves = [(1, scenario["jobs"])] + [(2, scenario["wave2"])] * (2 in submitted)
+    for wave, jobs in waves:
+        for index, deps, kind in jobs:
+            if index in scenario["cancel"]:
+                expected[index] = "CANCELLED"
+            elif any(expected[d] not in ("SUCCESS", "PENDING") for d in deps):
+                expected[index] = "CANCELLED"
+            elif wave not in ran_waves:
+                expected[index] = "PENDING"
+            else:
+                expected[index] = "FAILED" if fails(kind, parallel) else "SUCCESS"
+    if ran_waves:  # schedule() runs at the first execution
+        skipped: set[int] = set()
+        for number, depends_on, fail in scenario["nodes"]:
+            if fail or skipped.intersection(depends_on):
+                skipped.add(number)
+            else:
+                expected[500 + number] = "SUCCESS"
+    return {f"j{index}": status for index, status in expected.items()}
+
+
+def run_pool(seed: int, pool_no: int, world) -> list[str]:
+    """Run one scenario on every rank; return this rank's list of problems."""
+    scenario = draw_scenario(seed, pool_no)
+    world_rank = world.Get_rank() if world is not None else 0
+    comm = world
+    if scenario["split"] and world is not None and world.Get_size() > 2:
+        comm = world.Split(world_rank % 2, world_rank)
+    rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)
+    parallel = size > 1
+    raiser, where = scenario["raiser"].split("-") if scenario["raiser"] != "none" else ("none", "")
+    raising_rank = 0 if raiser == "main" else (1 + scenario["worker_pick"] % (size - 1) if parallel else None)
+    i_raise = raiser != "none" and rank == raising_rank
+    execs = scenario["main_execs"] if rank == 0 else scenario["worker_execs"]
+    listener = Listener(scenario["listener"]) if scenario["listener"] != "none" else None
+    options = {"fail_fast": scenario["fail_fast"], "comm": comm}
+    seen: list[str] = []  # WorkflowError messages this rank saw
+    own_error = None
+    jobs: dict = {}
+    LOG.clear()
+
+    def submit(pool, wave):
+        for index, deps, kind in wave:
+            payload = Unpicklable() if kind == "bad_arg" else None
+            jobs[index] = pool.submit(job, (pool_no, index, kind, payload), name=f"j{index}",
+                                      deps=[jobs[d] for d in deps])
+
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
+    try:
+        if scenario["create"]:
+            pool = create_job_pool(listeners=[listener] if listener else (), quiet=True, **options)
+        else:
+            pool = JobPool(**options)
+            if listener:
+                pool.add_listener(listener)
+        with pool:
+            submit(pool, scenario["jobs"])
+            if rank == 0:
+                for index in scenario["cancel"]:
+                    jobs[index].cancel("cancelled by the scenario")
+            if scenario["nodes"]:
+                nodes: list[Node] = []
+                for number, depends_on, fail in scenario["nodes"]:
+                    nodes.append(Node(number, [nodes[d] for d in depends_on], fail, pool_no))
+                pool.schedule(nodes)
+            if i_raise and where == "before":
+                raise ScenarioError(f"rank {rank} raises before executing")
+            for slot in range(2):
+                if slot == 1:
+                    submit(pool, scenario["wave2"])
+                if slot < execs:
+                    try:
+                        pool.execute()
+                    except WorkflowError as error:
+                        seen.append(error.message)
+            if i_raise:
+                raise ScenarioError(f"rank {rank} raises after executing")
+    except ScenarioError as error:
+        own_error = str(error)
+    except WorkflowError as error:
+        seen.append(error.message)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+    problems: list[str] = []
+    tag = f"seed {seed} pool {pool_no} rank {rank}/{size}: {json.dumps(scenario)}"
+    if i_raise and own_error is None:
+        problems.append(f"{tag}: the raising rank lost its own exception")
+    gathered = comm.gather((seen, own_error, LOG[:]), root=0) if comm is not None else [(seen, own_error, LOG[:])]
+    if rank == 0:
+        problems += check_main(scenario, pool, jobs, listener, gathered, parallel, raiser, where, tag)
+    if comm is not world:
+        comm.Free()
+    return problems
+
+
+def check_main(scenario, pool, jobs, listener, gathered, parallel, raiser, where, tag) -> list[str]:
+    problems = []
+    main_execs, worker_execs = scenario["main_execs"], scenario["worker_execs"]
+    main_raised = raiser == "main"
+    # which waves ran: an execute() after their submission, or leaving the block without an exception
+    ran_waves = set()
+    if not (main_raised and where == "before"):
+        if main_execs >= 1:
+            ran_waves.add(1)
+        if main_execs == 2:
+            ran_waves.add(2)
+        if not main_raised:
+            ran_waves |= {1, 2}
+    scheduled = bool(ran_waves)
+    submitted = {1} if main_raised and where == "before" else {1, 2}
+    by_name = {job.name: job for job in pool.jobs}
+    statuses = {name: job.status.name for name, job in by_name.items()}
+    expected = reference(scenario, parallel, ran_waves, submitted)
+    if scenario["fail_fast"]:
+        for name, status in statuses.items():
+            job = by_name[name]
+            if any(dep.status is not JobStatus.SUCCESS for dep in job.deps) and status in ("SUCCESS", "FAILED"):
+                problems.append(f"{tag}: fail_fast: {name} is {status} though a dependency did not succeed")
+            if status == "SUCCESS" and expected.get(name) != "SUCCESS":
+                problems.append(f"{tag}: fail_fast: {name} succeeded, expected {expected.get(name)}")
+    elif statuses != expected:
+        diff = {n: (statuses.get(n), expected.get(n)) for n in set(statuses) | set(expected)
+                if statuses.get(n) != expected.get(n)}
+        problems.append(f"{tag}: statuses differ from the model (got, expected): {diff}")
+    for name, job in by_name.items():
+        if job.status is JobStatus.SUCCESS and job.result != job._args[0] * 1000 + job._args[1]:
+            if job._args[2] not in ("bad_result", "exit_on_pickle") or parallel:
+                problems.append(f"{tag}: {name} has the wrong result {job.result!r}")
+        if job.status is JobStatus.FAILED and parallel and job._args[2] in ("bad_arg", "bad_result", "bad_exc",
+                                                                            "exit_on_pickle"):
+            if f"Job {name!r}" not in str(job.error):
+                problems.append(f"{tag}: {name}'s error does not name it: {job.error}")
+    # the reports: every failure that was not handled, on the main rank and the same text elsewhere
+    main_seen, main_error, _ = gathered[0]
+    reported = "\n".join(main_seen)
+    handled = scenario["listener"] == "handle"
+    for name, job in by_name.items():
+        if job.status is JobStatus.FAILED and not handled and f"Job {name!r}" not in reported:
+            problems.append(f"{tag}: {name} FAILED but no WorkflowError on the main rank says so")
+    if scenario["nodes"] and scheduled and not scenario["fail_fast"]:  # fail_fast stops scheduling too
+        for number, _, fail in scenario["nodes"]:
+            if fail and f"<node {number}>" not in reported:
+                problems.append(f"{tag}: node {number} failed to schedule but no report says so")
+    if listener is not None and listener.raised and "listener trouble" not in reported:
+        problems.append(f"{tag}: the raising listener is missing from the report")
+    if listener is not None and (listener.entered, listener.exited) != (1, 1):
+        problems.append(f"{tag}: a context-manager listener was entered/exited {listener.entered}/{listener.exited}")
+    if listener is not None and listener.pool_statuses[:1] != [PoolStatus.SCHEDULING]:
+        problems.append(f"{tag}: pool statuses {listener.pool_statuses}")
+    if main_raised and main_error is None:
+        problems.append(f"{tag}: the main rank did not raise its own exception")
+    for worker, (seen, own_error, _) in enumerate(gathered[1:], start=1):
+        for message in seen:
+            if message not in main_seen and "The pool was aborted" not in message:
+                problems.append(f"{tag}: rank {worker} saw a report the main rank did not: {message!r}")
+        if main_raised and own_error is None and not any("The pool was aborted" in m for m in seen):
+            problems.append(f"{tag}: rank {worker} was not told that the main rank raised")
+        if not main_raised and raiser == "none" and main_execs == worker_execs and seen != main_seen:
+            problems.append(f"{tag}: rank {worker} saw {seen}, the main rank {main_seen}")
+    # the execution log of every rank: nothing twice, dependencies first, nothing that should not run
+    runs: dict[int, tuple[float, float]] = {}
+    for _, _, log in gathered:
+        for pool_no, index, started, ended in log:
+            if index in runs:
+                problems.append(f"{tag}: j{index} ran twice")
+            runs[index] = (started, ended)
+    for name, job in by_name.items():
+        index = job._args[1]
+        should_run = job.status in (JobStatus.SUCCESS, JobStatus.FAILED) and (
+            not parallel or job._args[2] in RUNS_IN_PARALLEL)
+        if should_run != (index in runs):
+            problems.append(f"{tag}: {name} is {job.status.name} but ran {int(index in runs)} time(s)")
+        for dep in job.deps:
+            if index in runs and dep._args[1] in runs and runs[dep._args[1]][1] > runs[index][0] + 1e-3:
+                problems.append(f"{tag}: {name} started before its dependency {dep.name} ended")
+    return problems
+
+
+def run(seed: int, pools: int) -> dict:
+    """Run ``pools`` scenarios back to back in this process; every rank returns its summary."""
+    world = bsb_mini.MPI.get_communicator()
+    problems: list[str] = []
+    started = time.monotonic()
+    for pool_no in range(pools):
+        problems += run_pool(seed, pool_no, world)
+    return {"seed": seed, "pools": pools, "problems": problems, "seconds": round(time.monotonic() - started, 1),
+            "ranks": world.Get_size() if world is not None else 1}
+
+
+def sweep(ranks: list[int], runs: int, pools: int, first_seed: int, timeout: float) -> int:
+    """The long mode: ``runs`` mpiexec runs per rank count, each with ``pools`` pools."""
+    total = failed = hangs = 0
+    for n in ranks:
+        for seed in range(first_seed, first_seed + runs):
+            folder = tempfile.mkdtemp(prefix="bsb_faults_")
+            command = ["mpiexec", "-n", str(n), sys.executable, __file__, "run", "--seed", str(seed),
+                       "--pools", str(pools)]
+            env = {**os.environ, "BSB_SCENARIO_OUT": folder}
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+            except subprocess.TimeoutExpired:
+                hangs += 1
+                print(f"-n {n} seed {seed}: HANG (no answer in {timeout} s)", flush=True)
+                continue
+            summaries = [json.load(open(os.path.join(folder, f))) for f in os.listdir(folder)]
+            problems = [p for s in summaries for p in s["problems"]]
+            total += pools
+            if done.returncode != 0 or len(summaries) != n:
+                hangs += "Timeout" in done.stderr
+                failed += 1
+                print(f"-n {n} seed {seed}: exit {done.returncode}, {len(summaries)}/{n} ranks reported\n"
+                      f"{done.stderr[-3000:]}", flush=True)
+            failed += len(problems)
+            for problem in problems:
+                print(f"-n {n} seed {seed}: {problem}", flush=True)
+            print(f"-n {n} seed {seed}: {pools} pools, {len(problems)} problem(s)", flush=True)
+    print(f"sweep: {total} pools run, {failed} failed, {hangs} hung")
+    return 1 if failed or hangs else 0
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    one = commands.add_parser("run", help="run pools in this process (serially, or under mpiexec)")
+    one.add_argument("--seed", type=int, default=1)
+    one.add_argument("--pools", type=int, default=100)
+    many = commands.add_parser("sweep", help="the long mode: many mpiexec runs")
+    many.add_argument("--ranks", type=int, nargs="+", default=[1, 2, 3, 4])
+    many.add_argument("--runs", type=int, default=10)
+    many.add_argument("--pools", type=int, default=100)
+    many.add_argument("--seed", type=int, default=1000)
+    many.add_argument("--timeout", type=float, default=600)
+    options = parser.parse_args(argv)
+    if options.command == "sweep":
+        return sweep(options.ranks, options.runs, options.pools, options.seed, options.timeout)
+    summary = run(options.seed, options.pools)
+    folder = os.environ.get("BSB_SCENARIO_OUT")
+    rank = bsb_mini.MPI.get_rank()
+    if folder:
+        with open(os.path.join(folder, f"faults{rank}.json"), "w") as file:
+            json.dump(summary, file)
+    else:
+        print(json.dumps(summary), flush=True)
+    return 1 if summary["problems"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
