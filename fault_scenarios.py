@@ -332,6 +332,8 @@ def check_main(scenario, pool, jobs, listener, gathered, parallel, raiser, where
     runs: dict[int, tuple[float, float]] = {}
     for _, _, log in gathered:
         for pool_no, index, started, ended in log:
+            if pool_no != scenario_pool_no(tag):
+                problems.append(f"{tag}: a job of pool {pool_no} ran during this pool")
             if index in runs:
                 problems.append(f"{tag}: j{index} ran twice")
             runs[index] = (started, ended)
@@ -345,6 +347,10 @@ def check_main(scenario, pool, jobs, listener, gathered, parallel, raiser, where
             if index in runs and dep._args[1] in runs and runs[dep._args[1]][1] > runs[index][0] + 1e-3:
                 problems.append(f"{tag}: {name} started before its dependency {dep.name} ended")
     return problems
+
+
+def scenario_pool_no(tag: str) -> int:
+    return int(tag.split(" pool ")[1].split()[0])
 
 
 def run(seed: int, pools: int) -> dict:
