@@ -258,13 +258,13 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
         problems.append(f"{tag}: the raising rank lost its own exception")
     gathered = comm.gather((seen, own_error, LOG[:]), root=0) if comm is not None else [(seen, own_error, LOG[:])]
     if rank == 0:
-        problems += check_main(scenario, pool, jobs, listener, gathered, parallel, raiser, where, tag)
+        problems += check_main(scenario, pool, listener, gathered, parallel, raiser, where, tag, pool_no)
     if comm is not world:
         comm.Free()
     return problems
 
 
-def check_main(scenario, pool, jobs, listener, gathered, parallel, raiser, where, tag) -> list[str]:
+def check_main(scenario, pool, listener, gathered, parallel, raiser, where, tag, this_pool) -> list[str]:
     problems = []
     main_execs, worker_execs = scenario["main_execs"], scenario["worker_execs"]
     main_raised = raiser == "main"
@@ -332,7 +332,7 @@ def check_main(scenario, pool, jobs, listener, gathered, parallel, raiser, where
     runs: dict[int, tuple[float, float]] = {}
     for _, _, log in gathered:
         for pool_no, index, started, ended in log:
-            if pool_no != scenario_pool_no(tag):
+            if pool_no != this_pool:
                 problems.append(f"{tag}: a job of pool {pool_no} ran during this pool")
             if index in runs:
                 problems.append(f"{tag}: j{index} ran twice")
@@ -347,10 +347,6 @@ def check_main(scenario, pool, jobs, listener, gathered, parallel, raiser, where
             if index in runs and dep._args[1] in runs and runs[dep._args[1]][1] > runs[index][0] + 1e-3:
                 problems.append(f"{tag}: {name} started before its dependency {dep.name} ended")
     return problems
-
-
-def scenario_pool_no(tag: str) -> int:
-    return int(tag.split(" pool ")[1].split()[0])
 
 
 def run(seed: int, pools: int) -> dict:
