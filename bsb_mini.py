@@ -2508,13 +2508,27 @@ def _bench(argv: list[str]) -> int:
     return 0
 
 
+_USAGE = """usage: python -m bsb_mini {selftest,bench} [options]
+
+  selftest   check every service in this context (the emulator, or real MPI under
+             mpiexec -n N python -m bsb_mini selftest); non-zero exit on any failure
+  bench      measure the pool's own overhead (python -m bsb_mini bench --help)
+"""
+
+
 def _main(argv: list[str]) -> int:
     # mpilock keeps one RMA window per communicator until exit, which MPICH's UCX layer
     # reports as "not returned to mpool" warnings at shutdown; they are harmless here.
     os.environ.setdefault("UCX_LOG_LEVEL", "error")
     commands = {"selftest": lambda rest: _selftest(), "bench": _bench}
-    if not argv or argv[0] not in commands:
-        print("usage: python -m bsb_mini {selftest,bench} [options]", file=sys.stderr)
+    if argv[:1] in (["--help"], ["-h"], ["help"]):
+        print(_USAGE, end="")
+        return 0
+    if not argv or argv[0] not in commands or (argv[0] == "selftest" and argv[1:]):
+        what = f"unknown command {argv[0]!r}" if argv else "no command given"
+        if argv[1:] and argv[0] == "selftest":
+            what = f"selftest takes no options, got {argv[1]!r}"
+        print(f"python -m bsb_mini: {what}\n{_USAGE}", end="", file=sys.stderr)
         return 2
     return commands[argv[0]](argv[1:])
 

@@ -350,6 +350,148 @@ def scenario_split_comm():
     half.Free()
 
 
+def square(owner, value):
+    return value * value
+
+
+def scenario_five_pools():
+    """Five pools in a row; the main rank raises in the first; every later pool works."""
+    outcomes = []
+    for number in range(5):
+        try:
+            with JobPool() as pool:
+                jobs = [pool.submit(square, (number * 10 + i,)) for i in range(6)]
+                if number == 0 and RANK == 0:
+                    raise KeyError("trouble in the first pool")
+                pool.execute()
+            outcomes.append(sorted(job.result for job in jobs) if RANK == 0 else "ok")
+        except KeyError:
+            outcomes.append("KeyError")
+        except WorkflowError as error:
+            outcomes.append(f"WorkflowError: {error.message}")
+    report(outcomes=outcomes)
+
+
+def scenario_uneven_executes():
+    """execute() on the main rank only; then the workers call it once more than the main rank."""
+    with JobPool() as pool:
+        first = [pool.submit(square, (i,)) for i in range(8)]
+        if pool.is_main():
+            pool.execute()
+    with JobPool() as pool:
+        second = [pool.submit(square, (i,), deps=[]) for i in range(8, 12)]
+        pool.execute()
+        if not pool.is_main():
+            pool.execute()  # returns when the main rank closes the pool
+    with JobPool() as pool:  # and the next pool is not disturbed
+        third = pool.submit(square, (12,))
+    report(results=[job.result for job in first + second + [third]] if RANK == 0 else None)
+
+
+def scenario_worker_catches_abort():
+    """A worker that catches the 'pool was aborted' error inside its block leaves cleanly."""
+    caught = None
+    try:
+        with JobPool() as pool:
+            pool.submit(square, (3,))
+            if RANK == 0:
+                raise KeyError("main rank trouble")
+            try:
+                pool.execute()
+            except WorkflowError as error:
+                caught = error.message
+    except KeyError:
+        caught = "KeyError"
+    with JobPool() as pool:
+        job = pool.submit(square, (4,))
+    report(caught=caught, after=job.result if RANK == 0 else None)
+
+
+def sleeper(owner, seconds):
+    time.sleep(seconds)
+    return bsb_mini.MPI.get_rank()
+
+
+def scenario_running_while_it_runs():
+    """RUNNING is announced while a long job runs on a worker; cancel() leaves it and its result alone."""
+    events = []
+    with JobPool() as pool:
+        long = pool.submit(sleeper, (1.5,), name="long")
+
+        def listener(progress):
+            if progress.job is long:
+                events.append((progress.status.name, time.monotonic()))
+                if progress.status is JobStatus.RUNNING:
+                    long.cancel("too late: it runs")
+
+        pool.add_listener(listener)
+        started = time.monotonic()
+        pool.execute()
+        ended = time.monotonic()
+    if RANK == 0:
+        running_at = dict(events).get("RUNNING", ended) - started
+        report(statuses=[name for name, _ in events], running_at=running_at, total=ended - started,
+               final=long.status.name, result_rank=long.result)
+    else:
+        report(worker=True)
+
+
+def scenario_balance(jobs: str, seconds: str):
+    """``jobs`` jobs of ``seconds`` each: every worker gets one before any gets two."""
+    with JobPool() as pool:
+        submitted = [pool.submit(sleeper, (float(seconds),)) for _ in range(int(jobs))]
+        started = time.monotonic()
+        pool.execute()
+        elapsed = time.monotonic() - started
+    report(ranks=sorted(job.result for job in submitted) if RANK == 0 else None, elapsed=elapsed)
+
+
+def collective_job(owner):
+    return bsb_mini.MPI.bcast("hello")
+
+
+def nested_pool_job(owner):
+    with JobPool():
+        pass
+
+
+def scenario_collectives_in_jobs():
+    with JobPool() as pool:
+        bcast = pool.submit(collective_job)
+        nested = pool.submit(nested_pool_job)
+        fine = pool.submit(square, (5,))
+        try:
+            pool.execute()
+        except WorkflowError:
+            pass
+    report(errors=[str(bcast.error), str(nested.error)] if RANK == 0 else None,
+           fine=fine.result if RANK == 0 else None, size=pool.size)
+
+
+def scenario_interrupted_while_on_a_worker():
+    """The main rank is interrupted (a listener raises KeyboardInterrupt) while a job runs on a worker."""
+    try:
+        with JobPool() as pool:
+            long = pool.submit(sleeper, (1.0,))
+            later = pool.submit(square, (2,), deps=[long])
+
+            def listener(progress):
+                if progress.job is long and progress.status is JobStatus.RUNNING:
+                    raise KeyboardInterrupt
+
+            pool.add_listener(listener)
+            pool.execute()
+        outcome = "no error"
+    except KeyboardInterrupt:
+        outcome = "KeyboardInterrupt"
+    except WorkflowError as error:
+        outcome = error.message
+    with JobPool() as pool:
+        after = pool.submit(square, (6,))
+    report(outcome=outcome, statuses=[long.status.name, later.status.name] if RANK == 0 else None,
+           after=after.result if RANK == 0 else None)
+
+
 if __name__ == "__main__":
     name, *arguments = sys.argv[1:]
     globals()[f"scenario_{name}"](*arguments)

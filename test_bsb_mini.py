@@ -1132,6 +1132,159 @@ def test_mpi_bench_smoke():
     assert rows["MPI poll, then sleep: independent"]["jobs"] == 200
 
 
+# --- SPEC v2 semantics, serially ---
+
+
+def test_jobs_stay_pending_until_the_pool_executes():
+    recorder = Recorder()
+    with JobPool() as pool:
+        pool.add_listener(recorder)
+        job = pool.submit(add, (1, 2), name="early")
+        assert job.status is JobStatus.PENDING
+        assert recorder.job_statuses("early") == []
+        pool.execute()
+        assert job.status is JobStatus.SUCCESS
+    added = [(r, s) for r, s, n in recorder.events if n == "early" and r is PoolProgressReason.JOB_ADDED]
+    assert added == [(PoolProgressReason.JOB_ADDED, PoolStatus.SCHEDULING)]  # the pool's status, never None
+    assert recorder.job_statuses("early") == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCESS]
+
+
+def call_bcast(owner):
+    return bsb_mini.MPI.bcast(1)
+
+
+def open_a_pool(owner):
+    with JobPool():
+        pass
+
+
+def test_collectives_and_pools_inside_a_job_are_refused_serially_too():
+    with JobPool() as pool:
+        collective = pool.submit(call_bcast)
+        nested = pool.submit(open_a_pool)
+        fine = pool.submit(add, (1,))
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert fine.result == 1
+    for job, what in ((collective, "MPI.bcast()"), (nested, "opening a JobPool")):
+        assert job.status is JobStatus.FAILED and isinstance(job.error, JobPoolError)
+        assert what in str(job.error) and "must not call MPI collectives" in str(job.error)
+    assert bsb_mini.MPI.bcast(7) == 7  # outside the pool they work again
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"args": "cortex"}, r"args='cortex' is not a tuple or list.*args=\('cortex',\)"),
+    ({"args": 5}, r"args=5 is not a tuple or list"),
+    ({"args": b"raw"}, r"is not a tuple or list"),
+    ({"kwargs": [("a", 1)]}, r"kwargs=.* is not a dict"),
+    ({"deps": 5}, r"deps=5 is not a list of Jobs"),
+])
+def test_submit_refuses_wrong_arguments_and_says_what_to_pass(kwargs, match):
+    with JobPool() as pool:
+        with pytest.raises(JobPoolError, match=match):
+            pool.submit(add, **kwargs)
+        single = pool.submit(add, (1,))
+        with pytest.raises(JobPoolError, match="is not a list of Jobs"):
+            pool.submit(add, (1,), deps=single)
+    assert pool.jobs == [single]
+
+
+def test_extra_keyword_arguments_are_the_jobs_context():
+    with JobPool() as pool:
+        job = pool.submit(keep, ("x",), submitter="placement", region="cortex")
+        plain = pool.submit(keep, ("y",))
+    assert job.context == {"submitter": "placement", "region": "cortex"}
+    assert job.result == (("x",), {})  # not passed to the job
+    assert plain.context == {}
+    assert pool.size == 1 and job.attempts == 1
+
+
+def test_options_of_later_versions_are_refused_not_ignored():
+    with JobPool() as pool:
+        with pytest.raises(JobPoolError, match="timeout="):
+            pool.submit(add, (1,), timeout=5)
+
+
+def test_provide_warns_when_an_installed_package_breaks_on_import(tmp_path, monkeypatch, caplog):
+    (tmp_path / "broken_pkg_for_warning.py").write_text("raise RuntimeError('missing shared library')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
+        fallback = provide("broken_pkg_for_warning", ErrorModule("install broken_pkg_for_warning"))
+    assert "broken_pkg_for_warning" in caplog.text and "missing shared library" in caplog.text
+    with pytest.raises(DependencyError, match="installed but failed to import.*missing shared library"):
+        fallback.anything
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
+        assert provide("surely_not_installed_pkg", None) is None
+    assert caplog.text == ""  # a missing package is not a broken one
+
+
+def test_a_job_interrupted_by_ctrl_c_is_aborted_and_nothing_else_runs():
+    def interrupt(owner):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with JobPool() as pool:
+            first = pool.submit(interrupt)
+            later = pool.submit(add, (1,))
+            pool.execute()
+    assert first.status is JobStatus.ABORTED
+    assert later.status in (JobStatus.CANCELLED, JobStatus.PENDING)
+    assert pool.snapshot().aborted == 1
+
+
+def test_blame_does_not_depend_on_whether_a_listener_handled_the_failure():
+    def run(handle):
+        with JobPool() as pool:
+            pool.add_listener(Recorder(handle_failures=handle))
+            late = pool.submit(fail, ("late",), name="late")
+            early = pool.submit(fail, ("early",), name="early")
+            both = pool.submit(add, (1,), deps=[late, early], name="both")
+            try:
+                pool.execute()
+            except WorkflowError:
+                pass
+        return str(both.error)
+
+    assert run(handle=True) == run(handle=False)
+    assert "'late'" in run(handle=True)  # the earliest-submitted failed dependency is to blame
+
+
+def test_snapshot_counts_what_a_progress_display_shows():
+    with JobPool() as pool:
+        bad = pool.submit(fail)
+        pool.submit(add, (1,), deps=[bad])
+        pool.submit(add, (2,))
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    counts = pool.snapshot()
+    assert (counts.total, counts.done, counts.running, counts.succeeded, counts.failed, counts.cancelled) == (
+        3, 3, 0, 1, 1, 1)
+
+
+def test_the_pickler_falls_back_to_dill_without_cloudpickle(monkeypatch):
+    class FakeDill:
+        @staticmethod
+        def dumps(obj, protocol=None):
+            return b"dill:" + repr(obj).encode()
+
+    real = bsb_mini._optional
+    monkeypatch.setattr(bsb_mini, "_optional",
+                        lambda name: None if name == "cloudpickle" else FakeDill if name == "dill" else real(name))
+    assert bsb_mini._dumps(lambda: 1).startswith(b"dill:")
+    assert pickle.loads(bsb_mini._dumps([1, 2])) == [1, 2]  # plain pickle first
+
+
+def test_command_line_help_and_unknown_commands():
+    done = subprocess.run([sys.executable, "-m", "bsb_mini", "--help"], capture_output=True, text=True, cwd=HERE)
+    assert done.returncode == 0 and "selftest" in done.stdout and "bench" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "bsb_mini", "frobnicate"], capture_output=True, text=True, cwd=HERE)
+    assert done.returncode == 2 and "frobnicate" in done.stderr and "usage" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest", "--fast"], capture_output=True, text=True,
+                          cwd=HERE)
+    assert done.returncode == 2 and "--fast" in done.stderr
+
+
 # --- randomized fault tests (fault_scenarios.py; its long mode is documented in the README) ---
 
 
@@ -1152,3 +1305,72 @@ def test_mpi_random_faults_many_pools_in_one_process(n, seed):
     problems = [problem for summary in summaries for problem in json.loads(summary)["problems"]]
     assert problems == [] and code == 0, "\n".join(problems[:5]) + err[-3000:]
     assert {json.loads(summary)["pools"] for summary in summaries} == {150}
+
+
+# --- the reproductions under mpiexec ---
+
+
+@needs_mpi
+def test_mpi_five_pools_in_a_row_after_the_main_rank_raised_in_the_first():
+    code, results, out, err = mpiexec(4, "five_pools")
+    assert code == 0, err
+    assert results[0]["outcomes"][0] == "KeyError"
+    assert results[0]["outcomes"][1:] == [[(10 * n + i) ** 2 for i in range(6)] for n in range(1, 5)]
+    for rank in (1, 2, 3):
+        assert results[rank]["outcomes"][0].startswith("WorkflowError: The pool was aborted: the main rank raised")
+        assert results[rank]["outcomes"][1:] == ["ok"] * 4
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_ranks_may_call_execute_a_different_number_of_times(n):
+    code, results, out, err = mpiexec(n, "uneven_executes", timeout=60)
+    assert code == 0, err
+    assert results[0]["results"] == [i * i for i in range(13)]
+    assert len(results) == n
+
+
+@needs_mpi
+def test_mpi_a_worker_that_catches_the_abort_leaves_its_block_and_the_next_pool_works():
+    code, results, out, err = mpiexec(4, "worker_catches_abort", timeout=60)
+    assert code == 0, err
+    assert results[0] == {"caught": "KeyError", "after": 16}
+    for rank in (1, 2, 3):
+        assert results[rank]["caught"].startswith("The pool was aborted: the main rank raised KeyError")
+
+
+@needs_mpi
+def test_mpi_a_long_job_is_running_while_it_runs_and_cancel_keeps_its_result():
+    code, results, out, err = mpiexec(3, "running_while_it_runs", timeout=60)
+    assert code == 0, err
+    main = results[0]
+    assert main["statuses"] == ["QUEUED", "RUNNING", "SUCCESS"]
+    assert main["total"] - main["running_at"] > 0.5  # announced well before it ended
+    assert main["final"] == "SUCCESS" and main["result_rank"] in (1, 2)
+
+
+@needs_mpi
+@pytest.mark.parametrize(("n", "jobs"), [(5, 4), (3, 2)])
+def test_mpi_few_long_jobs_go_one_to_each_worker(n, jobs):
+    code, results, out, err = mpiexec(n, "balance", str(jobs), "0.5", timeout=60)
+    assert code == 0, err
+    assert results[0]["ranks"] == list(range(1, jobs + 1))  # no worker got two while another had none
+
+
+@needs_mpi
+def test_mpi_collectives_and_pools_inside_jobs_fail_the_job_instead_of_hanging():
+    code, results, out, err = mpiexec(3, "collectives_in_jobs", timeout=60)
+    assert code == 0, err
+    bcast, nested = results[0]["errors"]
+    assert "MPI.bcast()" in bcast and "must not call MPI collectives" in bcast
+    assert "opening a JobPool" in nested
+    assert results[0]["fine"] == 25 and results[1]["size"] == 2
+
+
+@needs_mpi
+def test_mpi_jobs_on_workers_when_the_main_rank_is_interrupted_end_aborted():
+    code, results, out, err = mpiexec(3, "interrupted_while_on_a_worker", timeout=60)
+    assert code == 0, err
+    assert results[0] == {"outcome": "KeyboardInterrupt", "statuses": ["ABORTED", "CANCELLED"], "after": 36}
+    for rank in (1, 2):
+        assert results[rank]["outcome"] == "The pool was aborted: the main rank raised KeyboardInterrupt."
