@@ -830,8 +830,7 @@ class JobPool:
         self._comm = None  # a private duplicate of the communicator while open
         self._rank, self._size = 0, 1
         self._index = itertools.count()
-        self._next_gc_freeze = _GC_FREEZE_EVERY
-        self._froze_gc = False
+        self._gc = _GcFreezer()
 
     # -- the public surface --
 
@@ -886,14 +885,14 @@ class JobPool:
         if kwargs is not None and type(kwargs) is not dict:
             kwargs = _checked_kwargs(fn, args, kwargs)
         if self._closed or not callable(fn) or context:
-            self._check_submission(fn, context)
+            _check_submission(self, fn, context)
         if deps:
             if type(deps) is not list and type(deps) is not tuple:
-                deps = self._checked_deps(fn, args, kwargs, deps)
+                deps = _checked_deps(self, fn, args, kwargs, deps)
             deps = tuple(deps)
             for dep in deps:
                 if type(dep) is not Job or dep._pool is not self:
-                    self._checked_deps(fn, args, kwargs, deps)
+                    _checked_deps(self, fn, args, kwargs, deps)
         else:
             deps = ()
         graph = self._graph
@@ -903,7 +902,7 @@ class JobPool:
             return job
         if self._walker is not None and threading.get_ident() != self._main_thread:
             self._inbox.append((self._add, (job,)))
-        elif graph.emit is not None or job._index >= self._next_gc_freeze:
+        elif graph.emit is not None or job._index >= self._gc.next_at:
             self._add(job)
         else:
             graph.link(job)
@@ -967,9 +966,7 @@ class JobPool:
                 self._main_side.close(_aborted(f"the main rank raised {_describe(exc)}"))
         finally:
             self._closed = True
-            if self._froze_gc:
-                gc.unfreeze()
-                self._froze_gc = False
+            self._gc.release()
             self._events.close()
             if self._comm is not None:
                 self._comm.Free()
@@ -1045,8 +1042,8 @@ class JobPool:
             call(*args)
 
     def _add(self, job: Job) -> None:
-        if job._index >= self._next_gc_freeze:
-            self._keep_jobs_out_of_gc()
+        if job._index >= self._gc.next_at:
+            self._gc.freeze()
         if self._graph.emit is not None:
             self._events.emit(PoolProgressReason.JOB_ADDED, self._events.status, None, job)
         if job._status is _PENDING:  # not cancelled while it waited in the inbox
@@ -1069,52 +1066,65 @@ class JobPool:
         if self._fail_fast and isinstance(error, JobSchedulingError):
             self._graph.stop("fail_fast: a node failed to schedule")
 
-    # -- submit()'s checks, off the hot path --
 
-    def _check_submission(self, fn: Callable, context: dict) -> None:
-        if self._closed:
-            raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
-        if not callable(fn):
-            raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
-        reserved = sorted(set(context) & {"key", "timeout", "retries"})
-        if reserved:
-            raise JobPoolError(
-                f"Cannot submit {_default_name(fn, (), {})}: submit({reserved[0]}=...) is not available in "
-                f"bsb_mini {__version__}; leave it out."
-            )
+class _GcFreezer:
+    """Stops CPython's full collections from re-walking every job of a huge pool.
 
-    def _checked_deps(self, fn: Callable, args: tuple, kwargs: dict | None, deps: Any) -> tuple:
-        """``deps`` as a tuple of this pool's Jobs, or a JobPoolError that says what to pass."""
-        if type(deps) is not tuple:
-            if isinstance(deps, (str, bytes, Job)) or not isinstance(deps, Iterable):
-                raise JobPoolError(f"Cannot submit {_default_name(fn, args, kwargs or {})}: deps={deps!r} "
-                                   "is not a list of Jobs; pass deps=[job, ...].")
-            deps = tuple(deps)
-        for dep in deps:
-            if type(dep) is not Job or dep._pool is not self:
-                what = "a Job of another pool" if isinstance(dep, Job) else "not a Job"
-                raise JobPoolError(
-                    f"Cannot submit {_default_name(fn, args, kwargs or {})}: its dependency {dep!r} is {what}; "
-                    "deps must be Jobs returned by this pool's submit()."
-                )
-        return deps
+    Each full collection visits all live objects, so with 10^6 jobs the GC costs
+    more than the pool. Every _GC_FREEZE_EVERY jobs, what exists is moved to the
+    GC's permanent generation (gc.freeze, an O(1) splice); the pool gives it back
+    (gc.unfreeze) when it closes. Skipped when the GC is off or the application
+    froze objects itself.
+    """
 
-    def _keep_jobs_out_of_gc(self) -> None:
-        """Stop CPython's full collections from re-walking every job of a huge pool.
+    def __init__(self) -> None:
+        self.next_at = _GC_FREEZE_EVERY  # a job index
+        self.froze = False
 
-        Each full collection visits all live objects, so with 10^6 jobs the GC costs
-        more than the pool. Every _GC_FREEZE_EVERY jobs, what exists is moved to the
-        GC's permanent generation (gc.freeze, an O(1) splice); the pool gives it back
-        (gc.unfreeze) when it closes. Skipped when the GC is off or the application
-        froze objects itself.
-        """
-        self._next_gc_freeze += _GC_FREEZE_EVERY
-        if gc.isenabled() and (self._froze_gc or gc.get_freeze_count() == 0):
+    def freeze(self) -> None:
+        self.next_at += _GC_FREEZE_EVERY
+        if gc.isenabled() and (self.froze or gc.get_freeze_count() == 0):
             gc.freeze()
-            self._froze_gc = True
+            self.froze = True
+
+    def release(self) -> None:
+        if self.froze:
+            gc.unfreeze()
+            self.froze = False
 
 
-_GC_FREEZE_EVERY = 20_000  # jobs; see JobPool._keep_jobs_out_of_gc
+_GC_FREEZE_EVERY = 20_000  # jobs
+
+
+def _check_submission(pool: JobPool, fn: Callable, context: dict) -> None:
+    """submit()'s checks off the hot path: a closed pool, a function that is not one, reserved names."""
+    if pool._closed:
+        raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
+    if not callable(fn):
+        raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
+    reserved = sorted(set(context) & {"key", "timeout", "retries"})
+    if reserved:
+        raise JobPoolError(
+            f"Cannot submit {_default_name(fn, (), {})}: submit({reserved[0]}=...) is not available in "
+            f"bsb_mini {__version__}; leave it out."
+        )
+
+
+def _checked_deps(pool: JobPool, fn: Callable, args: tuple, kwargs: dict | None, deps: Any) -> tuple:
+    """``deps`` as a tuple of this pool's Jobs, or a JobPoolError that says what to pass."""
+    if type(deps) is not tuple:
+        if isinstance(deps, (str, bytes, Job)) or not isinstance(deps, Iterable):
+            raise JobPoolError(f"Cannot submit {_default_name(fn, args, kwargs or {})}: deps={deps!r} "
+                               "is not a list of Jobs; pass deps=[job, ...].")
+        deps = tuple(deps)
+    for dep in deps:
+        if type(dep) is not Job or dep._pool is not pool:
+            what = "a Job of another pool" if isinstance(dep, Job) else "not a Job"
+            raise JobPoolError(
+                f"Cannot submit {_default_name(fn, args, kwargs or {})}: its dependency {dep!r} is {what}; "
+                "deps must be Jobs returned by this pool's submit()."
+            )
+    return deps
 
 
 def _checked_args(fn: Callable, args: Any) -> tuple:
