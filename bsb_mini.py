@@ -2436,7 +2436,39 @@ def _bench_bare_mpi_loop(comm: Any, count: int) -> float | None:
     return elapsed if rank == 0 else None
 
 
-def _bench_mpi(count: int, runs: int) -> list[dict]:
+def _greedy_makespan(durations: list[float], workers: int) -> float:
+    """The makespan when each job, in order, goes to the first worker to be free."""
+    free_at = [0.0] * workers
+    for seconds in durations:
+        first = free_at.index(min(free_at))
+        free_at[first] += seconds
+    return max(free_at)
+
+
+def _time_jobs_of(durations: list[float]) -> float:
+    started = time.perf_counter()
+    with JobPool() as pool:
+        if pool.is_main():
+            for seconds in durations:
+                pool.submit(_timed_job, (seconds,))
+    return time.perf_counter() - started
+
+
+def _bench_coarse(workers: int, scale: float) -> list[tuple[str, int, float, float]]:
+    """Few long jobs: one per worker, and 12 of 0.1-1.2 s (seeded) against the greedy makespan."""
+    import random
+
+    one_each = [1.0 * scale] * workers
+    mixed = [round(random.Random(12).uniform(0.1, 1.2), 2) * scale for _ in range(12)]
+    return [
+        (f"coarse: {workers} x {one_each[0]:g} s on {workers} workers", workers,
+         _time_jobs_of(one_each), one_each[0]),
+        (f"coarse: 12 jobs of {0.1 * scale:g}-{1.2 * scale:g} s", 12,
+         _time_jobs_of(mixed), _greedy_makespan(mixed, workers)),
+    ]
+
+
+def _bench_mpi(count: int, runs: int, coarse_scale: float = 1.0) -> list[dict]:
     """MPI rows: throughput against a bare mpi4py loop, and load balance, for each way to wait."""
     global _SPIN_POLLS
     comm = MPI.get_communicator()
@@ -2458,6 +2490,7 @@ def _bench_mpi(count: int, runs: int) -> list[dict]:
         finally:
             _SPIN_POLLS = default_polls
         measured.append((strategy, independent, graph, balance))
+    coarse = _bench_coarse(workers, coarse_scale)
     if rank != 0:  # only the main rank's clock counts
         return []
     rows = [_bench_row(f"bare mpi4py send/recv loop, {workers} workers", count, bare, bare)]
@@ -2468,6 +2501,9 @@ def _bench_mpi(count: int, runs: int) -> list[dict]:
             _bench_row(f"MPI {strategy}: {tasks} x {seconds * 1000:.0f} ms jobs", tasks, balance, None,
                        f"{ideal / balance:.1%} of ideal {ideal:.2f} s"),
         ]
+    for workload, jobs, elapsed, target in coarse:
+        rows.append(_bench_row(workload, jobs, elapsed, None,
+                               f"{elapsed / target:.3f}x the ideal {target:.2f} s (greedy, first free worker)"))
     return rows
 
 
@@ -2496,7 +2532,7 @@ def _bench(argv: list[str]) -> int:
     scaling = [] if options.no_scaling else [2_000, 20_000] if options.smoke else [10_000, 100_000, 1_000_000]
     rank, size = MPI.get_rank(), MPI.get_size()
     if size > 1:
-        rows = _bench_mpi(count, runs)
+        rows = _bench_mpi(count, runs, coarse_scale=0.1 if options.smoke else 1.0)
     else:
         rows = _bench_serial(count, runs, scaling)
         rows.append(_bench_memory(min(count * 10, 100_000)))

@@ -1149,19 +1149,10 @@ def test_jobs_stay_pending_until_the_pool_executes():
     assert recorder.job_statuses("early") == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCESS]
 
 
-def call_bcast(owner):
-    return bsb_mini.MPI.bcast(1)
-
-
-def open_a_pool(owner):
-    with JobPool():
-        pass
-
-
 def test_collectives_and_pools_inside_a_job_are_refused_serially_too():
     with JobPool() as pool:
-        collective = pool.submit(call_bcast)
-        nested = pool.submit(open_a_pool)
+        collective = pool.submit(mpi_scenarios.collective_job)
+        nested = pool.submit(mpi_scenarios.nested_pool_job)
         fine = pool.submit(add, (1,))
         with pytest.raises(WorkflowError):
             pool.execute()
