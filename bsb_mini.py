@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 __version__ = "0.1.0"
@@ -456,7 +456,12 @@ class _MPILockService:
 # --- 5. Jobs and the dependency graph ---------------------------------------------
 
 _NO_KWARGS: dict = {}
-_short = reprlib.Repr()
+class _ShortRepr(reprlib.Repr):
+    def repr_Job(self, job: Job, level: int) -> str:  # noqa: N802 (reprlib's naming)
+        return job.name  # a result passed along shows as the call that makes it
+
+
+_short = _ShortRepr()
 _short.maxstring = _short.maxother = 24
 _short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 3
 
@@ -484,10 +489,10 @@ class Job:
 
     __slots__ = (
         "_pool", "_index", "_fn", "_args", "_kwargs", "deps", "_name", "_status",
-        "_result", "error", "_waiting", "_dependents", "rank", "_context", "_solo",
+        "_result", "error", "_waiting", "_dependents", "rank", "_context", "_solo", "_takes_results",
     )
 
-    def __init__(self, pool, index, fn, args, kwargs, deps, name, context):
+    def __init__(self, pool, index, fn, args, kwargs, deps, name, context, takes_results=False):
         self._pool = pool
         self._index = index
         self._fn = fn
@@ -502,6 +507,7 @@ class Job:
         self.rank = None  # the rank that runs it: set when it is started or handed to a worker
         self._context = context or None
         self._solo = False  # send alone: it broke a batch before
+        self._takes_results = takes_results  # Jobs among its arguments stand for their results
 
     @property
     def name(self) -> str:
@@ -536,11 +542,39 @@ class Job:
         """Cancel a PENDING or QUEUED job and its dependents; others are left as they are."""
         self._pool._on_main_thread(self._pool._graph.cancel_by_user, self, reason)
 
+    def _call(self) -> tuple[Callable, tuple, dict]:
+        """What runs: the function, and the arguments with each Job among them replaced by its result."""
+        if not self._takes_results:
+            return self._fn, self._args, self._kwargs
+        args = tuple(map(_result_in_place, self._args))
+        kwargs = {key: _result_in_place(value) for key, value in self._kwargs.items()}
+        return self._fn, args, kwargs
+
     def __repr__(self) -> str:
         return f"<Job {self.name!r} {self._status.name}>"
 
 
 _STARTED_STATES = frozenset((_RUNNING, _SUCCESS, _FAILED, _ABORTED))
+_MAY_HOLD_JOBS = frozenset((Job, list, tuple))  # argument types that submit() looks into
+
+
+def _jobs_in_arguments(args: tuple, kwargs: dict) -> list[Job]:
+    """Jobs given as arguments, as keyword values, or as items of a list or tuple given there."""
+    found = []
+    for value in (*args, *kwargs.values()):
+        if type(value) is Job:
+            found.append(value)
+        elif type(value) is list or type(value) is tuple:
+            found.extend(item for item in value if type(item) is Job)
+    return found
+
+
+def _result_in_place(value: Any) -> Any:
+    if type(value) is Job:
+        return value._result
+    if (type(value) is list or type(value) is tuple) and any(type(item) is Job for item in value):
+        return type(value)(item._result if type(item) is Job else item for item in value)
+    return value
 
 
 class _Graph:
@@ -559,6 +593,7 @@ class _Graph:
         self.executing = False
         self.stop_reason: str | None = None  # set by fail_fast or an interruption
         self.emit: Callable | None = None
+        self.watchers: list[collections.deque[Job]] = []  # as_completed() loops: finished jobs go to each
         self.active = 0  # jobs handed to a worker or running here
         self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = 0  # for snapshots
 
@@ -620,6 +655,8 @@ class _Graph:
         job._status = _SUCCESS
         self.active -= 1
         self.n_succeeded += 1
+        for watcher in self.watchers:
+            watcher.append(job)
         if job._dependents:
             for dependent in job._dependents:
                 dependent._waiting -= 1
@@ -633,6 +670,8 @@ class _Graph:
         old, job._status, job.error = job._status, _FAILED, error
         self.active -= 1
         self.n_failed += 1
+        for watcher in self.watchers:
+            watcher.append(job)
         for dependent in job._dependents or ():
             self._cascade(dependent, job, job)
         return bool(self.emit is not None and self.emit(_JOB_STATUS_CHANGE, _FAILED, old, job))
@@ -678,6 +717,8 @@ class _Graph:
             old, job._status = job._status, _CANCELLED
             job.error = _cancelled_error(job, root, parent)
             self.n_cancelled += 1
+            for watcher in self.watchers:
+                watcher.append(job)
             if self.emit is not None:
                 self.emit(_JOB_STATUS_CHANGE, _CANCELLED, old, job)
             if job._dependents:
@@ -824,7 +865,8 @@ class JobPool:
         self._executed = False  # an execute() ran: leaving the block runs only what came after
         self._inbox: collections.deque = collections.deque()  # calls posted by other threads
         self._main_thread = 0
-        self._walker: _NodeWalker | None = None
+        self._walker: _NodeWalker | None = None  # schedule()'s thread, while it walks
+        self._execution = _Execution(self)
         self._main_side: _MainSide | None = None
         self._worker_side: _WorkerSide | None = None
         self._comm = None  # a private duplicate of the communicator while open
@@ -886,6 +928,18 @@ class JobPool:
             kwargs = _checked_kwargs(fn, args, kwargs)
         if self._closed or not callable(fn) or context:
             _check_submission(self, fn, context)
+        takes_results = False
+        for arg in args:
+            if type(arg) in _MAY_HOLD_JOBS:
+                takes_results = True
+                break
+        else:
+            if kwargs and any(type(value) in _MAY_HOLD_JOBS for value in kwargs.values()):
+                takes_results = True
+        if takes_results:
+            found = _jobs_in_arguments(args, kwargs or _NO_KWARGS)
+            takes_results = bool(found)
+            deps = list(dict.fromkeys([*(deps or ()), *found])) if found else deps
         if deps:
             if type(deps) is not list and type(deps) is not tuple:
                 deps = _checked_deps(self, fn, args, kwargs, deps)
@@ -896,7 +950,7 @@ class JobPool:
         else:
             deps = ()
         graph = self._graph
-        job = Job(self, next(self._index), fn, args, kwargs or _NO_KWARGS, deps, name, context)
+        job = Job(self, next(self._index), fn, args, kwargs or _NO_KWARGS, deps, name, context, takes_results)
         graph.jobs.append(job)
         if self._rank != 0:  # worker ranks keep their submissions PENDING
             return job
@@ -920,16 +974,46 @@ class JobPool:
         """Run all submitted and scheduled jobs; every rank calls it (see _WorkerSide)."""
         if not self._opened or self._closed:
             raise JobPoolContextError("execute() must be called inside the pool's `with` block.")
-        if self._executing:
-            raise JobPoolError("execute() was called from inside a running job or listener of this pool.")
+        self._refuse_reentry("execute()")
         self._executing = True
         try:
             if self._worker_side is not None:
                 self._worker_side.serve_one_execute()
                 return None
-            return self._execute_as_main(return_results)
+            return self._execution.run_all(return_results)
         finally:
             self._executing = False
+
+    def as_completed(self, jobs: Iterable[Job] | None = None) -> Iterator[Job]:
+        """Run the pool and yield each of ``jobs`` (default: every job, also those submitted
+        meanwhile) once it is finished, in the order they finish. Main rank, inside the block."""
+        self._refuse_on_worker("as_completed()")
+        wanted = None if jobs is None else _checked_jobs(self, jobs, "as_completed(jobs)")
+        self._refuse_reentry("as_completed()")
+        return self._execution.as_completed(wanted)
+
+    def map(self, fn: Callable, iterable: Iterable) -> list:
+        """``[fn(item) for item in iterable]`` as jobs of this pool (no owner argument), results
+        in input order; the first call that raised (in input order) is raised here."""
+        self._refuse_on_worker("map()")
+        if not callable(fn):
+            raise JobPoolError(f"map() needs a function, got {fn!r}.")
+        self._refuse_reentry("map()")
+        return self._execution.map(fn, list(iterable))
+
+    def _refuse_on_worker(self, what: str) -> None:
+        if not self._opened or self._closed:
+            raise JobPoolContextError(f"{what} must be called inside the pool's `with` block.")
+        if self._worker_side is not None:
+            raise JobPoolContextError(
+                f"{what} is for the main rank (pool.is_main()); workers serve in execute() or when "
+                "they leave the pool's `with` block."
+            )
+
+    def _refuse_reentry(self, what: str) -> None:
+        if self._executing:
+            raise JobPoolError(f"{what} was called while this pool is already running jobs "
+                               "(from a job, a listener or an as_completed() loop).")
 
     # -- the lifecycle: who serves whom, and until when --
     #
@@ -966,6 +1050,8 @@ class JobPool:
                 self._main_side.close(_aborted(f"the main rank raised {_describe(exc)}"))
         finally:
             self._closed = True
+            if self._walker is not None:
+                self._walker.finish()
             self._gc.release()
             self._events.close()
             if self._comm is not None:
@@ -985,46 +1071,6 @@ class JobPool:
         finally:
             if self._main_side is not None:
                 self._main_side.close(error)
-
-    # -- the main rank's execute() --
-
-    def _execute_as_main(self, return_results: bool) -> dict[Job, Any] | None:
-        graph = self._graph
-        self._events.set_status(PoolStatus.EXECUTING)
-        graph.start_executing()
-        walker = self._walker = _NodeWalker.create(self, take_turns=self._main_side is None)
-        if walker is not None:
-            walker.thread.start()
-        try:
-            with _tracebacks_on_crash(), _jobs_run_in_this_thread():
-                if self._main_side is not None:
-                    self._main_side.run(self)
-                else:
-                    _run_serially(self)
-        except BaseException as error:
-            if self._main_side is not None:
-                graph.aborted_while_running(self._main_side.in_flight_jobs())
-            graph.stop(f"the pool was interrupted ({type(error).__name__})")
-            raise
-        finally:
-            graph.executing = False
-            self._executed = True
-            self._walker = None
-            if walker is not None:
-                walker.finish()
-        self._drain_inbox()
-        self._events.set_status(PoolStatus.CLOSING)
-        if graph.n_cancelled:
-            _settle_blame(graph.jobs)
-        failures, self._failures = self._failures, []
-        error = _workflow_error(failures, graph) if failures else None
-        if self._main_side is not None:
-            self._main_side.end_execute(error)
-        if error is not None:
-            raise error
-        if return_results:
-            return {job: job._result for job in graph.jobs if job._status is _SUCCESS}
-        return None
 
     # -- the main thread's inbox, and what reaches the graph --
 
@@ -1172,6 +1218,157 @@ def _tracebacks_on_crash():
         faulthandler.disable()
 
 
+class _Execution:
+    """Running jobs on the main rank: execute(), as_completed() and map() share it.
+
+    ``begin()`` queues what is ready and starts schedule()'s walker; ``run(finished)``
+    runs until nothing is left (True) or, given the graph's ``finished`` queue, until a
+    job has finished (False); ``end()`` stops. An interruption aborts what runs.
+    """
+
+    def __init__(self, pool: JobPool):
+        self.pool = pool
+        self.pinger: _Pinger | None = None
+        self.depth = 0  # begin()s not yet ended: an as_completed() loop may call map()
+
+    def begin(self) -> None:
+        pool = self.pool
+        self.depth += 1
+        if self.depth > 1:
+            return
+        if pool._events.status is not PoolStatus.EXECUTING:
+            pool._events.set_status(PoolStatus.EXECUTING)
+        pool._graph.start_executing()
+        if pool._main_side is None:
+            self.pinger = pool._events.start_pinger()
+
+    def run(self, finished: collections.deque | None = None) -> bool:
+        pool, graph = self.pool, self.pool._graph
+        try:
+            with _tracebacks_on_crash(), _jobs_run_in_this_thread():
+                while True:
+                    if pool._walker is None and pool._schedules:
+                        pool._walker = _NodeWalker.start(pool, take_turns=pool._main_side is None)
+                    if pool._main_side is not None:
+                        done = pool._main_side.run(pool, finished)
+                    else:
+                        done = _run_serially(pool, finished)
+                    if pool._walker is not None and pool._walker.done:
+                        pool._walker = None
+                    if not done or not pool._schedules:
+                        return done
+        except BaseException as error:
+            if pool._main_side is not None:
+                graph.aborted_while_running(pool._main_side.in_flight_jobs())
+            graph.stop(f"the pool was interrupted ({type(error).__name__})")
+            if pool._walker is not None:
+                pool._walker.finish()
+            raise
+
+    def end(self) -> None:
+        pool = self.pool
+        self.depth -= 1
+        if self.depth:
+            return
+        pool._graph.executing = False
+        pool._executed = True
+        if self.pinger is not None:
+            self.pinger.stop()
+            self.pinger = None
+
+    def run_all(self, return_results: bool) -> dict[Job, Any] | None:
+        """The main rank's execute(): run everything, report, release the workers' execute()."""
+        pool, graph = self.pool, self.pool._graph
+        self.begin()
+        try:
+            self.run()
+        finally:
+            self.end()
+        pool._drain_inbox()
+        pool._events.set_status(PoolStatus.CLOSING)
+        if graph.n_cancelled:
+            _settle_blame(graph.jobs)
+        failures, pool._failures = pool._failures, []
+        error = _workflow_error(failures, graph) if failures else None
+        if pool._main_side is not None:
+            pool._main_side.end_execute(error)
+        if error is not None:
+            raise error
+        if return_results:
+            return {job: job._result for job in graph.jobs if job._status is _SUCCESS}
+        return None
+
+    def as_completed(self, wanted: tuple[Job, ...] | None) -> Iterator[Job]:
+        pool, graph = self.pool, self.pool._graph
+        finished: collections.deque[Job] = collections.deque(
+            job for job in (graph.jobs if wanted is None else wanted) if job._status in _FINISHED_STATES)
+        left = None if wanted is None else {job for job in wanted if job._status not in _FINISHED_STATES}
+        graph.watchers.append(finished)
+        pool._executing = True
+        self.begin()
+        try:
+            done = False
+            while True:
+                while finished:
+                    job = finished.popleft()
+                    if left is None or job in left:
+                        if left is not None:
+                            left.discard(job)
+                        pool._executing = False  # the loop's body may submit, not execute
+                        yield job
+                        pool._executing = True
+                if left is not None and not left:
+                    return
+                if done and not graph.ready and not graph.active:
+                    return
+                done = self.run(finished)
+        finally:
+            graph.watchers.remove(finished)
+            pool._executing = False
+            self.end()
+
+    def map(self, fn: Callable, items: list) -> list:
+        pool = self.pool
+        jobs = [pool.submit(_call_without_owner, (fn, item)) for item in items]
+        failed: list[Job] = []
+        for job in pool.as_completed(jobs):
+            if job._status is _FAILED:
+                if not failed:
+                    for other in jobs:
+                        if other._status is _PENDING or other._status is _QUEUED:
+                            other.cancel(f"map(): an earlier call of {_name_of(fn)} raised")
+                failed.append(job)
+        if failed:
+            first = min(failed, key=lambda job: job._index)
+            ours = set(failed)
+            pool._failures = [failure for failure in pool._failures if failure.job not in ours]
+            error = first.error
+            where = jobs.index(first)
+            error.add_note(f"raised by map() calling {_name_of(fn)} on item {where}: {_short.repr(items[where])}")
+            raise error
+        return [job._result for job in jobs]
+
+
+_FINISHED_STATES = frozenset((_SUCCESS, _FAILED, _CANCELLED))
+
+
+def _call_without_owner(owner: Any, fn: Callable, item: Any) -> Any:
+    """map()'s jobs: ``fn(item)``, as the built-in map calls it."""
+    return fn(item)
+
+
+def _name_of(fn: Callable) -> str:
+    return getattr(fn, "__qualname__", None) or type(fn).__qualname__
+
+
+def _checked_jobs(pool: JobPool, jobs: Iterable[Job], what: str) -> tuple[Job, ...]:
+    jobs = tuple(jobs)
+    for job in jobs:
+        if type(job) is not Job or job._pool is not pool:
+            raise JobPoolError(f"{what}: {job!r} is not a Job of this pool.")
+    return jobs
+
+
 class _NodeWalker:
     """schedule()'s node arrays, walked in a thread on the main rank.
 
@@ -1182,14 +1379,16 @@ class _NodeWalker:
 
     def __init__(self, pool: JobPool, schedules: list, take_turns: bool):
         self.pool, self.schedules = pool, schedules
-        self.done = False
+        self.done = self.cancelled = False
         self.turns = (threading.Semaphore(0), threading.Semaphore(0)) if take_turns else None
         self.thread = threading.Thread(target=self._walk, name="bsb_mini-scheduler", daemon=True)
 
     @classmethod
-    def create(cls, pool: JobPool, take_turns: bool) -> _NodeWalker | None:
+    def start(cls, pool: JobPool, take_turns: bool) -> _NodeWalker:
         schedules, pool._schedules = pool._schedules, []
-        return cls(pool, schedules, take_turns) if schedules else None
+        walker = pool._walker = cls(pool, schedules, take_turns)  # before its thread submits anything
+        walker.thread.start()
+        return walker
 
     def take_turn(self) -> bool:
         """Serially: let the walker schedule one node, and wait for it. False when all are done."""
@@ -1201,10 +1400,11 @@ class _NodeWalker:
         return True
 
     def finish(self) -> None:
-        """execute() ends (or was interrupted): let the thread see it and wait a moment for it."""
+        """The pool was interrupted or closes: stop after this node, and wait a moment for it."""
+        self.cancelled = True
         if self.turns is not None:
             self.turns[0].release()
-        self.thread.join(None if self.done else 1.0)  # a stuck node must not hold an interruption
+        self.thread.join(1.0)  # a stuck node must not hold an interruption
 
     def _walk(self) -> None:
         pool, graph, post = self.pool, self.pool._graph, self.pool._inbox.append
@@ -1214,7 +1414,7 @@ class _NodeWalker:
                 for node in nodes:
                     if self.turns is not None:
                         self.turns[0].acquire()
-                    if graph.stop_reason is not None or not graph.executing:
+                    if graph.stop_reason is not None or self.cancelled:
                         return
                     try:
                         self._schedule(node, scheduler, skipped)
@@ -1247,43 +1447,49 @@ class _NodeWalker:
             pool._inbox.append((pool._other_failure, (error,)))
 
 
-def _run_serially(pool: JobPool) -> None:
-    """Size 1: run ready jobs in this thread, taking turns with schedule()'s walker."""
+def _run_serially(pool: JobPool, finished: collections.deque | None = None) -> bool:
+    """Size 1: run ready jobs in this thread, taking turns with schedule()'s walker.
+
+    True when nothing is left; False as soon as ``finished`` holds a job (as_completed()).
+    """
     graph, ready, walker = pool._graph, pool._graph.ready, pool._walker
-    owner, rank = pool.owner, pool._rank
-    pinger = pool._events.start_pinger()
-    try:
-        while True:
-            if pool._inbox:
-                pool._drain_inbox()
-            while ready:
-                job = ready.popleft()
-                if job._status is not _QUEUED:
-                    continue
-                graph.active += 1
-                job.rank = rank
-                graph.started(job)
-                try:
+    owner, rank, pinger = pool.owner, pool._rank, pool._execution.pinger
+    while True:
+        if pool._inbox:
+            pool._drain_inbox()
+        while ready:
+            job = ready.popleft()
+            if job._status is not _QUEUED:
+                continue
+            graph.active += 1
+            job.rank = rank
+            graph.started(job)
+            try:
+                if job._takes_results:
+                    fn, args, kwargs = job._call()
+                    result = fn(owner, *args, **kwargs)
+                else:
                     kwargs = job._kwargs
                     result = job._fn(owner, *job._args, **kwargs) if kwargs else job._fn(owner, *job._args)
-                except KeyboardInterrupt:
-                    graph.aborted_while_running((job,))
-                    raise
-                except BaseException as error:  # noqa: B036 (SystemExit in a job fails the job only)
-                    if pinger is not None:
-                        pinger.job_returned()
-                    pool._job_failed(job, error, rank)
-                else:
-                    if pinger is not None:
-                        pinger.job_returned()
-                    graph.succeeded(job, result)
-            if walker is not None and walker.take_turn():
-                continue
-            if not pool._inbox and not ready:
-                return
-    finally:
-        if pinger is not None:
-            pinger.stop()
+            except KeyboardInterrupt:
+                graph.aborted_while_running((job,))
+                raise
+            except BaseException as error:  # noqa: B036 (SystemExit in a job fails the job only)
+                if pinger is not None:
+                    pinger.job_returned()
+                pool._job_failed(job, error, rank)
+            else:
+                if pinger is not None:
+                    pinger.job_returned()
+                graph.succeeded(job, result)
+            if finished:
+                return False
+        if finished:
+            return False
+        if walker is not None and walker.take_turn():
+            continue
+        if not pool._inbox and not ready:
+            return True
 
 
 # --- 6b. The MPI transport ----------------------------------------------------------
@@ -1392,8 +1598,9 @@ class _MainSide:
     def in_flight_jobs(self) -> list[Job]:
         return [job for batches in self.batches.values() for batch in batches for job in batch]
 
-    def run(self, pool: JobPool) -> None:
-        """One execute(): dispatch and settle until nothing is ready, in flight or to be scheduled."""
+    def run(self, pool: JobPool, finished: collections.deque | None = None) -> bool:
+        """Dispatch and settle until nothing is ready, in flight or to be scheduled (True), or
+        until ``finished`` holds a job (False)."""
         comm, graph, status, events = self.comm, pool._graph, self.status, pool._events
         ready, inbox = graph.ready, pool._inbox
         backoff, quiet = _Backoff(), events.quiet_timer()
@@ -1402,17 +1609,22 @@ class _MainSide:
             if message is not None:
                 self.on_message(pool, status.Get_source(), message.recv())
                 backoff.reset()
+                if finished:
+                    return False
                 continue
             if inbox:
                 pool._drain_inbox()
+                if finished:
+                    return False
             if ready and self.dispatch(pool):
                 backoff.reset()
                 continue
             walker = pool._walker
             if not self.in_flight and not ready and (walker is None or walker.done) and not inbox:
-                return
+                return True
             if ready and len(self.left) == len(self.batches):  # every worker left: run them here
-                _run_serially(pool)
+                if not _run_serially(pool, finished):
+                    return False
                 continue
             quiet.ping_if_due()
             backoff.wait()
@@ -1465,13 +1677,13 @@ class _MainSide:
     def pack(self, pool: JobPool, batch: list[Job]) -> bytes | None:
         """Pickle a batch; a job that cannot be pickled fails alone, the rest go."""
         try:
-            return _dumps([(job._fn, job._args, job._kwargs) for job in batch])
+            return _dumps([job._call() for job in batch])
         except Exception:
             pass
         sendable = []
         for job in batch:
             try:
-                _dumps((job._fn, job._args, job._kwargs))
+                _dumps(job._call())
             except Exception as reason:
                 pool._graph.started(job)
                 pool._job_failed(job, JobPoolError(
