@@ -468,6 +468,8 @@ _short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 3
 
 def _default_name(fn: Callable, args: tuple, kwargs: dict) -> str:
     """``qualname(short args)``: readable in a progress line or a failure report."""
+    if fn is _call_without_owner:  # map(fn, items): show fn(item)
+        fn, args = args[0], args[1:]
     base = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     try:
         shown = [_short.repr(arg) for arg in args[:3]]
@@ -642,6 +644,10 @@ class _Graph:
                 job.rank = None
                 self.active -= 1
                 self.ready.appendleft(job)
+
+    def has_work(self) -> bool:
+        """Jobs held for execute(), queued, or running: something an execute() would run or wait for."""
+        return bool(self.held or self.active or any(job._status is _QUEUED for job in self.ready))
 
     # -- jobs run and end --
 
@@ -1062,7 +1068,7 @@ class JobPool:
         """Main rank, leaving without an exception: run what is left, then release the workers."""
         error = None
         try:
-            if not self._executed or self._graph.held or self._schedules:
+            if not self._executed or self._graph.has_work() or self._schedules or self._walker is not None:
                 self.execute()
         except BaseException as raised:
             why = f"the main rank raised {_describe(raised)}"
@@ -1302,7 +1308,7 @@ class _Execution:
         pool, graph = self.pool, self.pool._graph
         finished: collections.deque[Job] = collections.deque(
             job for job in (graph.jobs if wanted is None else wanted) if job._status in _FINISHED_STATES)
-        left = None if wanted is None else {job for job in wanted if job._status not in _FINISHED_STATES}
+        left = None if wanted is None else set(wanted)
         graph.watchers.append(finished)
         pool._executing = True
         self.begin()

@@ -492,6 +492,185 @@ def scenario_interrupted_while_on_a_worker():
            after=after.result if RANK == 0 else None)
 
 
+# --- a DAG that grows while it runs (SPEC 4.2, 4.4) ---
+
+
+def grow_value(owner, ident, seed, parent=0, others=()):
+    """A job of the growing DAG: fails for some identities, else a value built from its inputs."""
+    if random.Random(f"fail-{seed}-{ident}").random() < 0.12:
+        raise ValueError(f"{ident} fails on purpose")
+    return (len(ident) * 7 + parent + sum(others)) % 1_000_003
+
+
+def growth_plan(seed: int, initial: int):
+    """The initial jobs (identity, deps) and, for an identity, its children: (child, other, as_argument)."""
+    rng = random.Random(f"initial-{seed}")
+    first = [(str(i), sorted(rng.sample(range(i), min(i, rng.randint(0, 2))))) for i in range(initial)]
+
+    def children(ident):
+        if ident.count(".") >= 3:
+            return []
+        rng = random.Random(f"children-{seed}-{ident}")
+        return [(f"{ident}.{k}", str(rng.randrange(initial)) if rng.random() < 0.6 else None, rng.random() < 0.5)
+                for k in range(rng.randint(0, 2))]
+
+    return first, children
+
+
+def grow(seed: int, initial: int, comm=None):
+    """Run the growing DAG: even depths grow from an as_completed() loop, odd ones from a listener."""
+    first, children = growth_plan(seed, initial)
+    jobs = {}
+
+    def add_children(pool, ident):
+        for child, other, as_argument in children(ident):
+            parent = jobs[ident]
+            if other is None:
+                jobs[child] = pool.submit(grow_value, (child, seed, parent), name=child)
+            elif as_argument:
+                jobs[child] = pool.submit(grow_value, (child, seed, parent), {"others": [jobs[other]]}, name=child)
+            else:
+                jobs[child] = pool.submit(grow_value, (child, seed, parent), deps=[jobs[other]], name=child)
+
+    def listener(progress):
+        job = progress.job
+        if job is not None and progress.status is JobStatus.SUCCESS and job.name.count(".") % 2 == 1:
+            add_children(progress.pool, job.name)
+
+    with JobPool(comm=comm) as pool:
+        pool.add_listener(listener)
+        for ident, deps in first:
+            jobs[ident] = pool.submit(grow_value, (ident, seed), deps=[jobs[str(d)] for d in deps], name=ident)
+        if pool.is_main():
+            yielded = []
+            for job in pool.as_completed():
+                yielded.append(job.name)
+                if job.status is JobStatus.SUCCESS and job.name.count(".") % 2 == 0:
+                    add_children(pool, job.name)
+        try:
+            pool.execute()
+            error = None
+        except WorkflowError as raised:
+            error = raised.message
+    if not pool.is_main():
+        return None
+    return ({job.name: job.status.name for job in pool.jobs}, {job.name: job.result for job in pool.jobs
+            if job.status is JobStatus.SUCCESS}, sorted(yielded), error)
+
+
+def growth_reference(seed: int, initial: int):
+    """What grow() must give, whatever order the jobs finish in."""
+    first, children = growth_plan(seed, initial)
+    statuses, results = {}, {}
+
+    def settle(ident, deps, parent=0, others=()):
+        if any(statuses[d] != "SUCCESS" for d in deps):
+            statuses[ident] = "CANCELLED"
+            return
+        try:
+            results[ident] = grow_value(None, ident, seed, parent, others)
+            statuses[ident] = "SUCCESS"
+        except ValueError:
+            statuses[ident] = "FAILED"
+
+    for ident, deps in first:  # the initial jobs first: children may depend on any of them
+        settle(ident, [str(d) for d in deps])
+    todo = [ident for ident, _ in first]
+    while todo:
+        ident = todo.pop(0)
+        if statuses[ident] != "SUCCESS":
+            continue
+        for child, other, as_argument in children(ident):
+            deps = [ident] + ([other] if other is not None else [])
+            extra = [results.get(other, 0)] if other is not None and as_argument else []
+            settle(child, deps, results[ident], extra)
+            todo.append(child)
+    return statuses, results
+
+
+def scenario_grow(seed: str, initial: str = "12"):
+    outcome = grow(int(seed), int(initial))
+    if outcome is not None:
+        statuses, results, yielded, error = outcome
+        expected_statuses, expected_results = growth_reference(int(seed), int(initial))
+        report(statuses=statuses, expected=expected_statuses, results=results, expected_results=expected_results,
+               yielded=yielded, error=error)
+    else:
+        report(worker=True)
+
+
+def reciprocal(value):
+    return 1 / value
+
+
+def scenario_map_and_as_completed():
+    """map() and as_completed() on the main rank while the workers serve in execute()."""
+    refusals = []
+    with create_job_pool(quiet=True) as pool:
+        if pool.is_main():
+            squares = pool.map(abs, range(-50, 50))
+            try:
+                pool.map(reciprocal, [1, 2, 0, 4, 0])
+                raised = None
+            except ZeroDivisionError as error:
+                raised = [str(error), error.__notes__]
+            firsts = [pool.submit(square, (i,), name=f"first {i}") for i in range(6)]
+            seen = []
+            for job in pool.as_completed():
+                seen.append(pool.jobs.index(job))
+                if job.name.startswith("first"):
+                    pool.submit(square, (job,), name=f"second {job.name[6:]}")
+        else:
+            for call in (lambda: pool.map(abs, [1]), lambda: pool.as_completed()):
+                try:
+                    call()
+                except bsb_mini.JobPoolContextError as error:
+                    refusals.append(str(error))
+        pool.execute()  # the workers serve here until the main rank's execute() ends
+    if RANK == 0:
+        report(squares=squares, raised=raised, seen=sorted(seen), size=pool.size, jobs=len(pool.jobs),
+               seconds=[job.result for job in pool.jobs if job.name.startswith("second")],
+               firsts=[job.result for job in firsts])
+    else:
+        report(refusals=refusals)
+
+
+def log_prob(x):
+    import numpy
+
+    return -0.5 * float(numpy.sum(x * x))
+
+
+def sample(pool):
+    import emcee
+    import numpy
+
+    walkers, dimensions = 16, 3
+    start = numpy.random.RandomState(1).randn(walkers, dimensions)
+    sampler = emcee.EnsembleSampler(walkers, dimensions, log_prob, pool=pool)
+    sampler.random_state = numpy.random.RandomState(7).get_state()
+    sampler.run_mcmc(start, 40)
+    return sampler.get_chain()
+
+
+def scenario_emcee():
+    """emcee's EnsembleSampler driven by a pool (README example): the same chain as without one."""
+    import numpy
+
+    ranks = set()
+    with create_job_pool(quiet=True) as pool:
+        if pool.is_main():
+            chain = sample(pool)
+            ranks = {job.rank for job in pool.jobs}
+        pool.execute()
+    if RANK == 0:
+        alone = sample(None)
+        report(identical=bool(numpy.array_equal(chain, alone)), shape=list(chain.shape), ranks=sorted(ranks),
+               evaluations=len(pool.jobs))
+    else:
+        report(worker=True)
+
+
 if __name__ == "__main__":
     name, *arguments = sys.argv[1:]
     globals()[f"scenario_{name}"](*arguments)

@@ -1276,6 +1276,145 @@ def test_command_line_help_and_unknown_commands():
     assert done.returncode == 2 and "--fast" in done.stderr
 
 
+# --- dynamic work: results along dependencies, as_completed(), map() ---
+
+
+def total(owner, values, scale=1):
+    return sum(values) * scale
+
+
+def test_jobs_given_as_arguments_are_dependencies_and_pass_their_results():
+    with JobPool() as pool:
+        a = pool.submit(add, (1, 2))
+        b = pool.submit(add, (a, 10))
+        c = pool.submit(total, ([a, b, 5],), {"scale": a})
+        d = pool.submit(keep, ((a, "x"),), {"tag": "plain"})
+        assert set(b.deps) == {a} and set(c.deps) == {a, b} and d.deps == (a,)
+        pool.execute()
+    assert (b.result, c.result) == (13, (3 + 13 + 5) * 3)
+    assert d.result == (((3, "x"),), {"tag": "plain"})
+    assert b.name == "add(add(1, 2), 10)"
+
+
+def test_a_failed_job_given_as_an_argument_cancels_its_consumer():
+    with JobPool() as pool:
+        bad = pool.submit(fail)
+        consumer = pool.submit(add, (bad, 1))
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert consumer.status is JobStatus.CANCELLED
+
+
+def test_as_completed_yields_each_job_once_in_the_order_they_finish_and_accepts_new_work():
+    order = []
+    with JobPool() as pool:
+        first = [pool.submit(add, (i,), name=f"first {i}") for i in range(3)]
+        bad = pool.submit(fail, name="bad")
+        for job in pool.as_completed():
+            order.append(job.name)
+            if job.name.startswith("first"):
+                pool.submit(add, (job, 100), name=f"second {job.name[6:]}")
+        assert [job.status for job in first] == [JobStatus.SUCCESS] * 3
+        with pytest.raises(WorkflowError, match="'bad'"):  # failures are raised by execute(), not by the loop
+            pool.execute()
+    assert sorted(order) == sorted(["first 0", "first 1", "first 2", "bad", "second 0", "second 1", "second 2"])
+    assert order.index("first 0") < order.index("second 0")  # a job finishes after its dependency
+    assert [job.result for job in pool.jobs if job.name.startswith("second")] == [100, 101, 102]
+    assert bad.status is JobStatus.FAILED
+
+
+def test_as_completed_of_some_jobs_stops_when_they_are_done():
+    with JobPool() as pool:
+        early = pool.submit(add, (1,))
+        pool.execute()
+        later = [pool.submit(add, (i,)) for i in range(5)]
+        assert list(pool.as_completed([early, later[0]])) == [early, later[0]]  # finished ones first
+    assert all(job.status is JobStatus.SUCCESS for job in later)  # the block's exit ran the rest
+
+
+def test_listeners_may_submit_while_the_pool_runs():
+    with JobPool() as pool:
+        def grow(progress):
+            if progress.status is JobStatus.SUCCESS and progress.job.name == "seed":
+                pool.submit(add, (progress.job, 1), name="grown")
+
+        pool.add_listener(grow)
+        pool.submit(add, (41,), name="seed")
+        pool.execute()
+    assert [(job.name, job.result) for job in pool.jobs] == [("seed", 41), ("grown", 42)]
+
+
+def test_map_returns_results_in_input_order_and_raises_the_first_failure():
+    statuses = Recorder()
+    with JobPool() as pool:
+        pool.add_listener(statuses)
+        assert pool.map(abs, range(-3, 3)) == [3, 2, 1, 0, 1, 2]
+        with pytest.raises(ZeroDivisionError) as raised:
+            pool.map(mpi_scenarios.reciprocal, [1, 0, 2, 0, 5])
+        assert any("item 1: 0" in note for note in raised.value.__notes__)
+        assert pool.execute() is None  # a failure that map() raised is not raised again
+    calls = [job for job in pool.jobs if job.name.startswith("reciprocal")]
+    assert [job.status.name for job in calls] == ["SUCCESS", "FAILED", "CANCELLED", "CANCELLED", "CANCELLED"]
+    assert calls[0].name == "reciprocal(1)"
+    assert [s for r, s, _ in statuses.events if r is PoolProgressReason.POOL_STATUS_CHANGE] == [
+        PoolStatus.EXECUTING, PoolStatus.CLOSING]  # map() started executing; execute() ended it
+
+
+def test_map_and_as_completed_outside_the_block_are_refused():
+    pool = JobPool()
+    with pytest.raises(JobPoolContextError, match="inside the pool's `with` block"):
+        pool.map(abs, [1])
+    with pytest.raises(JobPoolContextError):
+        pool.as_completed()
+    with pool:
+        with pytest.raises(JobPoolError, match="not a Job of this pool"):
+            pool.as_completed([1])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 10**6), st.integers(1, 16))
+def test_a_dag_that_grows_while_it_runs_matches_the_reference(seed, initial):
+    statuses, results, yielded, _ = mpi_scenarios.grow(seed, initial)
+    expected_statuses, expected_results = mpi_scenarios.growth_reference(seed, initial)
+    assert statuses == expected_statuses
+    assert results == expected_results
+    assert yielded == sorted(statuses)  # as_completed() yielded every job once
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+@pytest.mark.parametrize("seed", [3, 8])
+def test_mpi_a_dag_that_grows_while_it_runs_matches_the_reference(n, seed):
+    code, results, out, err = mpiexec(n, "grow", str(seed), "14")
+    assert code == 0, err
+    main = results[0]
+    assert main["statuses"] == main["expected"] and main["results"] == main["expected_results"]
+    assert main["yielded"] == sorted(main["statuses"])
+
+
+@needs_mpi
+def test_mpi_map_and_as_completed_on_the_main_rank_while_workers_serve():
+    code, results, out, err = mpiexec(3, "map_and_as_completed")
+    assert code == 0, err
+    main = results[0]
+    assert main["squares"] == [abs(i) for i in range(-50, 50)]
+    assert main["raised"][0] == "division by zero" and any("item 2: 0" in n for n in main["raised"][1])
+    assert sorted(main["seconds"]) == [i ** 4 for i in range(6)] and main["size"] == 2
+    assert main["seen"] == list(range(main["jobs"]))  # every job of the pool, once
+    for rank in (1, 2):
+        assert all("for the main rank" in text for text in results[rank]["refusals"])
+        assert len(results[rank]["refusals"]) == 2
+
+
+@needs_mpi
+def test_mpi_emcee_driven_by_the_pool_gives_the_same_chain():
+    pytest.importorskip("emcee")  # a test extra; CI installs it, so this runs there
+    code, results, out, err = mpiexec(4, "emcee", timeout=180)
+    assert code == 0, err
+    assert results[0]["identical"] and results[0]["shape"] == [40, 16, 3]
+    assert results[0]["ranks"] == [1, 2, 3]  # the walkers' log-probabilities ran on the workers
+
+
 # --- randomized fault tests (fault_scenarios.py; its long mode is documented in the README) ---
 
 
