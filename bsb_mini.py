@@ -868,7 +868,6 @@ class JobPool:
         self._schedules: list[tuple[list, Callable | None]] = []
         self._failures: list[_Failure] = []
         self._opened = self._closed = self._executing = False
-        self._executed = False  # an execute() ran: leaving the block runs only what came after
         self._inbox: collections.deque = collections.deque()  # calls posted by other threads
         self._main_thread = 0
         self._walker: _NodeWalker | None = None  # schedule()'s thread, while it walks
@@ -1052,8 +1051,10 @@ class JobPool:
                 self._worker_side.leave(exc)
             elif exc_type is None:
                 self._finish_and_close()
-            elif self._main_side is not None:
-                self._main_side.close(_aborted(f"the main rank raised {_describe(exc)}"))
+            else:
+                self._warn_unreported(exc)
+                if self._main_side is not None:
+                    self._main_side.close(_aborted(f"the main rank raised {_describe(exc)}"))
         finally:
             self._closed = True
             if self._walker is not None:
@@ -1064,11 +1065,18 @@ class JobPool:
                 self._comm.Free()
                 self._comm = None
 
+    def _warn_unreported(self, exc: BaseException) -> None:
+        """Failures seen by as_completed()/map() but not yet raised: say so rather than drop them."""
+        if self._failures:
+            report = _workflow_error(self._failures, self._graph)
+            _logger.warning("The pool was left with %s, so these were not raised:\n%s", _describe(exc), report.message)
+
     def _finish_and_close(self) -> None:
         """Main rank, leaving without an exception: run what is left, then release the workers."""
         error = None
         try:
-            if not self._executed or self._graph.has_work() or self._schedules or self._walker is not None:
+            unfinished = self._events.status is not PoolStatus.CLOSING  # never executed, or as_completed() ran
+            if unfinished or self._failures or self._graph.has_work() or self._schedules or self._walker:
                 self.execute()
         except BaseException as raised:
             why = f"the main rank raised {_describe(raised)}"
@@ -1277,7 +1285,6 @@ class _Execution:
         if self.depth:
             return
         pool._graph.executing = False
-        pool._executed = True
         if self.pinger is not None:
             self.pinger.stop()
             self.pinger = None

@@ -1360,6 +1360,25 @@ def test_map_returns_results_in_input_order_and_raises_the_first_failure():
         PoolStatus.EXECUTING, PoolStatus.CLOSING]  # map() started executing; execute() ended it
 
 
+def test_failures_seen_only_by_as_completed_are_raised_when_the_block_ends():
+    recorder = Recorder()
+    with pytest.raises(WorkflowError, match="'bad'"):
+        with JobPool() as pool:
+            pool.add_listener(recorder)
+            pool.submit(fail, name="bad")
+            assert [job.name for job in pool.as_completed()] == ["bad"]
+    assert recorder.pool_statuses()[-1] is PoolStatus.CLOSING
+
+
+def test_failures_left_unraised_by_an_exception_in_the_block_are_logged(caplog):
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"), pytest.raises(KeyError):
+        with JobPool() as pool:
+            pool.submit(fail, name="bad")
+            list(pool.as_completed())
+            raise KeyError("my own trouble")
+    assert "KeyError" in caplog.text and "Job 'bad' failed" in caplog.text
+
+
 def test_map_and_as_completed_outside_the_block_are_refused():
     pool = JobPool()
     with pytest.raises(JobPoolContextError, match="inside the pool's `with` block"):
