@@ -627,9 +627,15 @@ class _Graph:
         """execute() began: every held job becomes QUEUED."""
         self.executing, self.stop_reason = True, None
         held, self.held = self.held, []
+        if self.emit is not None:
+            for job in held:
+                if job._status is _PENDING:
+                    self._enqueue(job)
+            return
+        held = [job for job in held if job._status is _PENDING]
         for job in held:
-            if job._status is _PENDING:
-                self._enqueue(job)
+            job._status = _QUEUED
+        self.ready.extend(held)
 
     def _enqueue(self, job: Job) -> None:
         job._status = _QUEUED
@@ -661,8 +667,9 @@ class _Graph:
         job._status = _SUCCESS
         self.active -= 1
         self.n_succeeded += 1
-        for watcher in self.watchers:
-            watcher.append(job)
+        if self.watchers:
+            for watcher in self.watchers:
+                watcher.append(job)
         if job._dependents:
             for dependent in job._dependents:
                 dependent._waiting -= 1
@@ -676,8 +683,9 @@ class _Graph:
         old, job._status, job.error = job._status, _FAILED, error
         self.active -= 1
         self.n_failed += 1
-        for watcher in self.watchers:
-            watcher.append(job)
+        if self.watchers:
+            for watcher in self.watchers:
+                watcher.append(job)
         for dependent in job._dependents or ():
             self._cascade(dependent, job, job)
         return bool(self.emit is not None and self.emit(_JOB_STATUS_CHANGE, _FAILED, old, job))
@@ -723,8 +731,9 @@ class _Graph:
             old, job._status = job._status, _CANCELLED
             job.error = _cancelled_error(job, root, parent)
             self.n_cancelled += 1
-            for watcher in self.watchers:
-                watcher.append(job)
+            if self.watchers:
+                for watcher in self.watchers:
+                    watcher.append(job)
             if self.emit is not None:
                 self.emit(_JOB_STATUS_CHANGE, _CANCELLED, old, job)
             if job._dependents:
@@ -934,12 +943,13 @@ class JobPool:
         if self._closed or not callable(fn) or context:
             _check_submission(self, fn, context)
         takes_results = False
+        holders = _MAY_HOLD_JOBS
         for arg in args:
-            if type(arg) in _MAY_HOLD_JOBS:
+            if type(arg) in holders:
                 takes_results = True
                 break
         else:
-            if kwargs and any(type(value) in _MAY_HOLD_JOBS for value in kwargs.values()):
+            if kwargs and any(type(value) in holders for value in kwargs.values()):
                 takes_results = True
         if takes_results:
             found = _jobs_in_arguments(args, kwargs or _NO_KWARGS)
@@ -963,8 +973,12 @@ class JobPool:
             self._inbox.append((self._add, (job,)))
         elif graph.emit is not None or job._index >= self._gc.next_at:
             self._add(job)
-        else:
+        elif deps:
             graph.link(job)
+        elif graph.executing:
+            graph._enqueue(job)
+        else:
+            graph.held.append(job)
         return job
 
     queue = submit
@@ -2661,6 +2675,36 @@ def _bench_bare_mpi_loop(comm: Any, count: int) -> float | None:
     return elapsed if rank == 0 else None
 
 
+def _map_noop(item: Any) -> None:
+    return None
+
+
+def _time_pool_map(count: int) -> float:
+    """``pool.map`` of ``count`` no-op calls on the main rank, the workers serving in execute()."""
+    started = time.perf_counter()
+    with JobPool() as pool:
+        if pool.is_main():
+            pool.map(_map_noop, range(count))
+        pool.execute()
+    return time.perf_counter() - started
+
+
+def _time_executor_map(count: int, chunksize: int) -> float | None:
+    """The peer: mpi4py.futures' MPICommExecutor.map over the same calls (None without it)."""
+    futures = _optional("mpi4py.futures")
+    if futures is None:
+        return None
+    comm = MPI.get_communicator()
+    comm.Barrier()
+    started = time.perf_counter()
+    with futures.MPICommExecutor(comm, root=0) as executor:
+        if executor is not None:
+            list(executor.map(_map_noop, range(count), chunksize=chunksize))
+    elapsed = time.perf_counter() - started
+    comm.Barrier()
+    return elapsed
+
+
 def _greedy_makespan(durations: list[float], workers: int) -> float:
     """The makespan when each job, in order, goes to the first worker to be free."""
     free_at = [0.0] * workers
@@ -2715,6 +2759,10 @@ def _bench_mpi(count: int, runs: int, coarse_scale: float = 1.0) -> list[dict]:
         finally:
             _SPIN_POLLS = default_polls
         measured.append((strategy, independent, graph, balance))
+    mapped = _median_of(runs, lambda: _time_pool_map(count))
+    peers = [(f"peer: MPICommExecutor.map{label}",
+              _median_of(runs, lambda size=size: _time_executor_map(count, size) or 0.0))
+             for label, size in (("", 1), (", chunksize=100", 100))]
     coarse = _bench_coarse(workers, coarse_scale)
     if rank != 0:  # only the main rank's clock counts
         return []
@@ -2726,6 +2774,8 @@ def _bench_mpi(count: int, runs: int, coarse_scale: float = 1.0) -> list[dict]:
             _bench_row(f"MPI {strategy}: {tasks} x {seconds * 1000:.0f} ms jobs", tasks, balance, None,
                        f"{ideal / balance:.1%} of ideal {ideal:.2f} s"),
         ]
+    rows.append(_bench_row("MPI pool.map, no-op calls", count, mapped, bare))
+    rows += [_bench_row(label, count, seconds, bare) for label, seconds in peers if seconds]
     for workload, jobs, elapsed, target in coarse:
         rows.append(_bench_row(workload, jobs, elapsed, None,
                                f"{elapsed / target:.3f}x the ideal {target:.2f} s (greedy, first free worker)"))
