@@ -21,6 +21,7 @@ import operator
 import os
 import pickle
 import reprlib
+import signal
 import sys
 import threading
 import time
@@ -34,7 +35,7 @@ __all__ = [
     "MPIService", "MPI", "MPILock", "JobPool", "create_job_pool", "Job",
     "JobStatus", "PoolStatus", "PoolProgressReason", "PoolProgress",
     "JobPoolError", "JobPoolContextError", "JobSchedulingError",
-    "JobCancelledError", "WorkflowError", "PoolSnapshot",
+    "JobCancelledError", "JobTimeoutError", "WorkflowError", "PoolSnapshot",
 ]
 
 # --- 1. Errors and enums ---------------------------------------------------------
@@ -65,6 +66,10 @@ class JobCancelledError(JobPoolError):
     def __init__(self, message: str = "", root: Any = None):
         super().__init__(message)
         self.root = root
+
+
+class JobTimeoutError(JobPoolError):
+    """A job ran longer than its ``timeout`` and was interrupted."""
 
 
 class WorkflowError(ExceptionGroup):  # noqa: N818 (the name is the spec's)
@@ -492,6 +497,7 @@ class Job:
     __slots__ = (
         "_pool", "_index", "_fn", "_args", "_kwargs", "deps", "_name", "_status",
         "_result", "error", "_waiting", "_dependents", "rank", "_context", "_solo", "_takes_results",
+        "_policy", "_earlier",
     )
 
     def __init__(self, pool, index, fn, args, kwargs, deps, name, context, takes_results=False):
@@ -510,6 +516,8 @@ class Job:
         self._context = context or None
         self._solo = False  # send alone: it broke a batch before
         self._takes_results = takes_results  # Jobs among its arguments stand for their results
+        self._policy = None  # (timeout, retries) given to submit(), else the pool's
+        self._earlier = None  # (error, rank) of earlier attempts (retries)
 
     @property
     def name(self) -> str:
@@ -530,8 +538,8 @@ class Job:
 
     @property
     def attempts(self) -> int:
-        """How many times the job started (0 or 1: a job runs at most once)."""
-        return int(self._status in _STARTED_STATES)
+        """How many times the job started (more than once only with retries)."""
+        return len(self._earlier or ()) + (self._status in _STARTED_STATES)
 
     @property
     def result(self) -> Any:
@@ -596,6 +604,7 @@ class _Graph:
         self.stop_reason: str | None = None  # set by fail_fast or an interruption
         self.emit: Callable | None = None
         self.watchers: list[collections.deque[Job]] = []  # as_completed() loops: finished jobs go to each
+        self.running: Job | None = None  # the job running in this process (serially)
         self.active = 0  # jobs handed to a worker or running here
         self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = 0  # for snapshots
 
@@ -689,6 +698,14 @@ class _Graph:
         for dependent in job._dependents or ():
             self._cascade(dependent, job, job)
         return bool(self.emit is not None and self.emit(_JOB_STATUS_CHANGE, _FAILED, old, job))
+
+    def again(self, job: Job) -> None:
+        """A failed attempt of a job with retries left: back to the queue (RUNNING -> QUEUED)."""
+        job._status, job.rank = _QUEUED, None
+        self.active -= 1
+        self.ready.append(job)
+        if self.emit is not None:
+            self.emit(_JOB_STATUS_CHANGE, _QUEUED, _RUNNING, job)
 
     def aborted_while_running(self, jobs: Iterable[Job]) -> None:
         """The pool was interrupted: jobs that were running or on a worker end ABORTED."""
@@ -868,9 +885,11 @@ class JobPool:
     the MPI ``_MainSide``/``_WorkerSide`` pair, and ``_Events`` (listeners).
     """
 
-    def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None):
+    def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None,
+                 timeout: float | None = None, retries: int = 0):
         self.owner = owner
         self._fail_fast = fail_fast
+        self._timeout, self._retries = _checked_policy(None, timeout, retries)
         self._mpi = _as_service(comm, get_service("MPI"))
         self._graph = _Graph()
         self._events = _Events(self)
@@ -881,6 +900,7 @@ class JobPool:
         self._main_thread = 0
         self._walker: _NodeWalker | None = None  # schedule()'s thread, while it walks
         self._execution = _Execution(self)
+        self._seen_running: tuple[Job, float] | None = None
         self._main_side: _MainSide | None = None
         self._worker_side: _WorkerSide | None = None
         self._comm = None  # a private duplicate of the communicator while open
@@ -915,7 +935,20 @@ class JobPool:
         graph = self._graph
         done = graph.n_succeeded + graph.n_failed + graph.n_cancelled + graph.n_aborted
         return PoolSnapshot(len(graph.jobs), done, graph.active, graph.n_succeeded, graph.n_failed,
-                            graph.n_cancelled, graph.n_aborted, self.size)
+                            graph.n_cancelled, graph.n_aborted, self.size, self._longest_running())
+
+    def _longest_running(self) -> tuple[Job, int, float] | None:
+        now = time.monotonic()
+        if self._main_side is not None:
+            running = [(job, worker, now - since) for worker, (job, since) in list(self._main_side.running.items())
+                       if job._status is _RUNNING]
+            return max(running, key=operator.itemgetter(2), default=None)
+        job = self._graph.running  # serially: since when this snapshot-taker first saw it run
+        if job is None:
+            return None
+        if self._seen_running is None or self._seen_running[0] is not job:
+            self._seen_running = (job, now)
+        return job, self._rank, now - self._seen_running[1]
 
     def add_listener(self, listener: Callable, max_wait: float | None = None) -> None:
         """Call ``listener(progress)`` on the main rank for each event of this pool."""
@@ -930,11 +963,14 @@ class JobPool:
         kwargs: dict | None = None,
         deps: Iterable[Job] | None = None,
         name: str | None = None,
+        timeout: float | None = None,
+        retries: int | None = None,
         **context: Any,
     ) -> Job:
         """Add ``fn(owner, *args, **kwargs)``; it runs once every job in ``deps`` succeeded.
 
-        Extra keyword arguments are not passed to the job: they are kept as ``job.context``.
+        ``timeout`` and ``retries`` override the pool's. Extra keyword arguments are not
+        passed to the job: they are kept as ``job.context``.
         """
         if type(args) is not tuple:
             args = _checked_args(fn, args)
@@ -966,6 +1002,8 @@ class JobPool:
             deps = ()
         graph = self._graph
         job = Job(self, next(self._index), fn, args, kwargs or _NO_KWARGS, deps, name, context, takes_results)
+        if timeout is not None or retries is not None:
+            job._policy = _checked_policy(fn, timeout, retries)
         graph.jobs.append(job)
         if self._rank != 0:  # worker ranks keep their submissions PENDING
             return job
@@ -1125,14 +1163,32 @@ class JobPool:
 
     def _job_failed(self, job: Job, error: BaseException, rank: int, remote_traceback: str | None = None,
                     named: bool = False) -> None:
-        """A job raised (``named``: the pool could not send it, and says so): cascade and record."""
+        """A job raised, timed out, or could not be sent (``named``: the pool says so itself, and
+        never retries it): retry it if it may, else cascade and record."""
         job.rank = rank
         if remote_traceback:
             error.add_note(f"Traceback of the job on rank {rank}:\n{remote_traceback.rstrip()}")
+        if not named and self._retry(job, error):
+            return
+        named = named or type(error) is JobTimeoutError  # its message names the job already
         if not self._graph.failed(job, error):
             self._failures.append(_Failure(job, rank, error, named))
             if self._fail_fast:
                 self._graph.stop("fail_fast: an earlier job failed")
+
+    def _retry(self, job: Job, error: BaseException) -> bool:
+        """Queue a failed attempt again if the job has retries left; its error becomes a note later."""
+        retries = job._policy[1] if job._policy is not None and job._policy[1] is not None else self._retries
+        earlier = job._earlier or []
+        if (not retries or len(earlier) >= retries or isinstance(error, JobCancelledError)
+                or self._graph.stop_reason is not None):
+            for attempt, (previous, rank) in enumerate(earlier, start=1):
+                error.add_note(f"attempt {attempt} of {len(earlier) + 1} failed on rank {rank}: {_describe(previous)}")
+            return False
+        earlier.append((error, job.rank))
+        job._earlier = earlier
+        self._graph.again(job)
+        return True
 
     def _other_failure(self, error: JobPoolError) -> None:
         """A node that failed to schedule, a listener that raised, a rank that left."""
@@ -1176,7 +1232,7 @@ def _check_submission(pool: JobPool, fn: Callable, context: dict) -> None:
         raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
     if not callable(fn):
         raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
-    reserved = sorted(set(context) & {"key", "timeout", "retries"})
+    reserved = sorted(set(context) & {"key"})
     if reserved:
         raise JobPoolError(
             f"Cannot submit {_default_name(fn, (), {})}: submit({reserved[0]}=...) is not available in "
@@ -1199,6 +1255,16 @@ def _checked_deps(pool: JobPool, fn: Callable, args: tuple, kwargs: dict | None,
                 "deps must be Jobs returned by this pool's submit()."
             )
     return deps
+
+
+def _checked_policy(fn: Callable | None, timeout: Any, retries: Any) -> tuple[float | None, int | None]:
+    """(timeout, retries), or a JobPoolError that names the bad one."""
+    who = f"submit {_default_name(fn, (), {})}" if fn is not None else "open the pool"
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        raise JobPoolError(f"Cannot {who}: timeout={timeout!r} is not a number of seconds above 0.")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+        raise JobPoolError(f"Cannot {who}: retries={retries!r} is not a whole number of 0 or more.")
+    return (None if timeout is None else float(timeout)), retries
 
 
 def _checked_args(fn: Callable, args: Any) -> tuple:
@@ -1257,6 +1323,7 @@ class _Execution:
     def __init__(self, pool: JobPool):
         self.pool = pool
         self.pinger: _Pinger | None = None
+        self.deadline = _Deadline()
         self.depth = 0  # begin()s not yet ended: an as_completed() loop may call map()
 
     def begin(self) -> None:
@@ -1264,6 +1331,15 @@ class _Execution:
         self.depth += 1
         if self.depth > 1:
             return
+        if pool._main_side is None and threading.current_thread() is not threading.main_thread():
+            timed = next((job for job in pool._graph.jobs if job._status is _PENDING
+                          and _limit_of(job, pool._timeout) is not None), None)
+            if timed is not None:
+                self.depth -= 1
+                raise JobPoolError(
+                    f"Job {timed.name!r} has a timeout, which needs execute() to run in the main thread "
+                    "(timeouts interrupt with SIGALRM); call execute() from the main thread."
+                )
         if pool._events.status is not PoolStatus.EXECUTING:
             pool._events.set_status(PoolStatus.EXECUTING)
         pool._graph.start_executing()
@@ -1299,6 +1375,7 @@ class _Execution:
         if self.depth:
             return
         pool._graph.executing = False
+        self.deadline.uninstall()
         if self.pinger is not None:
             self.pinger.stop()
             self.pinger = None
@@ -1474,6 +1551,105 @@ class _NodeWalker:
             pool._inbox.append((pool._other_failure, (error,)))
 
 
+class _TimeUp(BaseException):
+    """Raised by the alarm inside a job; a BaseException so that ``except Exception`` in the job lets it through."""
+
+
+class _Deadline:
+    """Interrupts the job running in the main thread once its time is up (SIGALRM, setitimer).
+
+    The alarm raises only while ``armed``, which is cleared before the job's call is left;
+    an alarm that lands just as the job returns is caught around that call, and a late
+    one finds nothing armed: it never lands in the pool's own code. The application's own
+    SIGALRM handler is put back when the pool is done with it.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.previous: Any = None  # the SIGALRM handler ours replaced, while installed
+        self.stop_watch: threading.Event | None = None
+        self.current: tuple[Any, float, float] | None = None  # (what runs, since, limit), for reports
+
+    def call(self, fn: Callable, args: tuple, kwargs: dict, limit: float, what: Any) -> Any:
+        if self.previous is None:
+            self.previous = signal.signal(signal.SIGALRM, self._ring) or signal.SIG_DFL
+            if isinstance(what, Job):  # serially: report a stuck job from a helper thread
+                self.stop_watch = threading.Event()
+                threading.Thread(target=self._watch, args=(what._pool,), name="bsb_mini-stuck", daemon=True).start()
+        self.current = (what, time.monotonic(), limit)
+        try:
+            try:
+                self.armed = True
+                signal.setitimer(signal.ITIMER_REAL, limit)
+                return fn(*args, **kwargs)
+            finally:
+                self.armed = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                self.current = None
+        except _TimeUp:
+            raise JobTimeoutError(f"ran longer than its timeout of {limit:g} s and was interrupted") from None
+
+    def _watch(self, pool: JobPool) -> None:
+        reports = _StuckReports()
+        while not self.stop_watch.wait(0.25):
+            current = self.current
+            if current is not None:
+                reports.check([(current[0], pool._rank, current[1])], current[2])
+
+    def _ring(self, signum: int, frame: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise _TimeUp()
+
+    def uninstall(self) -> None:
+        if self.stop_watch is not None:
+            self.stop_watch.set()
+            self.stop_watch = None
+        if self.previous is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+            self.previous = None
+
+
+class _StuckReports:
+    """WARNINGs for jobs running past their timeout that could not be interrupted (stuck in a C
+    call that ignores signals): name, rank and run time, repeated while they run."""
+
+    def __init__(self) -> None:
+        self.next_report: dict[Job, float] = {}
+
+    def check(self, running: Iterable[tuple[Job, int, float]], default: float | None) -> None:
+        now = time.monotonic()
+        for job, rank, since in running:
+            limit = _limit_of(job, default)
+            if limit is None or now - since < limit + _STUCK_GRACE or now < self.next_report.get(job, 0.0):
+                continue
+            self.next_report[job] = now + _STUCK_REPEAT
+            _logger.warning("Job %r on rank %d has run for %s, past its timeout of %g s, and could not be "
+                            "interrupted (stuck in a call that ignores signals?); the rest of the pool goes on.",
+                            job.name, rank, _clock(now - since), limit)
+
+
+def _limit_of(job: Job, default: float | None) -> float | None:
+    policy = job._policy
+    return policy[0] if policy is not None and policy[0] is not None else default
+
+
+def _run_job_here(pool: JobPool, job: Job) -> Any:
+    """Serially, a job that takes results or has a timeout: the slower way to call it."""
+    fn, args, kwargs = job._call()
+    limit = _limit_of(job, pool._timeout)
+    if limit is None:
+        return fn(pool.owner, *args, **kwargs)
+    if threading.current_thread() is not threading.main_thread():
+        raise JobPoolError(f"Job {job.name!r} has a timeout, which needs execute() to run in the main thread "
+                           "(timeouts interrupt with SIGALRM); call execute() from the main thread.")
+    try:
+        return pool._execution.deadline.call(fn, (pool.owner, *args), kwargs, limit, job)
+    except JobTimeoutError as error:
+        raise JobTimeoutError(f"Job {job.name!r} {error} on rank {pool._rank}") from None
+
+
 def _run_serially(pool: JobPool, finished: collections.deque | None = None) -> bool:
     """Size 1: run ready jobs in this thread, taking turns with schedule()'s walker.
 
@@ -1481,6 +1657,7 @@ def _run_serially(pool: JobPool, finished: collections.deque | None = None) -> b
     """
     graph, ready, walker = pool._graph, pool._graph.ready, pool._walker
     owner, rank, pinger = pool.owner, pool._rank, pool._execution.pinger
+    plain = pool._timeout is None
     while True:
         if pool._inbox:
             pool._drain_inbox()
@@ -1491,21 +1668,23 @@ def _run_serially(pool: JobPool, finished: collections.deque | None = None) -> b
             graph.active += 1
             job.rank = rank
             graph.started(job)
+            graph.running = job
             try:
-                if job._takes_results:
-                    fn, args, kwargs = job._call()
-                    result = fn(owner, *args, **kwargs)
-                else:
+                if plain and job._policy is None and not job._takes_results:
                     kwargs = job._kwargs
                     result = job._fn(owner, *job._args, **kwargs) if kwargs else job._fn(owner, *job._args)
+                else:
+                    result = _run_job_here(pool, job)
             except KeyboardInterrupt:
                 graph.aborted_while_running((job,))
                 raise
             except BaseException as error:  # noqa: B036 (SystemExit in a job fails the job only)
+                graph.running = None
                 if pinger is not None:
                     pinger.job_returned()
                 pool._job_failed(job, error, rank)
             else:
+                graph.running = None
                 if pinger is not None:
                     pinger.job_returned()
                 graph.succeeded(job, result)
@@ -1533,7 +1712,7 @@ def _run_serially(pool: JobPool, finished: collections.deque | None = None) -> b
 #     (_CLOSE, report)     the main rank left its block (report: as above, or an abort); answer BYE
 #   worker -> main (_TO_MAIN)
 #     (_READY,)                 the worker serves this pool from now on (sent once)
-#     (_STARTED, position)      the job at ``position`` of its oldest batch started (long jobs only)
+#     (_STARTED, position, seconds)  the job at ``position`` of its oldest batch has run that long (long jobs only)
 #     (_DONE, seconds, outcomes)  its oldest batch ran: one (kind, payload, traceback) per job
 #     (_UNLOADABLE, reason)     its oldest batch did not unpickle: the main rank resends it job by job
 #     (_LEFT, reason)           the worker's own code raised: it runs nothing more, waits for CLOSE
@@ -1550,6 +1729,8 @@ _BATCH_SECONDS = 0.005  # aim for batches this long, so the tail stays balanced
 _MAX_BATCH = 512
 _PREFETCH_BELOW = 0.02  # seconds per job: shorter jobs get a second batch queued behind the first
 _HERALD_EVERY = 0.25  # seconds: a job seen running twice this far apart is announced RUNNING
+_STUCK_GRACE = 1.0  # seconds past its timeout before a job that was not interrupted is reported
+_STUCK_REPEAT = 30.0  # seconds between reports of a job that is still stuck
 _SPIN_POLLS = 200  # polls before a waiting rank starts to sleep
 _MAX_SLEEP = 0.001
 
@@ -1620,6 +1801,9 @@ class _MainSide:
         self.in_flight = 0  # batches
         self.sends: list = []  # requests of messages sent without waiting
         self.seconds_per_job: float | None = None  # measured
+        self.running: dict[int, tuple[Job, float]] = {}  # worker -> (the job it runs, since when)
+        self.stuck = _StuckReports()
+        self.next_check = 0.0
         self.status = _mpi_status()
 
     def in_flight_jobs(self) -> list[Job]:
@@ -1654,6 +1838,10 @@ class _MainSide:
                     return False
                 continue
             quiet.ping_if_due()
+            if self.running and time.monotonic() >= self.next_check:
+                self.next_check = time.monotonic() + 0.25
+                self.stuck.check(((job, worker, since) for worker, (job, since) in self.running.items()
+                                  if job._status is _RUNNING), pool._timeout)
             backoff.wait()
 
     def dispatch(self, pool: JobPool) -> bool:
@@ -1671,6 +1859,8 @@ class _MainSide:
             payload = self.pack(pool, batch)
             if payload is None:
                 continue
+            if not batches[worker]:
+                self.running[worker] = (batch[0], time.monotonic())
             batches[worker].append(batch)
             self.in_flight += 1
             self.send(worker, (_JOBS, payload))
@@ -1686,10 +1876,13 @@ class _MainSide:
 
     def take_batch(self, graph: _Graph, size: int, worker: int) -> list[Job]:
         """Up to ``size`` QUEUED jobs from the ready queue, now on ``worker`` (a solo job goes alone)."""
-        ready, batch = graph.ready, []
+        ready, batch, elsewhere = graph.ready, [], []
         while ready and len(batch) < size:
             job = ready.popleft()
             if job._status is not _QUEUED:
+                continue
+            if job._earlier is not None and job._earlier[-1][1] == worker and len(self.joined) > 1:
+                elsewhere.append(job)  # a retry goes to another worker if there is one
                 continue
             if job._solo:
                 if batch:
@@ -1698,13 +1891,17 @@ class _MainSide:
                 size = 1
             job.rank = worker
             batch.append(job)
+        ready.extendleft(reversed(elsewhere))
         graph.active += len(batch)
         return batch
 
     def pack(self, pool: JobPool, batch: list[Job]) -> bytes | None:
         """Pickle a batch; a job that cannot be pickled fails alone, the rest go."""
+        limits = None
+        if pool._timeout is not None or any(job._policy is not None for job in batch):
+            limits = [_limit_of(job, pool._timeout) for job in batch]
         try:
-            return _dumps([job._call() for job in batch])
+            return _dumps(([job._call() for job in batch], limits))
         except Exception:
             pass
         sendable = []
@@ -1734,6 +1931,11 @@ class _MainSide:
         if kind == _DONE:
             batch = self.batches[worker].popleft()
             self.in_flight -= 1
+            queued = self.batches[worker]
+            if queued:
+                self.running[worker] = (queued[0][0], time.monotonic())
+            else:
+                self.running.pop(worker, None)
             _, seconds, outcomes = message
             self.measure(seconds, len(outcomes))
             loads, started, succeeded = pickle.loads, graph.started, graph.succeeded
@@ -1757,6 +1959,7 @@ class _MainSide:
                 job = self.batches[worker][0][message[1]]
             except IndexError:
                 raise _unexpected(message, worker) from None
+            self.running[worker] = (job, time.monotonic() - message[2])
             if job._status is _QUEUED:
                 graph.started(job)
         elif kind == _READY:
@@ -1768,6 +1971,7 @@ class _MainSide:
         elif kind == _LEFT:
             self.joined.discard(worker)
             self.left.add(worker)
+            self.running.pop(worker, None)
             for batch in self.batches[worker]:
                 self.in_flight -= 1
                 graph.put_back(batch)
@@ -1796,6 +2000,8 @@ class _MainSide:
                 f"unpickled on the main rank: {_describe(reason)}"
             ), worker, remote_tb, named=True)
             return
+        if type(value) is JobTimeoutError:
+            value = JobTimeoutError(f"Job {job.name!r} {value} on rank {worker}")
         pool._job_failed(job, value, worker, remote_tb)
 
     def resend_solo(self, pool: JobPool, batch: list[Job], reason: str, worker: int) -> None:
@@ -1844,6 +2050,7 @@ class _WorkerSide:
         self.joined = False
         self.closed = False
         self.herald: _Herald | None = None
+        self.deadline = _Deadline()
         self.raised: bytes | None = None  # the last report an execute() raised
 
     def serve_one_execute(self) -> None:
@@ -1895,6 +2102,7 @@ class _WorkerSide:
     def say_bye(self) -> None:
         self.comm.send((_BYE,), dest=0, tag=_TO_MAIN)
         self.closed = True
+        self.deadline.uninstall()
         if self.herald is not None:
             self.herald.stop()
 
@@ -1907,6 +2115,7 @@ class _WorkerSide:
         except Exception as reason:
             self.comm.send((_UNLOADABLE, _describe(reason)), dest=0, tag=_TO_MAIN)
             return
+        calls, limits = calls
         outcomes = []
         if herald is not None:
             herald.batch += 1
@@ -1914,7 +2123,10 @@ class _WorkerSide:
             if herald is not None:
                 herald.position = position
             try:
-                value = fn(owner, *args, **kwargs) if kwargs else fn(owner, *args)
+                if limits is None or limits[position] is None:
+                    value = fn(owner, *args, **kwargs) if kwargs else fn(owner, *args)
+                else:
+                    value = self.deadline.call(fn, (owner, *args), kwargs, limits[position], position)
             except BaseException as error:  # noqa: B036 (SystemExit or Ctrl-C in a job fails the job only)
                 outcomes.append(_pack_outcome(error, False, traceback.format_exc()))
             else:
@@ -1964,13 +2176,16 @@ class _Herald:
         self.stopped.set()
 
     def _watch(self) -> None:
-        last, announced = None, None
+        last, announced, first_seen = None, None, 0.0
         while not self.stopped.wait(_HERALD_EVERY):
             now = (self.batch, self.position)
-            if now[1] is not None and now == last and now != announced:
+            if now != last:
+                first_seen = time.monotonic()
+            elif now[1] is not None and now != announced:
                 with self.lock:
                     if (self.batch, self.position) == now and not self.stopped.is_set():
-                        self.comm.send((_STARTED, now[1]), dest=0, tag=_TO_MAIN)
+                        running_for = time.monotonic() - first_seen + _HERALD_EVERY / 2
+                        self.comm.send((_STARTED, now[1], running_for), dest=0, tag=_TO_MAIN)
                         announced = now
             last = now
 
@@ -1990,7 +2205,7 @@ def _pack_report(error: WorkflowError) -> bytes:
 
 def _unpack_report(data: bytes) -> WorkflowError:
     message, entries = pickle.loads(data)
-    kinds = {cls.__name__: cls for cls in (JobPoolError, JobSchedulingError, JobCancelledError)}
+    kinds = {cls.__name__: cls for cls in (JobPoolError, JobSchedulingError, JobCancelledError, JobTimeoutError)}
     rebuilt = []
     for kind, text, notes, cause_bytes in entries:
         entry = kinds.get(kind, JobPoolError)(text)
@@ -2027,9 +2242,10 @@ _make_progress = tuple.__new__  # PoolProgress(...) without a Python-level __ini
 
 
 class PoolSnapshot(collections.namedtuple(
-    "PoolSnapshot", "total done running succeeded failed cancelled aborted ranks"
+    "PoolSnapshot", "total done running succeeded failed cancelled aborted ranks longest"
 )):
-    """``pool.snapshot()``: job counts at one moment (``running``: started or on a worker)."""
+    """``pool.snapshot()``: job counts at one moment (``running``: started or on a worker), and
+    ``longest``: (job, rank, seconds) of the job that has run longest so far, or None."""
 
     __slots__ = ()
 
@@ -2155,9 +2371,11 @@ def create_job_pool(
     max_wait: float | None = None,
     quiet: bool = False,
     comm: Any = None,
+    timeout: float | None = None,
+    retries: int = 0,
 ) -> JobPool:
     """A JobPool with ``listeners`` and, unless ``quiet``, a progress display."""
-    pool = JobPool(owner, fail_fast=fail_fast, comm=comm)
+    pool = JobPool(owner, fail_fast=fail_fast, comm=comm, timeout=timeout, retries=retries)
     for listener in listeners:
         pool.add_listener(listener, max_wait)
     if not quiet:
@@ -2184,6 +2402,7 @@ class _ProgressReport:
     _wants_job_events = False
     TERMINAL_REFRESH = 0.1  # seconds between redraws of the live line
     LOG_EVERY = 60.0  # seconds between plain progress lines in a log
+    LONG_JOB = 60.0  # seconds: a job running longer is named in the progress line
 
     def __init__(self, stream: Any = None, log_every: float | None = None):
         self._stream = stream  # None: sys.stderr at the time of writing
@@ -2226,12 +2445,15 @@ class _ProgressReport:
         self._thread.start()
 
     def _refresh(self, every: float) -> None:
-        while not self._stop.wait(every):
-            text = self._progress_text(self._pool.snapshot())
+        """Redraw (terminal) or log (every ``every`` s); look at the pool at least once a second."""
+        step, next_log = min(every, 1.0), time.monotonic() + every
+        while not self._stop.wait(step):
+            counts = self._pool.snapshot()  # also notes which job runs, to time it
             if self._on_terminal():
-                self._draw(text)
-            else:
-                self._log(text)
+                self._draw(self._progress_text(counts))
+            elif time.monotonic() >= next_log:
+                next_log += every
+                self._log(self._progress_text(counts))
 
     def _end(self, pool: JobPool) -> None:
         self._stop.set()
@@ -2248,8 +2470,12 @@ class _ProgressReport:
         elapsed = time.monotonic() - self._started
         rate = counts.done / elapsed if elapsed > 0 else 0.0
         eta = _clock((counts.total - counts.done) / rate) if rate > 0 and counts.total > counts.done else "?"
-        return (f"{counts.done}/{counts.total} done, {counts.running} running, {counts.failed} failed, "
+        text = (f"{counts.done}/{counts.total} done, {counts.running} running, {counts.failed} failed, "
                 f"{counts.cancelled} cancelled, {rate:,.0f} jobs/s, {_clock(elapsed)} elapsed, ETA {eta}")
+        if counts.longest is not None and counts.longest[2] > self.LONG_JOB:
+            job, rank, seconds = counts.longest
+            text += f"; longest: {job.name} on rank {rank}, {_clock(seconds)}"
+        return text
 
     def _summary_text(self, counts: PoolSnapshot) -> str:
         elapsed = time.monotonic() - self._started

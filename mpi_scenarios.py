@@ -671,6 +671,98 @@ def scenario_emcee():
         report(worker=True)
 
 
+def busy(owner, seconds):
+    started = time.monotonic()
+    while time.monotonic() - started < seconds:
+        pass
+    return bsb_mini.MPI.get_rank()
+
+
+def fails_on_first_rank(owner, marker_folder):
+    """Fails on the first worker that tries it, succeeds elsewhere."""
+    path = os.path.join(marker_folder, "flaky-tried")
+    if not os.path.exists(path):
+        with open(path, "w") as file:
+            file.write(str(RANK))
+        raise OSError("busy filesystem")
+    return RANK
+
+
+def scenario_timeouts(folder):
+    """Sleeping and busy jobs interrupted on workers; a retried job; the workers serve on afterwards."""
+    events = []
+    with JobPool(timeout=0.5) as pool:
+        pool.add_listener(lambda p: events.append(p.status.name) if p.job is not None and p.job.name == "flaky"
+                          and p.reason is PoolProgressReason.JOB_STATUS_CHANGE else None)
+        sleepy = pool.submit(sleeper, (5,), name="sleepy")
+        spinning = pool.submit(busy, (5,), name="spinning")
+        flaky = pool.submit(fails_on_first_rank, (folder,), name="flaky", retries=2, timeout=10)
+        quick = [pool.submit(square, (i,)) for i in range(20)]
+        try:
+            pool.execute()
+            error = None
+        except WorkflowError as raised:
+            error = raised.message
+        after = [pool.submit(square, (i,)) for i in range(10)]  # the workers still serve
+        pool.execute()
+    if RANK == 0:
+        first_rank = int(open(os.path.join(folder, "flaky-tried")).read())
+        report(statuses=[sleepy.status.name, spinning.status.name], errors=[str(sleepy.error), str(spinning.error)],
+               kinds=[type(sleepy.error).__name__, type(spinning.error).__name__], error=error,
+               flaky=[flaky.status.name, flaky.attempts, flaky.result, first_rank], events=events,
+               quick=[job.result for job in quick], after=[job.result for job in after])
+    else:
+        report(worker=True)
+
+
+def ends_just_in_time(owner, seconds):
+    time.sleep(seconds)
+    return seconds
+
+
+def scenario_timeouts_near_the_limit(count: str = "300"):
+    """Jobs that end just under their limit: no stray interrupt, and the workers are fine after."""
+    with JobPool(timeout=0.012) as pool:
+        jobs = [pool.submit(ends_just_in_time, (0.0095 + 0.0025 * (i % 2) * 0.9,)) for i in range(int(count))]
+        try:
+            pool.execute()
+        except WorkflowError:
+            pass
+        after = pool.submit(square, (7,))
+    if RANK == 0:
+        report(statuses=sorted({job.status.name for job in jobs}),
+               timed_out=sum(type(job.error).__name__ == "JobTimeoutError" for job in jobs),
+               other=[str(job.error) for job in jobs if job.error is not None
+                      and type(job.error).__name__ != "JobTimeoutError"][:3], after=after.result)
+    else:
+        report(worker=True)
+
+
+def stuck(owner, seconds):
+    """Like a C call that ignores signals: SIGALRM is held back until the job is done."""
+    import signal
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    try:
+        time.sleep(seconds)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGALRM})
+    return seconds
+
+
+def scenario_stuck():
+    bsb_mini._STUCK_REPEAT = 0.5
+    with JobPool() as pool:
+        job = pool.submit(stuck, (3,), timeout=0.3, name="stuck in C")
+        others = [pool.submit(square, (i,)) for i in range(10)]
+        try:
+            pool.execute()
+        except WorkflowError:
+            pass
+    report(status=job.status.name if RANK == 0 else None, error=str(job.error) if RANK == 0 else None,
+           others=[other.result for other in others] if RANK == 0 else None)
+
+
 if __name__ == "__main__":
     name, *arguments = sys.argv[1:]
     globals()[f"scenario_{name}"](*arguments)

@@ -1192,8 +1192,8 @@ def test_extra_keyword_arguments_are_the_jobs_context():
 
 def test_options_of_later_versions_are_refused_not_ignored():
     with JobPool() as pool:
-        with pytest.raises(JobPoolError, match="timeout="):
-            pool.submit(add, (1,), timeout=5)
+        with pytest.raises(JobPoolError, match="key="):
+            pool.submit(add, (1,), key="a")
 
 
 def test_provide_warns_when_an_installed_package_breaks_on_import(tmp_path, monkeypatch, caplog):
@@ -1432,6 +1432,169 @@ def test_mpi_emcee_driven_by_the_pool_gives_the_same_chain():
     assert code == 0, err
     assert results[0]["identical"] and results[0]["shape"] == [40, 16, 3]
     assert results[0]["ranks"] == [1, 2, 3]  # the walkers' log-probabilities ran on the workers
+
+
+# --- timeouts and retries ---
+
+
+def test_timeouts_interrupt_sleeping_and_busy_jobs_serially():
+    started = time.monotonic()
+    with JobPool(timeout=0.3) as pool:
+        sleepy = pool.submit(mpi_scenarios.sleeper, (10,), name="sleepy")
+        spinning = pool.submit(mpi_scenarios.busy, (10,), name="spinning")
+        quick = pool.submit(add, (1,))
+        generous = pool.submit(mpi_scenarios.sleeper, (0.5,), timeout=5, name="generous")
+        with pytest.raises(WorkflowError) as raised:
+            pool.execute()
+    assert time.monotonic() - started < 5
+    for job in (sleepy, spinning):
+        assert job.status is JobStatus.FAILED and isinstance(job.error, bsb_mini.JobTimeoutError)
+        assert f"Job {job.name!r} ran longer than its timeout of 0.3 s" in str(job.error)
+    assert quick.result == 1 and generous.result == 0
+    assert "'sleepy' ran longer than its timeout" in str(raised.value)
+
+
+def test_retries_run_a_failed_job_again_and_only_the_last_failure_is_reported():
+    attempts = []
+
+    def flaky(owner):
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise OSError(f"busy filesystem, attempt {len(attempts)}")
+        return "written"
+
+    def hopeless(owner):
+        raise OSError("license server down")
+
+    recorder = Recorder()
+    with JobPool(retries=2) as pool:
+        pool.add_listener(recorder)
+        good = pool.submit(flaky, name="flaky")
+        bad = pool.submit(hopeless, name="hopeless")
+        once = pool.submit(hopeless, name="no retries", retries=0)
+        with pytest.raises(WorkflowError) as raised:
+            pool.execute()
+    assert (good.result, good.attempts) == ("written", 3)
+    assert recorder.job_statuses("flaky") == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.QUEUED,
+                                              JobStatus.RUNNING, JobStatus.QUEUED, JobStatus.RUNNING,
+                                              JobStatus.SUCCESS]
+    assert recorder.job_statuses("hopeless").count(JobStatus.FAILED) == 1
+    assert bad.attempts == 3 and once.attempts == 1
+    assert [note for note in bad.error.__notes__ if note.startswith("attempt")] == [
+        "attempt 1 of 3 failed on rank 0: OSError: license server down",
+        "attempt 2 of 3 failed on rank 0: OSError: license server down"]
+    assert len(raised.value.exceptions) == 2  # one entry per job, not per attempt
+
+
+def test_cancellation_and_unsendable_jobs_are_never_retried():
+    def gives_up(owner):
+        raise JobCancelledError("not worth it")
+
+    with JobPool(retries=3) as pool:
+        job = pool.submit(gives_up)
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert job.attempts == 1
+
+
+def test_no_stray_interrupt_over_a_thousand_jobs_that_finish_under_their_limit():
+    import signal
+
+    before = signal.getsignal(signal.SIGALRM)
+    with JobPool(timeout=0.05) as pool:
+        timed = [pool.submit(add, (i,)) for i in range(1000)]
+        pool.execute()
+        untimed = [pool.submit(mpi_scenarios.sleeper, (0.002,), timeout=None) for _ in range(50)]
+    assert [job.result for job in timed] == list(range(1000))
+    assert all(job.status is JobStatus.SUCCESS for job in untimed)
+    assert signal.getsignal(signal.SIGALRM) is before  # the application's handler is back
+    time.sleep(0.1)  # and no alarm is left armed
+
+
+def test_timeouts_need_execute_in_the_main_thread():
+    outcome = {}
+
+    def run(timeout):
+        try:
+            with JobPool() as pool:
+                pool.submit(add, (1,), timeout=timeout, name="timed")
+                pool.execute()
+            outcome[timeout] = "ran"
+        except JobPoolError as error:
+            outcome[timeout] = str(error)
+
+    for timeout in (None, 5):
+        thread = threading.Thread(target=run, args=(timeout,))
+        thread.start()
+        thread.join()
+    assert outcome[None] == "ran"
+    assert "'timed' has a timeout" in outcome[5] and "main thread" in outcome[5]
+
+
+@pytest.mark.parametrize(("options", "match"), [({"timeout": 0}, "timeout=0"), ({"timeout": "1"}, "timeout='1'"),
+                                                 ({"retries": -1}, "retries=-1"), ({"retries": 1.5}, "retries=1.5")])
+def test_bad_timeouts_and_retries_are_refused_by_name(options, match):
+    with pytest.raises(JobPoolError, match=match):
+        JobPool(**options)
+    with JobPool() as pool:
+        with pytest.raises(JobPoolError, match=match):
+            pool.submit(add, (1,), **options)
+
+
+def test_a_job_stuck_past_its_timeout_is_reported_by_name_while_it_runs(monkeypatch, caplog):
+    monkeypatch.setattr(bsb_mini, "_STUCK_REPEAT", 0.5)
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
+        with JobPool() as pool:
+            job = pool.submit(mpi_scenarios.stuck, (2.5,), timeout=0.2, name="stuck in C")
+            with pytest.raises(WorkflowError):
+                pool.execute()
+    reports = [r.getMessage() for r in caplog.records if "could not be interrupted" in r.getMessage()]
+    assert len(reports) >= 2  # repeated while it runs
+    assert "'stuck in C' on rank 0" in reports[0] and "past its timeout of 0.2 s" in reports[0]
+    assert isinstance(job.error, bsb_mini.JobTimeoutError)  # interrupted as soon as it let the signal in
+
+
+def test_progress_names_the_longest_running_job(monkeypatch):
+    monkeypatch.setattr(bsb_mini._ProgressReport, "LONG_JOB", 0.3)
+    terminal = FakeTerminal()
+    with create_job_pool(quiet=True) as pool:
+        pool.add_listener(bsb_mini._ProgressReport(stream=terminal))
+        pool.submit(mpi_scenarios.sleeper, (1.0,), name="slow one")
+    assert "longest: slow one on rank 0, 0:00" in terminal.getvalue()
+    assert pool.snapshot().longest is None  # nothing runs any more
+
+
+@needs_mpi
+def test_mpi_timeouts_interrupt_jobs_on_workers_and_retries_move_to_another_worker(tmp_path):
+    code, results, out, err = mpiexec(3, "timeouts", str(tmp_path), timeout=60)
+    assert code == 0, err
+    main = results[0]
+    assert main["statuses"] == ["FAILED", "FAILED"] and main["kinds"] == ["JobTimeoutError"] * 2
+    assert "Job 'sleepy' ran longer than its timeout of 0.5 s" in main["errors"][0]
+    status, attempts, ran_on, failed_on = main["flaky"]
+    assert (status, attempts) == ("SUCCESS", 2) and ran_on != failed_on  # retried on the other worker
+    assert main["events"] == ["QUEUED", "RUNNING", "QUEUED", "RUNNING", "SUCCESS"]
+    assert main["quick"] == [i * i for i in range(20)] and main["after"] == [i * i for i in range(10)]
+
+
+@needs_mpi
+def test_mpi_no_stray_interrupt_for_jobs_that_end_near_their_limit():
+    code, results, out, err = mpiexec(3, "timeouts_near_the_limit", "1000", timeout=120)
+    assert code == 0, err
+    main = results[0]
+    assert main["other"] == [] and main["after"] == 49  # only timeouts, and the workers still serve
+    assert set(main["statuses"]) <= {"SUCCESS", "FAILED"}
+
+
+@needs_mpi
+def test_mpi_a_stuck_job_is_reported_by_name_rank_and_time_while_the_pool_goes_on():
+    code, results, out, err = mpiexec(3, "stuck", timeout=60)
+    assert code == 0, err
+    reports = [line for line in err.splitlines() if "could not be interrupted" in line]
+    assert len(reports) >= 2, err
+    assert re.search(r"Job 'stuck in C' on rank [12] has run for 0:0\d, past its timeout of 0.3 s", reports[0])
+    assert results[0]["others"] == [i * i for i in range(10)]
+    assert results[0]["status"] == "FAILED" and "timeout" in results[0]["error"]
 
 
 # --- randomized fault tests (fault_scenarios.py; its long mode is documented in the README) ---
