@@ -1832,7 +1832,8 @@ class _MainSide:
                 continue
             walker = pool._walker
             if not self.in_flight and not ready and (walker is None or walker.done) and not inbox:
-                return True
+                if len(self.joined) + len(self.left) == len(self.batches):  # every worker heard from
+                    return True
             if ready and len(self.left) == len(self.batches):  # every worker left: run them here
                 if not _run_serially(pool, finished):
                     return False
