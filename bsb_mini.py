@@ -9,6 +9,7 @@ cloudpickle are used when they are installed. See README.md and SPEC.md.
 from __future__ import annotations
 
 import collections
+import collections.abc
 import contextlib
 import enum
 import faulthandler
@@ -499,8 +500,27 @@ class Job:
         "_result", "error", "_waiting", "_dependents", "rank", "_context", "_solo", "_takes_results",
         "_policy", "_earlier",
     )
+    _pool: JobPool
+    _index: int
+    _fn: Callable
+    _args: tuple
+    _kwargs: dict
+    deps: tuple[Job, ...]
+    _name: str | None
+    _status: JobStatus
+    _result: Any
+    error: BaseException | None
+    _waiting: int
+    _dependents: list[Job] | None
+    rank: int | None
+    _context: dict | None
+    _solo: bool
+    _takes_results: bool
+    _policy: tuple[float | None, int | None] | None
+    _earlier: list[tuple[BaseException, int | None]] | None
 
-    def __init__(self, pool, index, fn, args, kwargs, deps, name, context, takes_results=False):
+    def __init__(self, pool: JobPool, index: int, fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...],
+                 name: str | None, context: dict, takes_results: bool = False):
         self._pool = pool
         self._index = index
         self._fn = fn
@@ -805,10 +825,11 @@ class _Failure:
         self.job, self.rank, self.error = job, rank, error
         self.named = named  # the error is the pool's own, and its words name the job already
 
-    def exception(self) -> JobPoolError:
+    def exception(self) -> Exception:
         """The entry as the WorkflowError shows it, chained to the original error."""
         job, error = self.job, self.error
         if job is None:  # nodes, listeners and ranks: already a JobPoolError that says it all
+            assert isinstance(error, Exception)
             return error
         if self.named:
             entry = JobPoolError(str(error))
@@ -821,7 +842,7 @@ class _Failure:
 def _workflow_error(failures: list[_Failure], graph: _Graph) -> WorkflowError:
     """Counts, then a line per failure with what it took down; entries in submission order."""
     failures = sorted(failures, key=lambda f: f.job._index if f.job is not None else len(graph.jobs))
-    victims: dict[Job, list[Job]] = collections.defaultdict(list)
+    victims: dict[Job | None, list[Job]] = collections.defaultdict(list)
     for job in graph.jobs:
         if job._status is _CANCELLED and isinstance(job.error, JobCancelledError) and job.error.root is not None:
             victims[job.error.root].append(job)
@@ -830,7 +851,8 @@ def _workflow_error(failures: list[_Failure], graph: _Graph) -> WorkflowError:
             f"{graph.n_cancelled} cancelled because a dependency did not succeed")
     if len(failures) > failed_jobs:
         head += f", {len(failures) - failed_jobs} other error(s)"
-    lines, entries = [head + ":"], []
+    lines: list[str] = [head + ":"]
+    entries: list[Exception] = []
     for failure in failures:
         entry = failure.exception()
         entries.append(entry)
@@ -954,7 +976,7 @@ class JobPool:
         """Call ``listener(progress)`` on the main rank for each event of this pool."""
         self._events.add(listener, max_wait)
         if self._opened and not self._closed and hasattr(listener, "__enter__"):
-            listener.__enter__()
+            listener.__enter__()  # type: ignore[attr-defined]  # pyright: ignore[reportFunctionMemberAccess]
 
     def submit(
         self,
@@ -1447,6 +1469,7 @@ class _Execution:
             ours = set(failed)
             pool._failures = [failure for failure in pool._failures if failure.job not in ours]
             error = first.error
+            assert error is not None  # a FAILED job has its error
             where = jobs.index(first)
             error.add_note(f"raised by map() calling {_name_of(fn)} on item {where}: {_short.repr(items[where])}")
             raise error
@@ -1571,11 +1594,15 @@ class _Deadline:
         self.current: tuple[Any, float, float] | None = None  # (what runs, since, limit), for reports
 
     def call(self, fn: Callable, args: tuple, kwargs: dict, limit: float, what: Any) -> Any:
+        if not hasattr(signal, "setitimer"):
+            raise JobPoolError("timeouts need SIGALRM and setitimer, which this system (Windows?) lacks; "
+                               "run without timeout= here.")
         if self.previous is None:
             self.previous = signal.signal(signal.SIGALRM, self._ring) or signal.SIG_DFL
             if isinstance(what, Job):  # serially: report a stuck job from a helper thread
                 self.stop_watch = threading.Event()
-                threading.Thread(target=self._watch, args=(what._pool,), name="bsb_mini-stuck", daemon=True).start()
+                threading.Thread(target=self._watch, args=(what._pool, self.stop_watch), name="bsb_mini-stuck",
+                                 daemon=True).start()
         self.current = (what, time.monotonic(), limit)
         try:
             try:
@@ -1589,9 +1616,9 @@ class _Deadline:
         except _TimeUp:
             raise JobTimeoutError(f"ran longer than its timeout of {limit:g} s and was interrupted") from None
 
-    def _watch(self, pool: JobPool) -> None:
+    def _watch(self, pool: JobPool, stop: threading.Event) -> None:
         reports = _StuckReports()
-        while not self.stop_watch.wait(0.25):
+        while not stop.wait(0.25):
             current = self.current
             if current is not None:
                 reports.check([(current[0], pool._rank, current[1])], current[2])
@@ -1877,7 +1904,9 @@ class _MainSide:
 
     def take_batch(self, graph: _Graph, size: int, worker: int) -> list[Job]:
         """Up to ``size`` QUEUED jobs from the ready queue, now on ``worker`` (a solo job goes alone)."""
-        ready, batch, elsewhere = graph.ready, [], []
+        ready = graph.ready
+        batch: list[Job] = []
+        elsewhere: list[Job] = []
         while ready and len(batch) < size:
             job = ready.popleft()
             if job._status is not _QUEUED:
@@ -2161,7 +2190,8 @@ class _Herald:
 
     def __init__(self, comm: Any):
         self.comm, self.lock = comm, threading.Lock()
-        self.batch, self.position = 0, None  # the running job: its batch's number, its position there
+        self.batch = 0  # the running job: its batch's number, and its position there
+        self.position: int | None = None
         self.stopped = threading.Event()
 
     @classmethod
@@ -2279,13 +2309,13 @@ class _Events:
     def open(self) -> None:
         for listener in self.listeners:
             if hasattr(listener, "__enter__"):
-                listener.__enter__()
+                listener.__enter__()  # type: ignore[attr-defined]  # pyright: ignore[reportFunctionMemberAccess]
         self.set_status(PoolStatus.SCHEDULING)
 
     def close(self) -> None:
         for listener in self.listeners:
             if hasattr(listener, "__exit__"):
-                listener.__exit__(None, None, None)
+                listener.__exit__(None, None, None)  # type: ignore[attr-defined]  # pyright: ignore[reportFunctionMemberAccess]
 
     def set_status(self, status: PoolStatus) -> None:
         old, self.status = self.status, status
@@ -2408,7 +2438,6 @@ class _ProgressReport:
     def __init__(self, stream: Any = None, log_every: float | None = None):
         self._stream = stream  # None: sys.stderr at the time of writing
         self._log_every = log_every or self.LOG_EVERY
-        self._pool: JobPool | None = None
         self._started = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -2435,21 +2464,22 @@ class _ProgressReport:
             self._end(progress.pool)
 
     def _begin(self, pool: JobPool) -> None:
-        self._pool, self._started = pool, time.monotonic()
+        self._started = time.monotonic()
         self._stop.clear()
         on_terminal = self._on_terminal()
         every = self.TERMINAL_REFRESH if on_terminal else self._log_every
         if not on_terminal:
             counts = pool.snapshot()
             self._log(f"executing {counts.total} job(s) on {counts.ranks} rank(s)")
-        self._thread = threading.Thread(target=self._refresh, args=(every,), name="bsb_mini-progress", daemon=True)
+        self._thread = threading.Thread(target=self._refresh, args=(pool, every), name="bsb_mini-progress",
+                                        daemon=True)
         self._thread.start()
 
-    def _refresh(self, every: float) -> None:
+    def _refresh(self, pool: JobPool, every: float) -> None:
         """Redraw (terminal) or log (every ``every`` s); look at the pool at least once a second."""
         step, next_log = min(every, 1.0), time.monotonic() + every
         while not self._stop.wait(step):
-            counts = self._pool.snapshot()  # also notes which job runs, to time it
+            counts = pool.snapshot()  # also notes which job runs, to time it
             if self._on_terminal():
                 self._draw(self._progress_text(counts))
             elif time.monotonic() >= next_log:
@@ -2601,7 +2631,7 @@ def _selftest_checks() -> list[tuple[str, Callable[[], None]]]:
             with lock.write():
                 pass
             with lock.single_write() as fence:
-                fence.guard()
+                fence.guard()  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
                 passed = True
             passed = locals().get("passed", False)
         writers = MPI.allgather(bool(passed))
@@ -2615,10 +2645,10 @@ def _selftest_checks() -> list[tuple[str, Callable[[], None]]]:
             c = pool.submit(_selftest_add, (4, 5), deps=[a, b] + where)
             results = pool.execute(return_results=True)
         if rank == 0:
-            _check(results[c] == 9 and b.result == 3, "wrong results")
+            _check(results is not None and results[c] == 9 and b.result == 3, "wrong results")
             ranks = {job.result[0] for job in where}
             expected = set(range(1, size)) if size > 1 else {0}
-            _check(ranks <= expected and ranks, f"jobs ran on ranks {ranks}, expected within {expected}")
+            _check(bool(ranks) and ranks <= expected, f"jobs ran on ranks {ranks}, expected within {expected}")
 
     def failures_reach_every_rank():
         with JobPool() as pool:
@@ -2706,7 +2736,7 @@ def _selftest() -> int:
         outcomes = MPI.gather(outcome)
         if rank == 0:
             ranks_by_outcome: dict[str, list[int]] = collections.defaultdict(list)
-            for where, text in enumerate(outcomes):
+            for where, text in enumerate(outcomes or ()):
                 if text is not None:
                     ranks_by_outcome[text].append(where)
             failed += bool(ranks_by_outcome)
@@ -2770,7 +2800,8 @@ def _time_pool_once(count: int, dag: list | None, listener: Callable | None, **p
         if listener is not None:
             pool.add_listener(listener)
         if pool.is_main():
-            jobs, submit = [], pool.submit
+            jobs: list[Job] = []
+            submit = pool.submit
             for i in range(count):
                 jobs.append(submit(_noop, (i,), deps=[jobs[d] for d in dag[i]] if dag else None))
         pool.execute()
@@ -2932,6 +2963,10 @@ def _time_executor_map(count: int, chunksize: int) -> float | None:
     return elapsed
 
 
+def _time_executor_map_or_zero(count: int, chunksize: int) -> float:
+    return _time_executor_map(count, chunksize) or 0.0
+
+
 def _greedy_makespan(durations: list[float], workers: int) -> float:
     """The makespan when each job, in order, goes to the first worker to be free."""
     free_at = [0.0] * workers
@@ -2988,7 +3023,7 @@ def _bench_mpi(count: int, runs: int, coarse_scale: float = 1.0) -> list[dict]:
         measured.append((strategy, independent, graph, balance))
     mapped = _median_of(runs, lambda: _time_pool_map(count))
     peers = [(f"peer: MPICommExecutor.map{label}",
-              _median_of(runs, lambda size=size: _time_executor_map(count, size) or 0.0))
+              _median_of(runs, functools.partial(_time_executor_map_or_zero, count, size)))
              for label, size in (("", 1), (", chunksize=100", 100))]
     coarse = _bench_coarse(workers, coarse_scale)
     if rank != 0:  # only the main rank's clock counts
