@@ -1,9 +1,16 @@
+# bsb_mini 0.2.0: the services layer of the Brain Scaffold Builder (BSB) in one file.
+# SPDX-License-Identifier: MIT
+# Copyright (c) 2026 The bsb_mini authors. The full MIT licence text is in LICENSE beside
+# this file in its repository; keep these lines when you copy the file into your project.
+# A reimplementation, with its own code, of the "services" of the Brain Scaffold Builder
+# (https://github.com/dbbs-lab/bsb). Standard library only; Python 3.11 or newer.
 """bsb_mini: the services layer of the Brain Scaffold Builder in one file.
 
 A provider-fallback helper, an MPI service (mpi4py or a one-rank emulator), an
 MPILock service (mpilock or a mock) and a JobPool that runs a graph of jobs
 serially or across MPI ranks. Standard library only; mpi4py, mpilock and
-cloudpickle are used when they are installed. See README.md and SPEC.md.
+cloudpickle (or dill) are used when they are installed. The README beside this
+file in its repository is the user's guide and API reference.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 __all__ = [
     "DependencyError", "ErrorModule", "provide", "register_service", "get_service",
     "MPIService", "MPI", "MPILock", "JobPool", "create_job_pool", "Job",
