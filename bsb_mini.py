@@ -1890,6 +1890,8 @@ class _MainSide:
         for worker in targets:
             batch = self.take_batch(graph, self.batch_size(len(graph.ready), depth), worker)
             if not batch:
+                if graph.ready:
+                    continue  # what is left waits for another worker (a retry)
                 break
             payload = self.pack(pool, batch)
             if payload is None:
@@ -1918,8 +1920,8 @@ class _MainSide:
             job = ready.popleft()
             if job._status is not _QUEUED:
                 continue
-            if job._earlier is not None and job._earlier[-1][1] == worker and len(self.joined) > 1:
-                elsewhere.append(job)  # a retry goes to another worker if there is one
+            if job._earlier is not None and job._earlier[-1][1] == worker and len(self.batches) - len(self.left) > 1:
+                elsewhere.append(job)  # a retry goes to another worker if there is one (it will join or leave)
                 continue
             if job._solo:
                 if batch:

@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,8 +39,13 @@ from bsb_mini import JobPool, JobStatus, PoolProgressReason, PoolStatus, Workflo
 
 HANG_SECONDS = 60  # one pool that takes this long is a hang
 LOG: list[tuple[int, int, float, float]] = []  # (pool, job, start, end) of every job run in this process
-KINDS = ["ok"] * 14 + ["raise", "exit", "bad_arg", "bad_result", "bad_exc", "str_raises", "exit_on_pickle", "slow"]
-RUNS_IN_PARALLEL = {"ok", "raise", "exit", "bad_result", "bad_exc", "str_raises", "exit_on_pickle", "slow"}
+KINDS = ["ok"] * 14 + ["raise", "exit", "bad_arg", "bad_result", "bad_exc", "str_raises", "exit_on_pickle", "slow",
+                       "flaky", "flaky", "hang"]
+RUNS_IN_PARALLEL = {"ok", "raise", "exit", "bad_result", "bad_exc", "str_raises", "exit_on_pickle", "slow", "flaky",
+                    "hang"}
+RETRIED = {"raise", "exit", "bad_exc", "str_raises", "hang"}  # fail again on every attempt
+TIMEOUT = 0.2  # seconds, for the pools that have one; "hang" jobs sleep far longer
+MARKERS = ""  # a folder all ranks see: flaky jobs leave a file there when they fail their first attempt
 
 
 class ScenarioError(Exception):
@@ -66,7 +72,7 @@ class StrRaisesError(Exception):
         raise RuntimeError("__str__ is broken")
 
 
-def job(owner, pool_no, index, kind, payload=None):
+def job(owner, pool_no, index, kind, payload=None, lane=0):
     started = time.monotonic()
     try:
         if kind == "slow":
@@ -83,6 +89,12 @@ def job(owner, pool_no, index, kind, payload=None):
             return Unpicklable()
         if kind == "exit_on_pickle":
             return ExitsWhenPickled()
+        marker = os.path.join(MARKERS, f"{pool_no}-{lane}-{index}")  # lane: which half of a split world
+        if kind == "flaky" and not os.path.exists(marker):
+            open(marker, "w").close()
+            raise OSError(f"job {index}: a transient failure")
+        if kind == "hang":
+            time.sleep(30)
         return pool_no * 1000 + index
     finally:
         LOG.append((pool_no, index, started, time.monotonic()))
@@ -144,6 +156,10 @@ def draw_scenario(seed: int, pool_no: int) -> dict:
             nodes.append((number, sorted(rng.sample(range(number), min(number, rng.randint(0, 2)))),
                           rng.random() < 0.25))
     raiser = rng.choice(["none"] * 8 + ["main-before", "main-after", "worker-before", "worker-after"])
+    timeout = rng.random() < 0.5
+    if not timeout:
+        jobs = [(i, deps, "raise" if kind == "hang" else kind) for i, deps, kind in jobs]
+        wave2 = [(i, deps, "raise" if kind == "hang" else kind) for i, deps, kind in wave2]
     if raiser.startswith("worker"):  # the main rank may then run jobs itself, where everything pickles
         jobs = [(i, deps, "raise" if kind.startswith(("bad", "exit_on")) else kind) for i, deps, kind in jobs]
         wave2 = [(i, deps, "raise" if kind.startswith(("bad", "exit_on")) else kind) for i, deps, kind in wave2]
@@ -159,12 +175,16 @@ def draw_scenario(seed: int, pool_no: int) -> dict:
         "split": rng.random() < 0.15,
         "main_mode": rng.choice(["execute", "execute", "as_completed"]),  # how the main rank runs a slot
         "pass_results": rng.random() < 0.3,  # give the first dependency as an argument too
+        "retries": rng.choice([0, 0, 1, 2]),
+        "timeout": timeout,
     }
 
 
-def fails(kind: str, parallel: bool) -> bool:
-    if kind in ("raise", "exit", "bad_exc", "str_raises"):
+def fails(kind: str, parallel: bool, retries: int = 0) -> bool:
+    if kind in RETRIED:
         return True
+    if kind == "flaky":
+        return retries == 0
     return parallel and kind in ("bad_arg", "bad_result", "exit_on_pickle")
 
 
@@ -181,7 +201,7 @@ def reference(scenario: dict, parallel: bool, ran_waves: set[int], submitted: se
             elif wave not in ran_waves:
                 expected[index] = "PENDING"
             else:
-                expected[index] = "FAILED" if fails(kind, parallel) else "SUCCESS"
+                expected[index] = "FAILED" if fails(kind, parallel, scenario["retries"]) else "SUCCESS"
     if ran_waves:  # schedule() runs at the first execution
         skipped: set[int] = set()
         for number, depends_on, fail in scenario["nodes"]:
@@ -206,7 +226,8 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
     i_raise = raiser != "none" and rank == raising_rank
     execs = scenario["main_execs"] if rank == 0 else scenario["worker_execs"]
     listener = Listener(scenario["listener"]) if scenario["listener"] != "none" else None
-    options = {"fail_fast": scenario["fail_fast"], "comm": comm}
+    options = {"fail_fast": scenario["fail_fast"], "comm": comm, "retries": scenario["retries"],
+               "timeout": TIMEOUT if scenario["timeout"] else None}
     seen: list[str] = []  # WorkflowError messages this rank saw
     own_error = None
     jobs: dict = {}
@@ -217,7 +238,8 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
             payload = Unpicklable() if kind == "bad_arg" else None
             if payload is None and deps and scenario["pass_results"]:
                 payload = [jobs[deps[0]]]  # a Job as an argument: its result comes in its place
-            jobs[index] = pool.submit(job, (pool_no, index, kind, payload), name=f"j{index}",
+            jobs[index] = pool.submit(job, (pool_no, index, kind, payload, world_rank % 2 if comm is not world else 0),
+                                      name=f"j{index}",
                                       deps=[jobs[d] for d in deps])
 
     faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
@@ -339,26 +361,38 @@ def check_main(scenario, pool, listener, gathered, parallel, raiser, where, tag,
         same_calls = main_execs == worker_execs and scenario["main_mode"] == "execute"
         if not main_raised and raiser == "none" and same_calls and seen != main_seen:
             problems.append(f"{tag}: rank {worker} saw {seen}, the main rank {main_seen}")
-    return problems + check_runs(gathered, by_name, parallel, tag, this_pool)
+    return problems + check_runs(gathered, by_name, parallel, tag, this_pool, scenario["retries"])
 
 
-def check_runs(gathered, by_name, parallel, tag, this_pool) -> list[str]:
+def job_stopped(job) -> bool:
+    """fail_fast or an interruption stops retries."""
+    return job._pool._graph.stop_reason is not None
+
+
+def check_runs(gathered, by_name, parallel, tag, this_pool, retries) -> list[str]:
     """The execution log of every rank: nothing twice, dependencies first, nothing that should not run."""
     problems = []
-    runs: dict[int, tuple[float, float]] = {}
+    runs: dict[int, tuple[float, float]] = {}  # the last run of each job
+    count: dict[int, int] = {}
     for _, _, log in gathered:
         for pool_no, index, started, ended in log:
             if pool_no != this_pool:
                 problems.append(f"{tag}: a job of pool {pool_no} ran during this pool")
-            if index in runs:
-                problems.append(f"{tag}: j{index} ran twice")
-            runs[index] = (started, ended)
+            count[index] = count.get(index, 0) + 1
+            if index not in runs or started > runs[index][0]:
+                runs[index] = (started, ended)
     for name, job in by_name.items():
-        index = job._args[1]
-        should_run = job.status in (JobStatus.SUCCESS, JobStatus.FAILED) and (
-            not parallel or job._args[2] in RUNS_IN_PARALLEL)
-        if should_run != (index in runs):
-            problems.append(f"{tag}: {name} is {job.status.name} but ran {int(index in runs)} time(s)")
+        index, kind = job._args[1], job._args[2]
+        should_run = not parallel or kind in RUNS_IN_PARALLEL  # then every attempt ran it once
+        expected_runs = job.attempts if should_run else 0
+        if count.get(index, 0) != expected_runs:
+            problems.append(f"{tag}: {name} is {job.status.name} after {job.attempts} attempt(s) "
+                            f"but ran {count.get(index, 0)} time(s)")
+        retried = kind in RETRIED and not (parallel and kind == "bad_exc")  # what cannot be sent back is not
+        if job.status is JobStatus.FAILED and retried and job.attempts != 1 + retries and not job_stopped(job):
+            problems.append(f"{tag}: {name} failed after {job.attempts} attempt(s), with {retries} retries")
+        if kind == "hang" and job.status is JobStatus.FAILED and type(job.error).__name__ != "JobTimeoutError":
+            problems.append(f"{tag}: {name} hung past its timeout but failed with {job.error!r}")
         for dep in job.deps:
             if index in runs and dep._args[1] in runs and runs[dep._args[1]][1] > runs[index][0] + 1e-3:
                 problems.append(f"{tag}: {name} started before its dependency {dep.name} ended")
@@ -367,7 +401,10 @@ def check_runs(gathered, by_name, parallel, tag, this_pool) -> list[str]:
 
 def run(seed: int, pools: int) -> dict:
     """Run ``pools`` scenarios back to back in this process; every rank returns its summary."""
+    global MARKERS
     world = bsb_mini.MPI.get_communicator()
+    folder = tempfile.mkdtemp(prefix="bsb_faults_") if bsb_mini.MPI.get_rank() == 0 else None
+    MARKERS = bsb_mini.MPI.bcast(folder)
     problems: list[str] = []
     started = time.monotonic()
     logger = logging.getLogger("bsb_mini")
@@ -378,6 +415,9 @@ def run(seed: int, pools: int) -> dict:
             problems += run_pool(seed, pool_no, world)
     finally:
         logger.setLevel(level)
+        bsb_mini.MPI.barrier()
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
     return {"seed": seed, "pools": pools, "problems": problems, "seconds": round(time.monotonic() - started, 1),
             "ranks": world.Get_size() if world is not None else 1}
 
