@@ -871,6 +871,50 @@ def _workflow_error(failures: list[_Failure], graph: _Graph) -> WorkflowError:
     return WorkflowError("\n".join(lines), entries)
 
 
+class _FailureLog:
+    """What went wrong in a pool, as plain records, until an execute() reports it.
+
+    Failed jobs (after their retries), nodes that failed to schedule, listeners that
+    raised, ranks that left; ``fail_fast`` stops the pool at the first one.
+    """
+
+    def __init__(self, pool: JobPool):
+        self.pool = pool
+        self.records: list[_Failure] = []
+
+    def job_failed(self, job: Job, error: BaseException, rank: int, remote_traceback: str | None = None,
+                    named: bool = False) -> None:
+        """A job raised, timed out, or could not be sent (``named``: the pool says so itself, and
+        never retries it): retry it if it may, else cascade and record."""
+        job.rank = rank
+        if remote_traceback:
+            error.add_note(f"Traceback of the job on rank {rank}:\n{remote_traceback.rstrip()}")
+        if not named and _retry(self.pool, job, error):
+            return
+        named = named or type(error) is JobTimeoutError  # its message names the job already
+        if not self.pool._graph.failed(job, error):
+            self.records.append(_Failure(job, rank, error, named))
+            if self.pool._fail_fast:
+                self.pool._graph.stop("fail_fast: an earlier job failed")
+
+    def other(self, error: JobPoolError) -> None:
+        """A node that failed to schedule, a listener that raised, a rank that left."""
+        self.records.append(_Failure(None, None, error))
+        if self.pool._fail_fast and isinstance(error, JobSchedulingError):
+            self.pool._graph.stop("fail_fast: a node failed to schedule")
+
+    def warn_unreported(self, exc: BaseException) -> None:
+        """The pool was left with an exception before an execute() reported these: say so."""
+        if self.records:
+            report = _workflow_error(self.records, self.pool._graph)
+            _logger.warning("The pool was left with %s, so these were not raised:\n%s", _describe(exc), report.message)
+
+    def take(self) -> WorkflowError | None:
+        """The WorkflowError of what was recorded since the last one, if anything was."""
+        records, self.records = self.records, []
+        return _workflow_error(records, self.pool._graph) if records else None
+
+
 def _check_node_order(nodes: list) -> None:
     """Every ``depends_on`` entry in the array must come earlier in it (no later or cyclic one).
 
@@ -923,13 +967,12 @@ class JobPool:
         self._graph = _Graph()
         self._events = _Events(self)
         self._schedules: list[tuple[list, Callable | None]] = []
-        self._failures: list[_Failure] = []
+        self._failures = _FailureLog(self)
         self._opened = self._closed = self._executing = False
         self._inbox: collections.deque = collections.deque()  # calls posted by other threads
         self._main_thread = 0
         self._walker: _NodeWalker | None = None  # schedule()'s thread, while it walks
         self._execution = _Execution(self)
-        self._seen_running: tuple[Job, float] | None = None
         self._main_side: _MainSide | None = None
         self._worker_side: _WorkerSide | None = None
         self._comm = None  # a private duplicate of the communicator while open
@@ -964,20 +1007,7 @@ class JobPool:
         graph = self._graph
         done = graph.n_succeeded + graph.n_failed + graph.n_cancelled + graph.n_aborted
         return PoolSnapshot(len(graph.jobs), done, graph.active, graph.n_succeeded, graph.n_failed,
-                            graph.n_cancelled, graph.n_aborted, self.size, self._longest_running())
-
-    def _longest_running(self) -> tuple[Job, int, float] | None:
-        now = time.monotonic()
-        if self._main_side is not None:
-            running = [(job, worker, now - since) for worker, (job, since) in list(self._main_side.running.items())
-                       if job._status is _RUNNING]
-            return max(running, key=operator.itemgetter(2), default=None)
-        job = self._graph.running  # serially: since when this snapshot-taker first saw it run
-        if job is None:
-            return None
-        if self._seen_running is None or self._seen_running[0] is not job:
-            self._seen_running = (job, now)
-        return job, self._rank, now - self._seen_running[1]
+                            graph.n_cancelled, graph.n_aborted, self.size, self._execution.longest_running())
 
     def add_listener(self, listener: Callable, max_wait: float | None = None) -> None:
         """Call ``listener(progress)`` on the main rank for each event of this pool."""
@@ -1133,7 +1163,7 @@ class JobPool:
             elif exc_type is None:
                 self._finish_and_close()
             else:
-                self._warn_unreported(exc)
+                self._failures.warn_unreported(exc)
                 if self._main_side is not None:
                     self._main_side.close(_aborted(f"the main rank raised {_describe(exc)}"))
         finally:
@@ -1146,18 +1176,12 @@ class JobPool:
                 self._comm.Free()
                 self._comm = None
 
-    def _warn_unreported(self, exc: BaseException) -> None:
-        """Failures seen by as_completed()/map() but not yet raised: say so rather than drop them."""
-        if self._failures:
-            report = _workflow_error(self._failures, self._graph)
-            _logger.warning("The pool was left with %s, so these were not raised:\n%s", _describe(exc), report.message)
-
     def _finish_and_close(self) -> None:
         """Main rank, leaving without an exception: run what is left, then release the workers."""
         error = None
         try:
             unfinished = self._events.status is not PoolStatus.CLOSING  # never executed, or as_completed() ran
-            if unfinished or self._failures or self._graph.has_work() or self._schedules or self._walker:
+            if unfinished or self._failures.records or self._graph.has_work() or self._schedules or self._walker:
                 self.execute()
         except BaseException as raised:
             why = f"the main rank raised {_describe(raised)}"
@@ -1190,40 +1214,21 @@ class JobPool:
         if job._status is _PENDING:  # not cancelled while it waited in the inbox
             self._graph.link(job)
 
-    def _job_failed(self, job: Job, error: BaseException, rank: int, remote_traceback: str | None = None,
-                    named: bool = False) -> None:
-        """A job raised, timed out, or could not be sent (``named``: the pool says so itself, and
-        never retries it): retry it if it may, else cascade and record."""
-        job.rank = rank
-        if remote_traceback:
-            error.add_note(f"Traceback of the job on rank {rank}:\n{remote_traceback.rstrip()}")
-        if not named and self._retry(job, error):
-            return
-        named = named or type(error) is JobTimeoutError  # its message names the job already
-        if not self._graph.failed(job, error):
-            self._failures.append(_Failure(job, rank, error, named))
-            if self._fail_fast:
-                self._graph.stop("fail_fast: an earlier job failed")
 
-    def _retry(self, job: Job, error: BaseException) -> bool:
-        """Queue a failed attempt again if the job has retries left; its error becomes a note later."""
-        retries = job._policy[1] if job._policy is not None and job._policy[1] is not None else self._retries
-        earlier = job._earlier or []
-        if (not retries or len(earlier) >= retries or isinstance(error, JobCancelledError)
-                or self._graph.stop_reason is not None):
-            for attempt, (previous, rank) in enumerate(earlier, start=1):
-                error.add_note(f"attempt {attempt} of {len(earlier) + 1} failed on rank {rank}: {_describe(previous)}")
-            return False
-        earlier.append((error, job.rank))
-        job._earlier = earlier
-        self._graph.again(job)
-        return True
 
-    def _other_failure(self, error: JobPoolError) -> None:
-        """A node that failed to schedule, a listener that raised, a rank that left."""
-        self._failures.append(_Failure(None, None, error))
-        if self._fail_fast and isinstance(error, JobSchedulingError):
-            self._graph.stop("fail_fast: a node failed to schedule")
+def _retry(pool: JobPool, job: Job, error: BaseException) -> bool:
+    """Queue a failed attempt again if the job has retries left; its error becomes a note later."""
+    retries = job._policy[1] if job._policy is not None and job._policy[1] is not None else pool._retries
+    earlier = job._earlier or []
+    if (not retries or len(earlier) >= retries or isinstance(error, JobCancelledError)
+            or pool._graph.stop_reason is not None):
+        for attempt, (previous, rank) in enumerate(earlier, start=1):
+            error.add_note(f"attempt {attempt} of {len(earlier) + 1} failed on rank {rank}: {_describe(previous)}")
+        return False
+    earlier.append((error, job.rank))
+    job._earlier = earlier
+    pool._graph.again(job)
+    return True
 
 
 class _GcFreezer:
@@ -1354,6 +1359,7 @@ class _Execution:
         self.pinger: _Pinger | None = None
         self.deadline = _Deadline()
         self.depth = 0  # begin()s not yet ended: an as_completed() loop may call map()
+        self._seen_running: tuple[Job, float] | None = None
 
     def begin(self) -> None:
         pool = self.pool
@@ -1409,6 +1415,20 @@ class _Execution:
             self.pinger.stop()
             self.pinger = None
 
+    def longest_running(self) -> tuple[Job, int, float] | None:
+        """(job, rank, seconds) of the job that has run longest so far, for pool.snapshot()."""
+        pool, now = self.pool, time.monotonic()
+        if pool._main_side is not None:
+            running = [(job, worker, now - since) for worker, (job, since) in list(pool._main_side.running.items())
+                       if job._status is _RUNNING]
+            return max(running, key=operator.itemgetter(2), default=None)
+        job = pool._graph.running  # serially: since when this snapshot-taker first saw it run
+        if job is None:
+            return None
+        if self._seen_running is None or self._seen_running[0] is not job:
+            self._seen_running = (job, now)
+        return job, pool._rank, now - self._seen_running[1]
+
     def run_all(self, return_results: bool) -> dict[Job, Any] | None:
         """The main rank's execute(): run everything, report, release the workers' execute()."""
         pool, graph = self.pool, self.pool._graph
@@ -1421,8 +1441,7 @@ class _Execution:
         pool._events.set_status(PoolStatus.CLOSING)
         if graph.n_cancelled:
             _settle_blame(graph.jobs)
-        failures, pool._failures = pool._failures, []
-        error = _workflow_error(failures, graph) if failures else None
+        error = pool._failures.take()
         if pool._main_side is not None:
             pool._main_side.end_execute(error)
         if error is not None:
@@ -1474,7 +1493,7 @@ class _Execution:
         if failed:
             first = min(failed, key=lambda job: job._index)
             ours = set(failed)
-            pool._failures = [failure for failure in pool._failures if failure.job not in ours]
+            pool._failures.records = [failure for failure in pool._failures.records if failure.job not in ours]
             error = first.error
             assert error is not None  # a FAILED job has its error
             where = jobs.index(first)
@@ -1556,7 +1575,7 @@ class _NodeWalker:
                         if self.turns is not None:
                             self.turns[1].release()
         except BaseException as error:  # noqa: B036 (a bug here must reach the user, not vanish)
-            post((pool._other_failure, (JobSchedulingError(f"schedule() stopped: {_describe(error)}"),)))
+            post((pool._failures.other, (JobSchedulingError(f"schedule() stopped: {_describe(error)}"),)))
         finally:
             self.done = True
             if self.turns is not None:
@@ -1570,7 +1589,7 @@ class _NodeWalker:
             error = JobSchedulingError(
                 f"{node!r} was not scheduled because its dependency {blocked[0]!r} failed to schedule."
             )
-            pool._inbox.append((pool._other_failure, (error,)))
+            pool._inbox.append((pool._failures.other, (error,)))
             return
         try:
             scheduler(node) if scheduler is not None else node.queue(pool)
@@ -1578,7 +1597,7 @@ class _NodeWalker:
             skipped.add(id(node))
             error = JobSchedulingError(f"Scheduling {node!r} failed: {_describe(cause)}")
             error.__cause__ = cause
-            pool._inbox.append((pool._other_failure, (error,)))
+            pool._inbox.append((pool._failures.other, (error,)))
 
 
 class _TimeUp(BaseException):
@@ -1716,7 +1735,7 @@ def _run_serially(pool: JobPool, finished: collections.deque | None = None) -> b
                 graph.running = None
                 if pinger is not None:
                     pinger.job_returned()
-                pool._job_failed(job, error, rank)
+                pool._failures.job_failed(job, error, rank)
             else:
                 graph.running = None
                 if pinger is not None:
@@ -1819,6 +1838,32 @@ def _mpi_status():
     return _optional("mpi4py.MPI").Status()
 
 
+def _pack_batch(pool: JobPool, batch: list[Job]) -> bytes | None:
+    """Pickle a batch; a job that cannot be pickled fails alone, the rest go."""
+    limits = None
+    if pool._timeout is not None or any(job._policy is not None for job in batch):
+        limits = [_limit_of(job, pool._timeout) for job in batch]
+    try:
+        return _dumps(([job._call() for job in batch], limits))
+    except Exception:
+        pass
+    sendable = []
+    for job in batch:
+        try:
+            _dumps(job._call())
+        except Exception as reason:
+            pool._graph.started(job)
+            pool._failures.job_failed(job, JobPoolError(
+                f"Job {job.name!r} cannot be sent to a worker: its function or arguments "
+                f"do not pickle ({_describe(reason)}). Use module-level functions and "
+                "picklable arguments, or install cloudpickle."
+            ), 0, named=True)
+        else:
+            sendable.append(job)
+    batch[:] = sendable
+    return _pack_batch(pool, batch) if batch else None
+
+
 class _MainSide:
     """The main rank's end: hands batches of ready jobs to idle workers, settles outcomes.
 
@@ -1893,7 +1938,7 @@ class _MainSide:
                 if graph.ready:
                     continue  # what is left waits for another worker (a retry)
                 break
-            payload = self.pack(pool, batch)
+            payload = _pack_batch(pool, batch)
             if payload is None:
                 continue
             if not batches[worker]:
@@ -1933,31 +1978,6 @@ class _MainSide:
         ready.extendleft(reversed(elsewhere))
         graph.active += len(batch)
         return batch
-
-    def pack(self, pool: JobPool, batch: list[Job]) -> bytes | None:
-        """Pickle a batch; a job that cannot be pickled fails alone, the rest go."""
-        limits = None
-        if pool._timeout is not None or any(job._policy is not None for job in batch):
-            limits = [_limit_of(job, pool._timeout) for job in batch]
-        try:
-            return _dumps(([job._call() for job in batch], limits))
-        except Exception:
-            pass
-        sendable = []
-        for job in batch:
-            try:
-                _dumps(job._call())
-            except Exception as reason:
-                pool._graph.started(job)
-                pool._job_failed(job, JobPoolError(
-                    f"Job {job.name!r} cannot be sent to a worker: its function or arguments "
-                    f"do not pickle ({_describe(reason)}). Use module-level functions and "
-                    "picklable arguments, or install cloudpickle."
-                ), 0, named=True)
-            else:
-                sendable.append(job)
-        batch[:] = sendable
-        return self.pack(pool, batch) if batch else None
 
     def send(self, worker: int, message: tuple) -> None:
         """Send without waiting: a big batch must not hold the main rank until a busy worker reads it."""
@@ -2015,7 +2035,7 @@ class _MainSide:
                 self.in_flight -= 1
                 graph.put_back(batch)
             self.batches[worker].clear()
-            pool._other_failure(JobPoolError(f"Rank {worker} left the pool: {message[1]}"))
+            pool._failures.other(JobPoolError(f"Rank {worker} left the pool: {message[1]}"))
         else:
             raise _unexpected(message, worker)
 
@@ -2027,21 +2047,21 @@ class _MainSide:
     def settle(self, pool: JobPool, job: Job, outcome: int, payload: Any, remote_tb: str | None, worker: int) -> None:
         """A job's outcome other than a result that unpickles: it failed, one way or another."""
         if outcome == _UNSENDABLE:
-            pool._job_failed(job, JobPoolError(f"Job {job.name!r} ran on rank {worker}, but {payload}"),
+            pool._failures.job_failed(job, JobPoolError(f"Job {job.name!r} ran on rank {worker}, but {payload}"),
                              worker, remote_tb, named=True)
             return
         try:
             value = pickle.loads(payload)
         except Exception as reason:
             what = "result" if outcome == _OK else "exception"
-            pool._job_failed(job, JobPoolError(
+            pool._failures.job_failed(job, JobPoolError(
                 f"Job {job.name!r} ran on rank {worker}, but its {what} could not be "
                 f"unpickled on the main rank: {_describe(reason)}"
             ), worker, remote_tb, named=True)
             return
         if type(value) is JobTimeoutError:
             value = JobTimeoutError(f"Job {job.name!r} {value} on rank {worker}")
-        pool._job_failed(job, value, worker, remote_tb)
+        pool._failures.job_failed(job, value, worker, remote_tb)
 
     def resend_solo(self, pool: JobPool, batch: list[Job], reason: str, worker: int) -> None:
         """Send the jobs of a batch that did not load one by one, so only the culprit fails."""
@@ -2050,7 +2070,7 @@ class _MainSide:
                 continue
             if job._solo:
                 pool._graph.started(job)
-                pool._job_failed(job, JobPoolError(
+                pool._failures.job_failed(job, JobPoolError(
                     f"Job {job.name!r} could not be unpickled on rank {worker}: {reason}. "
                     "Define its function and arguments at module level so every rank can import them."
                 ), worker, named=True)
@@ -2345,7 +2365,7 @@ class _Events:
             except Exception as error:
                 report = JobPoolError(f"Listener {listener!r} raised {_describe(error)}")
                 report.__cause__ = error
-                self.pool._other_failure(report)
+                self.pool._failures.other(report)
         return handled
 
     def quiet_timer(self) -> _QuietTimer:
@@ -3128,4 +3148,4 @@ def _main(argv: list[str]) -> int:
 if __name__ == "__main__":
     import bsb_mini
 
-    sys.exit(bsb_mini._main(sys.argv[1:]))
+    sys.exit(bsb_mini._main(sys.argv[1:]))  # pyright: ignore[reportAttributeAccessIssue] (the stub omits it)
