@@ -361,15 +361,11 @@ def check_main(scenario, pool, listener, gathered, parallel, raiser, where, tag,
         same_calls = main_execs == worker_execs and scenario["main_mode"] == "execute"
         if not main_raised and raiser == "none" and same_calls and seen != main_seen:
             problems.append(f"{tag}: rank {worker} saw {seen}, the main rank {main_seen}")
-    return problems + check_runs(gathered, by_name, parallel, tag, this_pool, scenario["retries"])
+    return problems + check_runs(gathered, by_name, parallel, tag, this_pool, scenario["retries"],
+                                 scenario["fail_fast"])
 
 
-def job_stopped(job) -> bool:
-    """fail_fast or an interruption stops retries."""
-    return job._pool._graph.stop_reason is not None
-
-
-def check_runs(gathered, by_name, parallel, tag, this_pool, retries) -> list[str]:
+def check_runs(gathered, by_name, parallel, tag, this_pool, retries, fail_fast) -> list[str]:
     """The execution log of every rank: nothing twice, dependencies first, nothing that should not run."""
     problems = []
     runs: dict[int, tuple[float, float]] = {}  # the last run of each job
@@ -389,7 +385,8 @@ def check_runs(gathered, by_name, parallel, tag, this_pool, retries) -> list[str
             problems.append(f"{tag}: {name} is {job.status.name} after {job.attempts} attempt(s) "
                             f"but ran {count.get(index, 0)} time(s)")
         retried = kind in RETRIED and not (parallel and kind == "bad_exc")  # what cannot be sent back is not
-        if job.status is JobStatus.FAILED and retried and job.attempts != 1 + retries and not job_stopped(job):
+        if job.status is JobStatus.FAILED and retried and job.attempts != 1 + retries and not fail_fast:
+            # (fail_fast stops the pool, and with it the retries still to come)
             problems.append(f"{tag}: {name} failed after {job.attempts} attempt(s), with {retries} retries")
         if kind == "hang" and job.status is JobStatus.FAILED and type(job.error).__name__ != "JobTimeoutError":
             problems.append(f"{tag}: {name} hung past its timeout but failed with {job.error!r}")
