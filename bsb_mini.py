@@ -504,8 +504,7 @@ class Job:
 
     __slots__ = (
         "_pool", "_index", "_fn", "_args", "_kwargs", "deps", "_name", "_status",
-        "_result", "error", "_waiting", "_dependents", "rank", "_context", "_solo", "_takes_results",
-        "_policy", "_earlier",
+        "_result", "error", "_waiting", "_dependents", "rank", "_context", "_rare",
     )
     _pool: JobPool
     _index: int
@@ -521,13 +520,10 @@ class Job:
     _dependents: list[Job] | None
     rank: int | None
     _context: dict | None
-    _solo: bool
-    _takes_results: bool
-    _policy: tuple[float | None, int | None] | None
-    _earlier: list[tuple[BaseException, int | None]] | None
+    _rare: _Rare | None
 
     def __init__(self, pool: JobPool, index: int, fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...],
-                 name: str | None, context: dict, takes_results: bool = False):
+                 name: str | None, context: dict):
         self._pool = pool
         self._index = index
         self._fn = fn
@@ -541,10 +537,7 @@ class Job:
         self._dependents = None
         self.rank = None  # the rank that runs it: set when it is started or handed to a worker
         self._context = context or None
-        self._solo = False  # send alone: it broke a batch before
-        self._takes_results = takes_results  # Jobs among its arguments stand for their results
-        self._policy = None  # (timeout, retries) given to submit(), else the pool's
-        self._earlier = None  # (error, rank) of earlier attempts (retries)
+        self._rare = None  # what few jobs need (see _Rare); None keeps the common path fast
 
     @property
     def name(self) -> str:
@@ -566,7 +559,8 @@ class Job:
     @property
     def attempts(self) -> int:
         """How many times the job started (more than once only with retries)."""
-        return len(self._earlier or ()) + (self._status in _STARTED_STATES)
+        earlier = self._rare.earlier if self._rare is not None else None
+        return len(earlier or ()) + (self._status in _STARTED_STATES)
 
     @property
     def result(self) -> Any:
@@ -581,7 +575,7 @@ class Job:
 
     def _call(self) -> tuple[Callable, tuple, dict]:
         """What runs: the function, and the arguments with each Job among them replaced by its result."""
-        if not self._takes_results:
+        if self._rare is None or not self._rare.takes_results:
             return self._fn, self._args, self._kwargs
         args = tuple(map(_result_in_place, self._args))
         kwargs = {key: _result_in_place(value) for key, value in self._kwargs.items()}
@@ -589,6 +583,24 @@ class Job:
 
     def __repr__(self) -> str:
         return f"<Job {self.name!r} {self._status.name}>"
+
+
+class _Rare:
+    """The part of a Job that few jobs need, kept apart so the common job stays small and fast."""
+
+    __slots__ = ("takes_results", "policy", "earlier", "solo")
+
+    def __init__(self) -> None:
+        self.takes_results = False  # Jobs among its arguments stand for their results
+        self.policy: tuple[float | None, int | None] | None = None  # (timeout, retries) given to submit()
+        self.earlier: list[tuple[BaseException, int | None]] | None = None  # (error, rank) of earlier attempts
+        self.solo = False  # send alone: it broke a batch before
+
+    @staticmethod
+    def of(job: Job) -> _Rare:
+        if job._rare is None:
+            job._rare = _Rare()
+        return job._rare
 
 
 _STARTED_STATES = frozenset((_RUNNING, _SUCCESS, _FAILED, _ABORTED))
@@ -631,7 +643,7 @@ class _Graph:
         self.stop_reason: str | None = None  # set by fail_fast or an interruption
         self.emit: Callable | None = None
         self.watchers: list[collections.deque[Job]] = []  # as_completed() loops: finished jobs go to each
-        self.running: Job | None = None  # the job running in this process (serially)
+        self.running: Job | None = None  # the job started last in this process (serially)
         self.active = 0  # jobs handed to a worker or running here
         self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = 0  # for snapshots
 
@@ -963,6 +975,7 @@ class JobPool:
         self.owner = owner
         self._fail_fast = fail_fast
         self._timeout, self._retries = _checked_policy(None, timeout, retries)
+        self._policies = 0  # jobs with a timeout or retries of their own
         self._mpi = _as_service(comm, get_service("MPI"))
         self._graph = _Graph()
         self._events = _Events(self)
@@ -1060,9 +1073,12 @@ class JobPool:
         else:
             deps = ()
         graph = self._graph
-        job = Job(self, next(self._index), fn, args, kwargs or _NO_KWARGS, deps, name, context, takes_results)
+        job = Job(self, next(self._index), fn, args, kwargs or _NO_KWARGS, deps, name, context)
+        if takes_results:
+            _Rare.of(job).takes_results = True
         if timeout is not None or retries is not None:
-            job._policy = _checked_policy(fn, timeout, retries)
+            _Rare.of(job).policy = _checked_policy(fn, timeout, retries)
+            self._policies += 1
         graph.jobs.append(job)
         if self._rank != 0:  # worker ranks keep their submissions PENDING
             return job
@@ -1218,15 +1234,16 @@ class JobPool:
 
 def _retry(pool: JobPool, job: Job, error: BaseException) -> bool:
     """Queue a failed attempt again if the job has retries left; its error becomes a note later."""
-    retries = job._policy[1] if job._policy is not None and job._policy[1] is not None else pool._retries
-    earlier = job._earlier or []
+    policy = job._rare.policy if job._rare is not None else None
+    retries = policy[1] if policy is not None and policy[1] is not None else pool._retries
+    earlier = (job._rare.earlier if job._rare is not None else None) or []
     if (not retries or len(earlier) >= retries or isinstance(error, JobCancelledError)
             or pool._graph.stop_reason is not None):
         for attempt, (previous, rank) in enumerate(earlier, start=1):
             error.add_note(f"attempt {attempt} of {len(earlier) + 1} failed on rank {rank}: {_describe(previous)}")
         return False
     earlier.append((error, job.rank))
-    job._earlier = earlier
+    _Rare.of(job).earlier = earlier
     pool._graph.again(job)
     return True
 
@@ -1423,7 +1440,7 @@ class _Execution:
                        if job._status is _RUNNING]
             return max(running, key=operator.itemgetter(2), default=None)
         job = pool._graph.running  # serially: since when this snapshot-taker first saw it run
-        if job is None:
+        if job is None or job._status is not _RUNNING:
             return None
         if self._seen_running is None or self._seen_running[0] is not job:
             self._seen_running = (job, now)
@@ -1684,7 +1701,7 @@ class _StuckReports:
 
 
 def _limit_of(job: Job, default: float | None) -> float | None:
-    policy = job._policy
+    policy = job._rare.policy if job._rare is not None else None
     return policy[0] if policy is not None and policy[0] is not None else default
 
 
@@ -1723,7 +1740,7 @@ def _run_serially(pool: JobPool, finished: collections.deque | None = None) -> b
             graph.started(job)
             graph.running = job
             try:
-                if plain and job._policy is None and not job._takes_results:
+                if plain and job._rare is None:
                     kwargs = job._kwargs
                     result = job._fn(owner, *job._args, **kwargs) if kwargs else job._fn(owner, *job._args)
                 else:
@@ -1732,12 +1749,10 @@ def _run_serially(pool: JobPool, finished: collections.deque | None = None) -> b
                 graph.aborted_while_running((job,))
                 raise
             except BaseException as error:  # noqa: B036 (SystemExit in a job fails the job only)
-                graph.running = None
                 if pinger is not None:
                     pinger.job_returned()
                 pool._failures.job_failed(job, error, rank)
             else:
-                graph.running = None
                 if pinger is not None:
                     pinger.job_returned()
                 graph.succeeded(job, result)
@@ -1841,10 +1856,11 @@ def _mpi_status():
 def _pack_batch(pool: JobPool, batch: list[Job]) -> bytes | None:
     """Pickle a batch; a job that cannot be pickled fails alone, the rest go."""
     limits = None
-    if pool._timeout is not None or any(job._policy is not None for job in batch):
+    if pool._timeout is not None or pool._policies:
         limits = [_limit_of(job, pool._timeout) for job in batch]
     try:
-        return _dumps(([job._call() for job in batch], limits))
+        return _dumps(([(job._fn, job._args, job._kwargs) if job._rare is None else job._call() for job in batch],
+                       limits))
     except Exception:
         pass
     sendable = []
@@ -1961,14 +1977,16 @@ class _MainSide:
         ready = graph.ready
         batch: list[Job] = []
         elsewhere: list[Job] = []
+        others = len(self.batches) - len(self.left) > 1  # live workers besides this one
         while ready and len(batch) < size:
             job = ready.popleft()
             if job._status is not _QUEUED:
                 continue
-            if job._earlier is not None and job._earlier[-1][1] == worker and len(self.batches) - len(self.left) > 1:
+            rare = job._rare
+            if rare is not None and rare.earlier and rare.earlier[-1][1] == worker and others:
                 elsewhere.append(job)  # a retry goes to another worker if there is one (it will join or leave)
                 continue
-            if job._solo:
+            if rare is not None and rare.solo:
                 if batch:
                     ready.appendleft(job)
                     break
@@ -2068,14 +2086,14 @@ class _MainSide:
         for job in batch:
             if job._status is not _QUEUED:
                 continue
-            if job._solo:
+            if job._rare is not None and job._rare.solo:
                 pool._graph.started(job)
                 pool._failures.job_failed(job, JobPoolError(
                     f"Job {job.name!r} could not be unpickled on rank {worker}: {reason}. "
                     "Define its function and arguments at module level so every rank can import them."
                 ), worker, named=True)
             else:
-                job._solo = True
+                _Rare.of(job).solo = True
         pool._graph.put_back([job for job in batch if job._status is _QUEUED])
 
     def end_execute(self, error: WorkflowError | None) -> None:

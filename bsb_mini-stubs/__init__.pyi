@@ -99,7 +99,7 @@ class Job:
     deps: tuple[Job, ...]
     error: BaseException | None
     rank: int | None
-    def __init__(self, pool: JobPool, index: int, fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...], name: str | None, context: dict, takes_results: bool = False) -> None: ...
+    def __init__(self, pool: JobPool, index: int, fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...], name: str | None, context: dict) -> None: ...
     @property
     def name(self) -> str: ...
     @property
@@ -111,6 +111,15 @@ class Job:
     @property
     def result(self) -> Any: ...
     def cancel(self, reason: str | None = None) -> None: ...
+
+class _Rare:
+    takes_results: bool
+    policy: tuple[float | None, int | None] | None
+    earlier: list[tuple[BaseException, int | None]] | None
+    solo: bool
+    def __init__(self) -> None: ...
+    @staticmethod
+    def of(job: Job) -> _Rare: ...
 
 class _Graph:
     jobs: list[Job]
