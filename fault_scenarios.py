@@ -421,11 +421,15 @@ def run(seed: int, pools: int) -> dict:
 
 def sweep(ranks: list[int], runs: int, pools: int, first_seed: int, timeout: float) -> int:
     """The long mode: ``runs`` mpiexec runs per rank count, each with ``pools`` pools."""
+    launcher = shutil.which("mpiexec") or shutil.which("mpiexec", path=os.path.dirname(sys.executable))
+    if launcher is None:
+        print("sweep: no mpiexec on PATH or beside this Python; pip install mpich (or load your MPI)", file=sys.stderr)
+        return 2
     total = failed = hangs = 0
     for n in ranks:
         for seed in range(first_seed, first_seed + runs):
             folder = tempfile.mkdtemp(prefix="bsb_faults_")
-            command = ["mpiexec", "-n", str(n), sys.executable, __file__, "run", "--seed", str(seed),
+            command = [launcher, "-n", str(n), sys.executable, __file__, "run", "--seed", str(seed),
                        "--pools", str(pools)]
             env = {**os.environ, "BSB_SCENARIO_OUT": folder}
             try:
