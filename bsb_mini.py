@@ -1059,19 +1059,21 @@ class JobPool:
         else:
             if kwargs and any(type(value) in holders for value in kwargs.values()):
                 takes_results = True
-        if takes_results:
-            found = _jobs_in_arguments(args, kwargs or _NO_KWARGS)
-            takes_results = bool(found)
-            deps = list(dict.fromkeys([*(deps or ()), *found])) if found else deps
         if deps:
             if type(deps) is not list and type(deps) is not tuple:
                 deps = _checked_deps(self, fn, args, kwargs, deps)
             deps = tuple(deps)
+        else:
+            deps = ()
+        if takes_results:
+            found = _jobs_in_arguments(args, kwargs or _NO_KWARGS)
+            takes_results = bool(found)
+            if found:
+                deps = tuple(dict.fromkeys((*deps, *found)))
+        if deps:
             for dep in deps:
                 if type(dep) is not Job or dep._pool is not self:
                     _checked_deps(self, fn, args, kwargs, deps)
-        else:
-            deps = ()
         graph = self._graph
         job = Job(self, next(self._index), fn, args, kwargs or _NO_KWARGS, deps, name, context)
         if takes_results:

@@ -1296,6 +1296,18 @@ def test_jobs_given_as_arguments_are_dependencies_and_pass_their_results():
     assert b.name == "add(add(1, 2), 10)"
 
 
+def test_jobs_of_another_pool_as_arguments_are_refused_like_deps():
+    with JobPool() as other:
+        foreign = other.submit(add, (1,))
+    with JobPool() as pool:
+        with pytest.raises(JobPoolError, match="a Job of another pool"):
+            pool.submit(add, (foreign, 1))
+        mine = pool.submit(add, (1,))
+        with pytest.raises(JobPoolError, match="deps=5 is not a list of Jobs"):
+            pool.submit(add, (mine, 1), deps=5)
+    assert pool.jobs == [mine]
+
+
 def test_a_failed_job_given_as_an_argument_cancels_its_consumer():
     with JobPool() as pool:
         bad = pool.submit(fail)
