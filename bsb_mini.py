@@ -1385,7 +1385,8 @@ class _Execution:
         self.depth += 1
         if self.depth > 1:
             return
-        if pool._main_side is None and threading.current_thread() is not threading.main_thread():
+        timed_jobs = pool._timeout is not None or pool._policies
+        if timed_jobs and pool._main_side is None and threading.current_thread() is not threading.main_thread():
             timed = next((job for job in pool._graph.jobs if job._status is _PENDING
                           and _limit_of(job, pool._timeout) is not None), None)
             if timed is not None:
