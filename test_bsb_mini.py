@@ -829,6 +829,16 @@ def test_selftest_passes_without_mpi4py(tmp_path):
     assert "emulator" in out.stdout and "10 passed, 0 failed" in out.stdout
 
 
+def test_bench_against_another_version_times_both_side_by_side():
+    done = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke", "--json", "--against",
+                           str(HERE / "bsb_mini.py")], capture_output=True, text=True, cwd=HERE, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {row["workload"]: row for row in json.loads(done.stdout)["rows"]}
+    assert rows["serial independent: this version"]["ratio_to_floor"] > 0
+    assert set(rows) == {f"serial {label}: {who}" for label in ("independent", "DAG <=3 deps")
+                         for who in ("bsb_mini.py", "this version")}
+
+
 def test_bench_smoke_prints_a_table():
     out = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke", "--json"], capture_output=True,
                          text=True, cwd=HERE, timeout=300)
