@@ -1090,7 +1090,7 @@ class JobPool:
             self._add(job)
         elif deps:
             graph.link(job)
-        elif graph.executing:
+        elif graph.executing:  # link()'s end, inlined: most jobs have no deps, and this is the hot path
             graph._enqueue(job)
         else:
             graph.held.append(job)
@@ -2191,11 +2191,10 @@ class _WorkerSide:
         started = time.perf_counter()
         herald, owner = self.herald, self.pool.owner
         try:
-            calls = pickle.loads(payload)
+            calls, limits = pickle.loads(payload)
         except Exception as reason:
             self.comm.send((_UNLOADABLE, _describe(reason)), dest=0, tag=_TO_MAIN)
             return
-        calls, limits = calls
         outcomes = []
         if herald is not None:
             herald.batch += 1
