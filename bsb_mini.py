@@ -25,6 +25,7 @@ import gc
 import importlib
 import itertools
 import logging
+import mmap
 import operator
 import os
 import pickle
@@ -1778,20 +1779,35 @@ def _run_serially(pool: JobPool, finished: collections.deque | None = None) -> b
 # alone instead of breaking a whole message.
 #
 #   main -> worker (_TO_WORKER)
-#     (_JOBS, payload)     a batch: pickled [(fn, args, kwargs), ...]
-#     (_END, report)       the main rank's execute() ended (report: its WorkflowError, pickled, or None)
-#     (_CLOSE, report)     the main rank left its block (report: as above, or an abort); answer BYE
+#     (_JOBS, payload, raw)  a batch: the payload of [(fn, args, kwargs), ...] and its limits
+#     (_END, report)         the main rank's execute() ended (report: its WorkflowError, pickled, or None)
+#     (_CLOSE, report)       the main rank left its block (report: as above, or an abort); answer BYE
 #   worker -> main (_TO_MAIN)
 #     (_READY,)                 the worker serves this pool from now on (sent once)
 #     (_STARTED, position, seconds)  the job at ``position`` of its oldest batch has run that long (long jobs only)
-#     (_DONE, seconds, outcomes)  its oldest batch ran: one (kind, payload, traceback) per job
+#     (_DONE, seconds, outcomes, raw)  its oldest batch ran: one (kind, payload, traceback) per job
 #     (_UNLOADABLE, reason)     its oldest batch did not unpickle: the main rank resends it job by job
 #     (_LEFT, reason)           the worker's own code raised: it runs nothing more, waits for CLOSE
 #     (_BYE,)                   the answer to CLOSE, the last message of the pool
 #
+# Payloads: a small pickle stream without buffers is sent as bytes inside the message (the
+# common, fast case). Otherwise a payload is a list [stream, buffer, ...] of pickle protocol 5
+# (numpy arrays, PickleBuffers, and bytearrays and memoryviews found in lists, tuples and
+# dicts): each piece is either small bytes inside the message or the index of a raw part.
+# ``raw`` lists the sizes of a message's raw parts; they follow it as uppercase MPI messages
+# on _RAW_TO_WORKER / _RAW_TO_MAIN, in chunks of at most _CHUNK bytes (no count reaches 2**31,
+# so any size works without MPI-4 large counts), and are received into memory that the
+# unpickled objects use in place, so a result costs its size once on the main rank: fresh
+# anonymous memory mapped in one go (arrays), or a bytearray where the size is negative
+# (bytearrays, and pickle streams).
+#
 # An unexpected message is a JobPoolError, never a silent fall-through.
 
 _TO_WORKER, _TO_MAIN = 11, 12
+_RAW_TO_WORKER, _RAW_TO_MAIN = 13, 14
+_RAW_ABOVE = 1 << 16  # bytes: buffers and pickle streams larger than this travel as raw parts
+_CHUNK = 1 << 30  # bytes per raw MPI message
+_LIFT_BUDGET = 10_000  # objects looked at when searching a payload for bytearrays and memoryviews
 _JOBS, _END, _CLOSE = "jobs", "end", "close"
 _READY, _STARTED, _DONE, _UNLOADABLE, _LEFT, _BYE = "ready", "started", "done", "unloadable", "left", "bye"
 _OK, _RAISED, _UNSENDABLE = 0, 1, 2  # kinds of outcome
@@ -1806,16 +1822,163 @@ _SPIN_POLLS = 200  # polls before a waiting rank starts to sleep
 _MAX_SLEEP = 0.001
 
 
-def _dumps(obj: Any) -> bytes:
-    """Pickle fast with pickle; fall back to cloudpickle, else dill (lambdas, closures), if installed."""
+def _dumps(obj: Any, buffers: list | None = None) -> bytes:
+    """Pickle fast with pickle; fall back to cloudpickle, else dill (lambdas, closures), if installed.
+
+    With ``buffers``, protocol 5 buffers are appended there instead of copied into the stream.
+    Memoryviews, which pickle refuses, are lifted (see _lift) first.
+    """
+    callback = None if buffers is None else buffers.append
     try:
-        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return pickle.dumps(obj, 5, buffer_callback=callback)
     except Exception:
+        if buffers:
+            buffers.clear()
+        lifted = _lift(obj, [_LIFT_BUDGET], 0)
+        if lifted is not obj:
+            with contextlib.suppress(Exception):
+                return pickle.dumps(lifted, 5, buffer_callback=callback)
+            if buffers:
+                buffers.clear()
         for name in ("cloudpickle", "dill"):
             fallback = _optional(name)
             if fallback is not None:
-                return fallback.dumps(obj, pickle.HIGHEST_PROTOCOL)
+                return fallback.dumps(lifted, 5, buffer_callback=callback)
         raise
+
+
+_PICKLED_NONE = pickle.dumps(None, 5)
+
+
+def _pack(obj: Any, raw: list[memoryview]) -> bytes | list:
+    """A payload for the wire (see the table above); big pieces are appended to ``raw``."""
+    if obj is None:  # what most jobs return
+        return _PICKLED_NONE
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        stream = pickle.dumps(obj, 5, buffer_callback=buffers.append)
+    except Exception:
+        buffers.clear()
+        stream = _dumps(obj, buffers)
+    if not buffers and len(stream) <= _RAW_ABOVE:
+        return stream
+    return _pack_big(obj, stream, buffers, raw)
+
+
+def _pack_big(obj: Any, stream: bytes, buffers: list[pickle.PickleBuffer], raw: list[memoryview]) -> list:
+    if len(stream) > _RAW_ABOVE and b"\x96" in stream:  # BYTEARRAY8: maybe a big bytearray, copied in band
+        lifted = _lift(obj, [_LIFT_BUDGET], 0)
+        if lifted is not obj:
+            buffers.clear()
+            stream = _dumps(lifted, buffers)
+    views = [memoryview(stream)] + [buffer.raw() for buffer in buffers]
+    pieces: list[bytes | int] = []
+    for view in views:
+        if view.nbytes <= _RAW_ABOVE:
+            pieces.append(view.tobytes())
+        else:
+            pieces.append(len(raw))
+            raw.append(view)
+    return pieces
+
+
+def _unpack(payload: bytes | list, raw: list) -> Any:
+    if type(payload) is bytes:
+        return pickle.loads(payload)
+    pieces = [raw[piece] if type(piece) is int else bytearray(piece) for piece in payload]
+    return pickle.loads(pieces[0], buffers=pieces[1:])
+
+
+def _lift(obj: Any, budget: list[int], depth: int) -> Any:
+    """``obj``, with its big bytearrays and its memoryviews (in lists, tuples and dicts) wrapped
+    to pickle as protocol 5 buffers: pickle itself copies bytearrays into the stream and
+    refuses memoryviews. Containers are copied only where something was wrapped."""
+    kind = type(obj)
+    if kind is bytearray:
+        return _OutOfBand(obj) if len(obj) > _RAW_ABOVE else obj
+    if kind is memoryview:
+        return _OutOfBand(obj)
+    if budget[0] <= 0 or depth > 32 or not (kind is tuple or kind is list or kind is dict):
+        return obj
+    budget[0] -= len(obj)
+    if kind is dict:
+        values = [_lift(value, budget, depth + 1) for value in obj.values()]
+        if all(new is old for new, old in zip(values, obj.values(), strict=True)):
+            return obj
+        return dict(zip(obj.keys(), values, strict=True))
+    items = [_lift(item, budget, depth + 1) for item in obj]
+    if all(new is old for new, old in zip(items, obj, strict=True)):
+        return obj
+    return kind(items)
+
+
+class _OutOfBand:
+    """A bytearray or memoryview, pickled as a protocol 5 buffer (out of band on the wire)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytearray | memoryview):
+        self.data = data
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        data = self.data
+        if not isinstance(data, memoryview):
+            return _as_bytearray, (pickle.PickleBuffer(data),)
+        if not data.contiguous:
+            return _as_memoryview, (data.tobytes(), data.format, data.shape)
+        return _as_memoryview, (pickle.PickleBuffer(data), data.format, data.shape)
+
+
+def _as_bytearray(buffer: Any) -> bytearray:
+    return buffer if type(buffer) is bytearray else bytearray(buffer)
+
+
+def _as_memoryview(buffer: Any, format: str, shape: tuple) -> memoryview:
+    view = memoryview(buffer).cast("B")
+    try:
+        return view.cast(format, shape)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return view  # a format cast() does not take: the bytes, flat
+
+
+def _raw_sizes(raw: list[memoryview]) -> tuple[int, ...]:
+    """The ``raw`` item of a message: each part's size, negative for a bytearray (or a stream)."""
+    return tuple(-view.nbytes if type(view.obj) in (bytearray, bytes) else view.nbytes for view in raw)
+
+
+def _new_buffer(size: int) -> bytearray | mmap.mmap:
+    """Memory to receive a raw part into: a bytearray, or pages mapped at once without zeroing twice."""
+    if size < 0 or not hasattr(mmap, "MAP_ANONYMOUS"):
+        return bytearray(abs(size))
+    return mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0))
+
+
+def _send_raw(comm: Any, raw: list[memoryview], dest: int, tag: int, requests: list | None = None) -> None:
+    """The raw parts of a message, right after it; without waiting when ``requests`` is a list."""
+    byte = _optional("mpi4py.MPI").BYTE
+    for view in raw:
+        for start in range(0, view.nbytes, _CHUNK):
+            piece = [view[start:start + _CHUNK], byte]
+            if requests is None:
+                comm.Send(piece, dest, tag)
+            else:
+                requests.append(comm.Isend(piece, dest, tag))
+
+
+def _with_raw(comm: Any, message: tuple, source: int) -> tuple:
+    """A message just received, with its raw parts received into bytearrays in place of their sizes."""
+    kind = message[0]
+    if not ((kind == _JOBS or kind == _DONE) and message[-1]):
+        return message
+    byte, tag = _optional("mpi4py.MPI").BYTE, _RAW_TO_WORKER if kind == _JOBS else _RAW_TO_MAIN
+    parts = []
+    for size in message[-1]:
+        part = _new_buffer(size)
+        view = memoryview(part)
+        for start in range(0, abs(size), _CHUNK):
+            comm.Recv([view[start:start + _CHUNK], byte], source, tag)
+        parts.append(part)
+    return (*message[:-1], parts)
 
 
 def _unexpected(message: Any, source: int) -> JobPoolError:
@@ -1842,13 +2005,13 @@ class _Backoff:
         time.sleep(self.delay)
 
 
-def _wait_for_message(comm, source: int, tag: int, status: Any = None):
-    """Receive the next message, without burning a core while none comes."""
+def _wait_for_message(comm, source: int, tag: int, status: Any = None) -> tuple:
+    """Receive the next message and its raw parts, without burning a core while none comes."""
     backoff = _Backoff()
     while True:
         message = comm.improbe(source, tag, status)
         if message is not None:
-            return message.recv()
+            return _with_raw(comm, message.recv(), source if source != _ANY_SOURCE else status.Get_source())
         backoff.wait()
 
 
@@ -1856,20 +2019,20 @@ def _mpi_status():
     return _optional("mpi4py.MPI").Status()
 
 
-def _pack_batch(pool: JobPool, batch: list[Job]) -> bytes | None:
+def _pack_batch(pool: JobPool, batch: list[Job], raw: list[memoryview]) -> bytes | list | None:
     """Pickle a batch; a job that cannot be pickled fails alone, the rest go."""
     limits = None
     if pool._timeout is not None or pool._policies:
         limits = [_limit_of(job, pool._timeout) for job in batch]
     try:
-        return _dumps(([(job._fn, job._args, job._kwargs) if job._rare is None else job._call() for job in batch],
-                       limits))
+        return _pack(([(job._fn, job._args, job._kwargs) if job._rare is None else job._call() for job in batch],
+                      limits), raw)
     except Exception:
-        pass
+        raw.clear()
     sendable = []
     for job in batch:
         try:
-            _dumps(job._call())
+            _pack(job._call(), [])
         except Exception as reason:
             pool._graph.started(job)
             pool._failures.job_failed(job, JobPoolError(
@@ -1880,7 +2043,7 @@ def _pack_batch(pool: JobPool, batch: list[Job]) -> bytes | None:
         else:
             sendable.append(job)
     batch[:] = sendable
-    return _pack_batch(pool, batch) if batch else None
+    return _pack_batch(pool, batch, raw) if batch else None
 
 
 class _MainSide:
@@ -1916,7 +2079,8 @@ class _MainSide:
         while True:
             message = comm.improbe(_ANY_SOURCE, _TO_MAIN, status)
             if message is not None:
-                self.on_message(pool, status.Get_source(), message.recv())
+                source = status.Get_source()
+                self.on_message(pool, source, _with_raw(comm, message.recv(), source))
                 backoff.reset()
                 if finished:
                     return False
@@ -1957,14 +2121,15 @@ class _MainSide:
                 if graph.ready:
                     continue  # what is left waits for another worker (a retry)
                 break
-            payload = _pack_batch(pool, batch)
+            raw: list[memoryview] = []
+            payload = _pack_batch(pool, batch, raw)
             if payload is None:
                 continue
             if not batches[worker]:
                 self.running[worker] = (batch[0], time.monotonic())
             batches[worker].append(batch)
             self.in_flight += 1
-            self.send(worker, (_JOBS, payload))
+            self.send(worker, (_JOBS, payload, _raw_sizes(raw)), raw)
             sent = True
         return sent
 
@@ -2000,9 +2165,11 @@ class _MainSide:
         graph.active += len(batch)
         return batch
 
-    def send(self, worker: int, message: tuple) -> None:
+    def send(self, worker: int, message: tuple, raw: list[memoryview] | None = None) -> None:
         """Send without waiting: a big batch must not hold the main rank until a busy worker reads it."""
         self.sends.append(self.comm.isend(message, dest=worker, tag=_TO_WORKER))
+        if raw:
+            _send_raw(self.comm, raw, worker, _RAW_TO_WORKER, self.sends)
         if len(self.sends) > 64:
             self.sends = [request for request in self.sends if not request.Test()]
 
@@ -2016,7 +2183,7 @@ class _MainSide:
                 self.running[worker] = (queued[0][0], time.monotonic())
             else:
                 self.running.pop(worker, None)
-            _, seconds, outcomes = message
+            _, seconds, outcomes, raw = message
             self.measure(seconds, len(outcomes))
             loads, started, succeeded = pickle.loads, graph.started, graph.succeeded
             for job, (outcome, payload, remote_tb) in zip(batch, outcomes, strict=True):
@@ -2027,13 +2194,13 @@ class _MainSide:
                     continue  # aborted while it was on the worker
                 if outcome == _OK:
                     try:
-                        value = loads(payload)
+                        value = loads(payload) if type(payload) is bytes else _unpack(payload, raw)
                     except Exception:
                         pass
                     else:
                         succeeded(job, value)
                         continue
-                self.settle(pool, job, outcome, payload, remote_tb, worker)
+                self.settle(pool, job, outcome, payload, raw, remote_tb, worker)
         elif kind == _STARTED:
             try:
                 job = self.batches[worker][0][message[1]]
@@ -2065,14 +2232,15 @@ class _MainSide:
             mean, previous = seconds / count, self.seconds_per_job
             self.seconds_per_job = mean if previous is None else (previous + mean) / 2
 
-    def settle(self, pool: JobPool, job: Job, outcome: int, payload: Any, remote_tb: str | None, worker: int) -> None:
+    def settle(self, pool: JobPool, job: Job, outcome: int, payload: Any, raw: list, remote_tb: str | None,
+               worker: int) -> None:
         """A job's outcome other than a result that unpickles: it failed, one way or another."""
         if outcome == _UNSENDABLE:
             pool._failures.job_failed(job, JobPoolError(f"Job {job.name!r} ran on rank {worker}, but {payload}"),
                              worker, remote_tb, named=True)
             return
         try:
-            value = pickle.loads(payload)
+            value = _unpack(payload, raw)
         except Exception as reason:
             what = "result" if outcome == _OK else "exception"
             pool._failures.job_failed(job, JobPoolError(
@@ -2169,7 +2337,7 @@ class _WorkerSide:
                 message = _wait_for_message(comm, 0, _TO_WORKER)
                 kind = message[0]
                 if kind == _JOBS:
-                    self.run_batch(message[1])
+                    self.run_batch(message[1], message[2])
                 elif kind == _END:
                     if until_end:
                         return message[1]
@@ -2186,16 +2354,17 @@ class _WorkerSide:
         if self.herald is not None:
             self.herald.stop()
 
-    def run_batch(self, payload: bytes) -> None:
+    def run_batch(self, payload: bytes | list, received: list) -> None:
         """Run a batch of jobs and send each outcome, packaged on its own."""
         started = time.perf_counter()
         herald, owner = self.herald, self.pool.owner
         try:
-            calls, limits = pickle.loads(payload)
+            calls, limits = pickle.loads(payload) if type(payload) is bytes else _unpack(payload, received)
         except Exception as reason:
             self.comm.send((_UNLOADABLE, _describe(reason)), dest=0, tag=_TO_MAIN)
             return
-        outcomes = []
+        outcomes: list[tuple] = []
+        raw: list[memoryview] = []
         if herald is not None:
             herald.batch += 1
         for position, (fn, args, kwargs) in enumerate(calls):
@@ -2207,22 +2376,27 @@ class _WorkerSide:
                 else:
                     value = self.deadline.call(fn, (owner, *args), kwargs, limits[position], position)
             except BaseException as error:  # noqa: B036 (SystemExit or Ctrl-C in a job fails the job only)
-                outcomes.append(_pack_outcome(error, False, traceback.format_exc()))
+                outcomes.append(_pack_outcome(error, False, traceback.format_exc(), raw))
             else:
-                outcomes.append(_pack_outcome(value, True, None))
-        message = (_DONE, time.perf_counter() - started, outcomes)
+                outcomes.append(_pack_outcome(value, True, None, raw))
+        message = (_DONE, time.perf_counter() - started, outcomes, _raw_sizes(raw))
         if herald is None:
-            self.comm.send(message, dest=0, tag=_TO_MAIN)
+            self.send_done(message, raw)
             return
         herald.position = None
         with herald.lock:  # a STARTED being sent goes first
-            self.comm.send(message, dest=0, tag=_TO_MAIN)
+            self.send_done(message, raw)
+
+    def send_done(self, message: tuple, raw: list) -> None:
+        self.comm.send(message, dest=0, tag=_TO_MAIN)
+        if raw:
+            _send_raw(self.comm, raw, 0, _RAW_TO_MAIN)
 
 
-def _pack_outcome(value: Any, ok: bool, remote_tb: str | None) -> tuple:
+def _pack_outcome(value: Any, ok: bool, remote_tb: str | None, raw: list[memoryview]) -> tuple:
     """Pickle a result or exception; one that won't pickle becomes a message naming the problem."""
     try:
-        return (_OK if ok else _RAISED), _dumps(value), remote_tb
+        return (_OK if ok else _RAISED), _pack(value, raw), remote_tb
     except BaseException as reason:  # noqa: B036 (a __reduce__ that raises SystemExit fails the job only)
         what = "result" if ok else f"exception ({_describe(value)})"
         return _UNSENDABLE, f"its {what} cannot be sent back: {_describe(reason)}", remote_tb
@@ -3105,6 +3279,7 @@ def _bench_mpi(count: int, runs: int, coarse_scale: float = 1.0) -> list[dict]:
               _median_of(runs, functools.partial(_time_executor_map_or_zero, count, size)))
              for label, size in (("", 1), (", chunksize=100", 100))]
     coarse = _bench_coarse(workers, coarse_scale)
+    payloads = _bench_payloads(comm, *((8, 1 << 20) if coarse_scale < 1 else (64, 16 << 20)), runs)
     if rank != 0:  # only the main rank's clock counts
         return []
     rows = [_bench_row(f"bare mpi4py send/recv loop, {workers} workers", count, bare, bare)]
@@ -3120,6 +3295,106 @@ def _bench_mpi(count: int, runs: int, coarse_scale: float = 1.0) -> list[dict]:
     for workload, jobs, elapsed, target in coarse:
         rows.append(_bench_row(workload, jobs, elapsed, None,
                                f"{elapsed / target:.3f}x the ideal {target:.2f} s (greedy, first free worker)"))
+    return rows + payloads
+
+
+@functools.cache
+def _payload_array(nbytes: int) -> Any:
+    """The float64 array payload jobs return: made once per rank, so jobs only move it."""
+    return _optional("numpy").ones(nbytes // 8)
+
+
+def _return_payload(owner: Any, nbytes: int) -> Any:
+    return _payload_array(nbytes)
+
+
+def _take_payload(owner: Any, array: Any) -> int:
+    return array.nbytes
+
+
+def _time_payload_jobs(jobs: int, nbytes: int, returning: bool) -> float:
+    """``jobs`` jobs that each return (or receive) an array of ``nbytes``."""
+    array = _payload_array(nbytes)
+    started = time.perf_counter()
+    with JobPool() as pool:
+        if pool.is_main():
+            for _ in range(jobs):
+                if returning:
+                    pool.submit(_return_payload, (nbytes,))
+                else:
+                    pool.submit(_take_payload, (array,))
+    return time.perf_counter() - started
+
+
+def _time_bare_payloads(comm: Any, jobs: int, nbytes: int, returning: bool, keep: bool) -> float:
+    """The floor: the same arrays moved by bare ``comm.Send``/``Recv`` into new arrays, which the
+    main rank keeps (as a pool keeps results) when ``keep``, else lets go (so memory is reused)."""
+    numpy, mpi = _optional("numpy"), _optional("mpi4py.MPI")
+    rank, workers = comm.Get_rank(), comm.Get_size() - 1
+    array = _payload_array(nbytes)
+    kept = []
+    comm.Barrier()
+    started = time.perf_counter()
+    if rank == 0:
+        for index in range(jobs):
+            if returning:
+                kept.append(numpy.empty(nbytes // 8))
+                comm.Recv([kept[-1] if keep else kept.pop(), mpi.DOUBLE], source=mpi.ANY_SOURCE, tag=3)
+            else:
+                comm.Send([array, mpi.DOUBLE], dest=1 + index % workers, tag=3)
+    else:
+        for _ in range(rank - 1, jobs, workers):
+            if returning:
+                comm.Send([array, mpi.DOUBLE], dest=0, tag=3)
+            else:
+                comm.Recv([numpy.empty(nbytes // 8), mpi.DOUBLE], source=0, tag=3)
+    elapsed = time.perf_counter() - started
+    comm.Barrier()
+    return elapsed
+
+
+def _main_peak_per_result_byte(jobs: int, nbytes: int) -> float | None:
+    """The main rank's peak resident memory above its baseline while results arrive, per byte of
+    result (Linux: VmHWM after resetting it; None elsewhere)."""
+    import re
+
+    def kib(field: str) -> int:
+        with open("/proc/self/status") as status:
+            found = re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE)
+        assert found is not None
+        return int(found.group(1))
+
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets VmHWM to the current resident size
+        baseline = kib("VmRSS")
+    except (OSError, AssertionError):
+        _time_payload_jobs(jobs, nbytes, returning=True)
+        return None
+    _time_payload_jobs(jobs, nbytes, returning=True)
+    return (kib("VmHWM") - baseline) * 1024 / (jobs * nbytes)
+
+
+def _bench_payloads(comm: Any, jobs: int, nbytes: int, runs: int) -> list[dict]:
+    """Payload rows: arrays moved by jobs against bare uppercase Send/Recv, and the main rank's memory."""
+    if _optional("numpy") is None:
+        return [_bench_row("payload rows skipped: they need numpy", 1, 1.0, None)]
+    size = f"{jobs} x {nbytes / 2**20:g} MiB float64"
+    rows = []
+    for returning, what in ((True, "returned by jobs"), (False, "sent to jobs")):
+        _time_payload_jobs(2, nbytes, returning)  # warm up
+        pool = _median_of(runs, functools.partial(_time_payload_jobs, jobs, nbytes, returning))
+        bare = _median_of(runs, functools.partial(_time_bare_payloads, comm, jobs, nbytes, returning, True))
+        reused = _median_of(runs, functools.partial(_time_bare_payloads, comm, jobs, nbytes, returning, False))
+        rate = [jobs * nbytes / seconds / 1e9 for seconds in (pool, bare, reused)]
+        kept = ", the main rank keeping them" if returning else ""
+        rows.append(_bench_row(f"payload: {size} {what}", jobs, pool, bare,
+                               f"{rate[0]:.2f} GB/s = {rate[0] / rate[1]:.2f}x bare Send/Recv{kept} "
+                               f"({rate[1]:.2f} GB/s); bare into reused memory {rate[2]:.2f} GB/s"))
+    peak = _main_peak_per_result_byte(jobs, nbytes)
+    rows.append(_bench_row(f"memory: main rank peak, {size} results", jobs, 1.0, None,
+                           "not measured (needs Linux)" if peak is None else
+                           f"{peak:.3f}x the results' size above baseline (peak resident size)"))
     return rows
 
 

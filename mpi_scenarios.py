@@ -763,6 +763,124 @@ def scenario_stuck():
            others=[other.result for other in others] if RANK == 0 else None)
 
 
+def payload(index):
+    """Payload ``index`` of a catalogue of arrays and bytes-likes, the same on every rank."""
+    import pickle
+
+    import numpy as np
+
+    rng = np.random.default_rng(index)
+    big = rng.random((300, 500))  # 1.2 MB: out of band
+    catalogue = [
+        big,
+        np.asfortranarray(rng.random((257, 129)).astype(np.float32)),
+        rng.integers(-30000, 30000, (600, 400)).astype(np.int16)[::3, 1::2],  # not contiguous
+        (rng.random((40, 50, 60)) + 1j * rng.random((40, 50, 60))).astype(np.complex128),
+        rng.random(200_000) < 0.5,
+        np.zeros((0, 5), dtype=np.uint8),
+        np.array(7.5),
+        np.array([(i * 0.5, i) for i in range(30_000)], dtype=[("x", "f8"), ("n", "i4")]),
+        np.array(["a", None, 3, "bé"] * 10, dtype=object),
+        rng.integers(0, 2**63, 100_000, dtype=np.uint64).byteswap().view(np.dtype(">u8")),
+        rng.random((8, 8)),  # small: in band
+        rng.bytes(300_000),
+        bytearray(rng.bytes(300_000)),
+        bytearray(b"small"),
+        memoryview(rng.bytes(400_000)),
+        memoryview(bytearray(rng.bytes(80_000 * 8))).cast("d", (400, 200)),
+        pickle.PickleBuffer(bytearray(rng.bytes(200_000))),
+        {"cells": [big, big[:, ::7], np.arange(100_000)], "meta": (big.T, {"k": bytearray(b"x" * 100_000)}),
+         "n": 3},
+    ]
+    return catalogue[index]
+
+
+PAYLOADS = 18
+
+
+def same(a, b):
+    """Bit for bit, type, dtype and shape included."""
+    import pickle
+
+    import numpy as np
+
+    if isinstance(a, pickle.PickleBuffer):
+        return bytes(a.raw()) == bytes(memoryview(b).cast("B"))
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, np.ndarray):
+        same_layout = a.flags.f_contiguous == b.flags.f_contiguous or not a.flags.c_contiguous
+        return (a.dtype == b.dtype and a.shape == b.shape and same_layout and b.flags.writeable
+                and (a.tolist() == b.tolist() if a.dtype == object else a.tobytes() == b.tobytes()))
+    if isinstance(a, memoryview):
+        return a.format == b.format and a.shape == b.shape and a.tobytes() == b.tobytes()
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[key], b[key]) for key in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return a == b
+
+
+def check_and_return(owner, index, received):
+    """Check what the main rank sent, then send back a payload made here."""
+    return same(payload(index), received), payload(index)
+
+
+def unsendable_with_array(owner):
+    import numpy as np
+
+    return np.ones(1_000_000), threading.Lock()
+
+
+def scenario_arrays():
+    """Every payload of the catalogue, to the workers and back; one result cannot be sent."""
+    with JobPool() as pool:
+        jobs = [pool.submit(check_and_return, (index, payload(index)), name=f"payload {index}")
+                for index in range(PAYLOADS)]
+        bad = pool.submit(unsendable_with_array, name="returns a lock")
+        try:
+            pool.execute()
+        except WorkflowError:
+            pass
+    if RANK == 0:
+        report(arrived=[job.result[0] for job in jobs],
+               returned=[same(payload(index), job.result[1]) for index, job in enumerate(jobs)],
+               bad=[bad.status.name, str(bad.error)])
+    else:
+        report(done=True)
+
+
+def echo(owner, value):
+    return value
+
+
+def identical(a, b, piece=2**28):
+    """Byte for byte, a piece at a time (no copy of the whole)."""
+    a, b = memoryview(a).cast("B"), memoryview(b).cast("B")
+    return len(a) == len(b) and all(bytes(a[i:i + piece]) == bytes(b[i:i + piece]) for i in range(0, len(a), piece))
+
+
+def scenario_huge(kind):
+    """A payload above 2 GiB to a worker and back (a bytearray or a uint8 array)."""
+    size = 2**31 + 4099
+    data = None
+    if RANK == 0:
+        block = bytearray(range(256)) * 4096 + b"tail"
+        data = block * (size // len(block)) + block[: size % len(block)]
+        if kind == "array":
+            import numpy as np
+
+            data = np.frombuffer(data, dtype=np.uint8)
+    with JobPool() as pool:
+        job = pool.submit(echo, (data,), name="huge")
+    if RANK == 0:
+        back = job.result
+        report(status=job.status.name, type=type(back).__name__, size=len(back),
+               same=identical(back, data))
+    else:
+        report(done=True)
+
+
 if __name__ == "__main__":
     name, *arguments = sys.argv[1:]
     globals()[f"scenario_{name}"](*arguments)

@@ -969,6 +969,31 @@ def test_mpi_large_arguments_and_results_arrive_whole(n):
 
 @needs_mpi
 @pytest.mark.parametrize("n", RANKS)
+def test_mpi_arrays_and_bytes_likes_cross_bit_for_bit_both_ways(n):
+    pytest.importorskip("numpy")  # a test extra; CI installs it, so this runs there
+    code, results, out, err = mpiexec(n, "arrays")
+    assert code == 0, err
+    arrived, returned = results[0]["arrived"], results[0]["returned"]
+    assert len(arrived) == mpi_scenarios.PAYLOADS and all(arrived), arrived  # checked on the worker
+    assert all(returned), returned  # checked on the main rank
+    status, error = results[0]["bad"]
+    assert status == "FAILED" and "'returns a lock'" in error and "cannot be sent back" in error
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["array", "bytearray"])
+def test_mpi_a_payload_above_2_gib_goes_to_a_worker_and_back(kind):
+    if kind == "array":
+        pytest.importorskip("numpy")  # a test extra; CI installs it, so this runs there
+    code, results, out, err = mpiexec(2, "huge", kind, timeout=240)
+    assert code == 0, err
+    assert results[0] == {"status": "SUCCESS", "type": "ndarray" if kind == "array" else "bytearray",
+                          "size": 2**31 + 4099, "same": True}
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
 def test_mpi_unpicklable_jobs_fail_alone(n):
     code, results, out, err = mpiexec(n, "unpicklable")
     assert code == 0, err
@@ -1266,7 +1291,7 @@ def test_snapshot_counts_what_a_progress_display_shows():
 def test_the_pickler_falls_back_to_dill_without_cloudpickle(monkeypatch):
     class FakeDill:
         @staticmethod
-        def dumps(obj, protocol=None):
+        def dumps(obj, protocol=None, buffer_callback=None):
             return b"dill:" + repr(obj).encode()
 
     real = bsb_mini._optional
