@@ -22,6 +22,7 @@ import enum
 import faulthandler
 import functools
 import gc
+import hashlib
 import importlib
 import itertools
 import logging
@@ -31,10 +32,13 @@ import os
 import pickle
 import reprlib
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
 import traceback
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -96,6 +100,7 @@ class JobStatus(enum.Enum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     ABORTED = "aborted"  # the pool was interrupted while the job ran
+    RESTORED = "restored"  # its result was read from the pool's journal: it did not run
 
 
 class PoolStatus(enum.Enum):
@@ -114,7 +119,7 @@ class PoolProgressReason(enum.Enum):
 # Module constants for the hot path: an enum attribute costs several times a global's look-up.
 _PENDING, _QUEUED, _RUNNING = JobStatus.PENDING, JobStatus.QUEUED, JobStatus.RUNNING
 _SUCCESS, _FAILED, _CANCELLED = JobStatus.SUCCESS, JobStatus.FAILED, JobStatus.CANCELLED
-_ABORTED = JobStatus.ABORTED
+_ABORTED, _RESTORED = JobStatus.ABORTED, JobStatus.RESTORED
 _JOB_STATUS_CHANGE = PoolProgressReason.JOB_STATUS_CHANGE
 
 # --- 2. Provider fallback and the service registry --------------------------------
@@ -505,7 +510,7 @@ class Job:
 
     __slots__ = (
         "_pool", "_index", "_fn", "_args", "_kwargs", "deps", "_name", "_status",
-        "_result", "error", "_waiting", "_dependents", "rank", "_context", "_rare",
+        "_result", "error", "_waiting", "_dependents", "rank", "_context", "_rare", "_key",
     )
     _pool: JobPool
     _index: int
@@ -522,6 +527,7 @@ class Job:
     rank: int | None
     _context: dict | None
     _rare: _Rare | None
+    _key: str | None
 
     def __init__(self, pool: JobPool, index: int, fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...],
                  name: str | None, context: dict):
@@ -539,6 +545,7 @@ class Job:
         self.rank = None  # the rank that runs it: set when it is started or handed to a worker
         self._context = context or None
         self._rare = None  # what few jobs need (see _Rare); None keeps the common path fast
+        self._key = None  # its name across runs, in a pool with a journal (or given to submit())
 
     @property
     def name(self) -> str:
@@ -549,6 +556,11 @@ class Job:
     @property
     def status(self) -> JobStatus:
         return self._status
+
+    @property
+    def key(self) -> str | None:
+        """The job's name across runs (submit(key=...), or derived in a pool with a journal)."""
+        return self._key
 
     @property
     def context(self) -> dict:
@@ -565,7 +577,7 @@ class Job:
 
     @property
     def result(self) -> Any:
-        if self._status is _SUCCESS:
+        if self._status is _SUCCESS or self._status is _RESTORED:
             return self._result
         detail = f": {_describe(self.error)}" if self.error is not None else ""
         raise JobPoolError(f"Job {self.name!r} has no result, it is {self._status.name}{detail}")
@@ -646,7 +658,9 @@ class _Graph:
         self.watchers: list[collections.deque[Job]] = []  # as_completed() loops: finished jobs go to each
         self.running: Job | None = None  # the job started last in this process (serially)
         self.active = 0  # jobs handed to a worker or running here
-        self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = 0  # for snapshots
+        self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = self.n_restored = 0  # for snapshots
+        self.journal: _Journal | None = None  # the main rank's, when the pool has one
+        self.restorable: dict | None = None  # its index, when it holds any record
 
     # -- jobs come in --
 
@@ -655,7 +669,7 @@ class _Graph:
         waiting = 0
         for dep in job.deps:
             status = dep._status
-            if status is _SUCCESS:
+            if status is _SUCCESS or status is _RESTORED:
                 continue
             if status is _FAILED or status is _CANCELLED or status is _ABORTED:
                 self._cascade(job, _root_cause(dep), dep)
@@ -676,7 +690,7 @@ class _Graph:
         """execute() began: every held job becomes QUEUED."""
         self.executing, self.stop_reason = True, None
         held, self.held = self.held, []
-        if self.emit is not None:
+        if self.emit is not None or self.restorable is not None:
             for job in held:
                 if job._status is _PENDING:
                     self._enqueue(job)
@@ -687,10 +701,40 @@ class _Graph:
         self.ready.extend(held)
 
     def _enqueue(self, job: Job) -> None:
+        if self.restorable is not None and job._key in self.restorable:
+            self._restore(job)
+            return
         job._status = _QUEUED
         self.ready.append(job)
         if self.emit is not None:
             self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
+
+    def _restore(self, first: Job) -> None:
+        """Jobs recorded in the journal: RESTORED with their results, and their dependents released."""
+        journal, todo = self.journal, [first]
+        assert journal is not None
+        while todo:
+            job = todo.pop()
+            loaded, result = journal.load(job._key) if job._key in journal.index else (False, None)
+            if not loaded:
+                job._status = _QUEUED
+                self.ready.append(job)
+                if self.emit is not None:
+                    self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
+                continue
+            job._result, job._status = result, _RESTORED
+            self.n_restored += 1
+            for watcher in self.watchers:
+                watcher.append(job)
+            if self.emit is not None:
+                self.emit(_JOB_STATUS_CHANGE, _RESTORED, _PENDING, job)
+            for dependent in job._dependents or ():
+                dependent._waiting -= 1
+                if not dependent._waiting and dependent._status is _PENDING:
+                    if dependent._key in journal.index:
+                        todo.append(dependent)
+                    else:
+                        self._enqueue(dependent)
 
     def put_back(self, jobs: list[Job]) -> None:
         """Jobs handed to a worker that will not run them go to the front of the queue."""
@@ -716,6 +760,8 @@ class _Graph:
         job._status = _SUCCESS
         self.active -= 1
         self.n_succeeded += 1
+        if self.journal is not None and job._key is not None:
+            self.journal.record(job._key, result)
         if self.watchers:
             for watcher in self.watchers:
                 watcher.append(job)
@@ -871,6 +917,8 @@ def _workflow_error(failures: list[_Failure], graph: _Graph) -> WorkflowError:
             f"{graph.n_cancelled} cancelled because a dependency did not succeed")
     if len(failures) > failed_jobs:
         head += f", {len(failures) - failed_jobs} other error(s)"
+    if graph.n_restored:
+        head += f" ({graph.n_restored} restored from the journal)"
     lines: list[str] = [head + ":"]
     entries: list[Exception] = []
     for failure in failures:
@@ -960,6 +1008,354 @@ def _reaches(start: Any, target: Any, position: dict) -> bool:
     return False
 
 
+# --- 5b. The journal: keys, records, the lock ---------------------------------------
+#
+# A journal is one append-only file, written by the main rank only: _MAGIC, then frames.
+# A frame is a head (_FRAME: its kind, u8, and its body's length, u64), the body, and the
+# crc32 of the body (u32). Two kinds:
+#
+#   _NONES  the pickled list of the keys of jobs that returned None (most jobs): one per write
+#   _TINY   the pickled list [(key, stream), ...] of results whose pickle streams are
+#           under _TINY_BELOW bytes (numbers, short strings): one frame per write
+#   _SINGLE one result: key length (u32), key (UTF-8), then its pieces: a count (u32) and
+#           each piece as length (u64) + bytes (piece 0 is the pickle stream, the others
+#           its protocol 5 buffers, written and read without copies)
+#
+# Opening reads the tiny frames, whose results stay in the index, and only the heads and
+# keys of single frames: their results are read and checked when their jobs are restored,
+# so a million records open in seconds without loading every result. A frame cut short
+# or failing its check ends the journal there: the tail torn by a kill is cut off, with
+# a WARNING. A thread writes what succeeded at most _JOURNAL_EVERY seconds earlier, then
+# fsyncs. The lock is a file beside the journal, made with O_EXCL (atomic on local disks,
+# NFSv3+, Lustre and GPFS; no byte-range locks): it names its holder's host and pid, and
+# the holder touches it at every write. A lock whose holder is dead (same host) or that
+# stops being touched (another host) is taken over at once.
+
+_MAGIC = b"bsb_mini journal 1\n"
+_FRAME, _CRC, _KEY_LENGTH, _COUNT, _LENGTH = (struct.Struct(f) for f in ("<BQ", "<I", "<I", "<I", "<Q"))
+_TINY, _SINGLE, _NONES = 1, 2, 3
+_TINY_BELOW = 256  # bytes of pickle stream
+_SCAN_CHUNK = 1 << 22
+_JOURNAL_EVERY = 0.5  # seconds between writes (and heartbeats)
+_STALE_AFTER = 3.0  # seconds without a heartbeat after which another host's lock is stale
+_PLAIN_ATOMS = frozenset((type(None), bool, int, float, complex, str, bytes))
+_KEY_HASH = hashlib.blake2b(digest_size=16)
+_key_of = operator.attrgetter("_key")
+
+
+def _derived_key(fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...], names: dict) -> str | None:
+    """A key equal in every process and run for equal plain-data arguments, else None.
+
+    ``names``: the pool's cache of each function's stable name (None for a lambda, a local
+    function, a bound method or a partial: they have none)."""
+    prefix = names.get(fn)
+    if prefix is None:
+        if fn in names:
+            return None
+        module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+        bound = getattr(fn, "__self__", None)
+        stable = module and name and "<" not in name and (bound is None or type(bound) is type(sys))
+        prefix = names[fn] = f"{module}.{name}:" if stable else None
+        if prefix is None:
+            return None
+    if _PLAIN_ATOMS.issuperset(map(type, args)):  # the common case, inlined
+        text = repr(args)
+    else:
+        text = _canonical(args)  # type: ignore[assignment]
+        if text is None:
+            return None
+    if kwargs:
+        extra = _canonical(kwargs)
+        if extra is None:
+            return None
+        text += extra
+    if deps:
+        try:
+            text = "|".join([text, *sorted(map(_key_of, deps))])
+        except TypeError:  # a dependency without a key (None)
+            return None
+    elif len(text) <= 40:
+        return prefix + text  # short and readable: "module.function:(args,)"
+    digest = _KEY_HASH.copy()
+    digest.update(text.encode("utf-8", "surrogatepass"))
+    return prefix + digest.hexdigest()
+
+
+def _canonical(value: Any) -> str | None:
+    """Plain data as text that does not depend on hash seeds or insertion order, else None."""
+    kind = type(value)
+    if kind in _PLAIN_ATOMS:
+        return repr(value)
+    if kind is tuple or kind is list:
+        if _PLAIN_ATOMS.issuperset(map(type, value)):
+            return repr(value)
+        parts = []
+        for item in value:
+            text = _canonical(item)
+            if text is None:
+                return None
+            parts.append(text)
+        return ("(" if kind is tuple else "[") + ",".join(parts) + (",)" if kind is tuple else ",]")
+    if kind is dict or kind is set or kind is frozenset:
+        pairs = []
+        for key, item in value.items() if kind is dict else ((item, None) for item in value):
+            key_text, item_text = _canonical(key), _canonical(item)
+            if key_text is None or item_text is None:
+                return None
+            pairs.append(f"{key_text}:{item_text}")
+        return f"{kind.__name__}{{" + ",".join(sorted(pairs)) + "}"
+    if kind is Job:
+        return None if value._key is None else f"Job({value._key!r})"
+    return None
+
+
+class _Journal:
+    """Successes recorded in a file, restored by later pools (see the comment above)."""
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(os.fspath(path))
+        self.lock = _JournalLock(self.path + ".lock")
+        self.index: dict[str, bytes | int] = {}  # key -> a tiny result's stream, or its single frame's offset
+        self.nones: list[str] = []  # not written yet: keys of jobs that returned None,
+        self.tiny: list[tuple[str, bytes]] = []  # (key, stream) of tiny results,
+        self.pending: collections.deque[tuple[str, bytes, list | None]] = collections.deque()  # and the others
+        self.wake = threading.Event()
+        self.writer: threading.Thread | None = None
+        self.failure: BaseException | None = None  # the writer's, raised at close
+        self.lock.acquire()
+        try:
+            self.file = open(self.path, "ab")  # noqa: SIM115 (closed in close())
+            self.reader = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+            self.scan(os.fstat(self.file.fileno()).st_size)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.writer = threading.Thread(target=self._write_every, name="bsb_mini-journal", daemon=True)
+        self.writer.start()
+
+    # -- open --
+
+    def scan(self, size: int) -> None:
+        fd = self.reader.fileno()
+        if size == 0:
+            self.file.write(_MAGIC)
+            self.file.flush()
+            return
+        if os.pread(fd, len(_MAGIC), 0) != _MAGIC:
+            self.file.close()
+            self.reader.close()
+            raise JobPoolError(f"{self.path} is not a bsb_mini journal (it does not start like one); "
+                               "give journal= a new file's path, or the path of a journal written by bsb_mini.")
+        index, head = self.index, _FRAME.size
+        position, torn = len(_MAGIC), None
+        while position < size:
+            start = os.pread(fd, head + _KEY_LENGTH.size, position)
+            if len(start) < head:
+                torn = "the last frame is cut short"
+                break
+            kind, length = _FRAME.unpack_from(start)
+            end = position + head + length + _CRC.size
+            if kind not in (_TINY, _SINGLE, _NONES) or end > size:
+                torn = "the last frame is cut short" if kind in (_TINY, _SINGLE, _NONES) else "a frame is damaged"
+                break
+            if kind != _SINGLE:
+                body = os.pread(fd, length + _CRC.size, position + head)
+                if zlib.crc32(body[:length]) != _CRC.unpack_from(body, length)[0]:
+                    torn = "a frame is damaged"
+                    break
+                try:
+                    records = pickle.loads(body[:length])
+                    index.update(records if kind == _TINY else dict.fromkeys(records, _PICKLED_NONE))
+                except Exception:
+                    torn = "a frame is damaged"
+                    break
+            else:  # the key only; the result is read and checked when it is restored
+                (key_length,) = _KEY_LENGTH.unpack_from(start, head)
+                key = os.pread(fd, key_length, position + head + _KEY_LENGTH.size)
+                try:
+                    index[key.decode("utf-8", "surrogatepass")] = position
+                except UnicodeDecodeError:
+                    torn = "a frame is damaged"
+                    break
+            position = end
+        if torn is not None:
+            _logger.warning("Journal %s: %s at byte %d (a run was killed while writing?); the %d record(s) before "
+                            "it are used and the %d byte(s) after it are dropped.", self.path, torn, position,
+                            len(index), size - position)
+            self.file.truncate(position)
+
+    # -- restore --
+
+    def load(self, key: str) -> tuple[bool, Any]:
+        """(True, result) for a recorded key; (False, None) when the record does not load."""
+        found = self.index[key]
+        try:
+            if type(found) is bytes:
+                return True, pickle.loads(found)
+            assert type(found) is int
+            kind, length = _FRAME.unpack(os.pread(self.reader.fileno(), _FRAME.size, found))
+            frame = bytearray(length + _CRC.size)
+            self.reader.seek(found + _FRAME.size)
+            if self.reader.readinto(frame) != len(frame):
+                raise ValueError("it is cut short")
+            body = memoryview(frame)[:length]
+            if zlib.crc32(body) != _CRC.unpack_from(frame, length)[0]:
+                raise ValueError("its checksum does not match")
+            at = _KEY_LENGTH.size + _KEY_LENGTH.unpack_from(body)[0]
+            (count,) = _COUNT.unpack_from(body, at)
+            pieces, at = [], at + _COUNT.size
+            for _ in range(count):
+                (size,) = _LENGTH.unpack_from(body, at)
+                pieces.append(body[at + _LENGTH.size:at + _LENGTH.size + size])
+                at += _LENGTH.size + size
+            return True, pickle.loads(pieces[0], buffers=pieces[1:])
+        except Exception as reason:
+            _logger.warning("Journal %s: the record of %r does not load (%s); the job runs again.",
+                            self.path, key, _describe(reason))
+            return False, None
+
+    # -- record --
+
+    def record(self, key: str, result: Any) -> None:
+        """Keep a success to be written (results that do not pickle are not recorded)."""
+        if result is None:
+            self.nones.append(key)  # append: safe beside the writer thread (see write())
+            return
+        buffers: list[pickle.PickleBuffer] = []
+        try:
+            stream = _dumps(result, buffers)
+        except Exception as reason:
+            _logger.debug("Journal %s: the result of %r is not recorded: %s", self.path, key, reason)
+            return
+        if buffers or len(stream) >= _TINY_BELOW:
+            self.pending.append((key, stream, buffers or None))
+        else:
+            self.tiny.append((key, stream))
+
+    def _write_every(self) -> None:
+        while not self.wake.wait(_JOURNAL_EVERY):
+            try:
+                self.write()
+            except BaseException as error:  # noqa: B036 (kept, raised at close)
+                self.failure = error
+                return
+
+    def write(self) -> None:
+        """Append what is pending, fsync, and touch the lock (the heartbeat)."""
+        pending, out = self.pending, []  # type: ignore[var-annotated]
+        nones, tiny = self._take(self.nones), self._take(self.tiny)
+        while pending:
+            key, stream, buffers = pending.popleft()
+            encoded = key.encode("utf-8", "surrogatepass")
+            views = [memoryview(stream), *(buffer.raw() for buffer in buffers or ())]
+            parts: list = [_KEY_LENGTH.pack(len(encoded)), encoded, _COUNT.pack(len(views))]
+            for view in views:
+                parts += (_LENGTH.pack(view.nbytes), view)
+            checksum = 0
+            for part in parts:
+                checksum = zlib.crc32(part, checksum)
+            out += (_FRAME.pack(_SINGLE, sum(memoryview(part).nbytes for part in parts)), *parts,
+                    _CRC.pack(checksum))
+        for kind, records in ((_NONES, nones), (_TINY, tiny)):
+            if records:
+                body = pickle.dumps(records, 5)
+                out += (_FRAME.pack(kind, len(body)), body, _CRC.pack(zlib.crc32(body)))
+        if out:
+            self.file.writelines(out)
+            self.file.flush()
+            os.fsync(self.file.fileno())
+        self.lock.touch()
+
+    @staticmethod
+    def _take(records: list) -> list:
+        """What the main thread appended so far: a copy and a delete, each one step under the GIL,
+        so what is appended meanwhile stays for the next write."""
+        count = len(records)
+        taken = records[:count]
+        del records[:count]
+        return taken
+
+    def close(self) -> None:
+        """Write everything, release the lock; a write error is raised here."""
+        self.wake.set()
+        if self.writer is not None:
+            self.writer.join()
+        try:
+            if self.failure is None:
+                self.write()
+        finally:
+            self.file.close()
+            self.reader.close()
+            self.lock.release()
+        if self.failure is not None:
+            raise JobPoolError(f"Journal {self.path}: results could not be written: "
+                               f"{_describe(self.failure)}") from self.failure
+
+
+class _JournalLock:
+    """One pool at a time per journal, in any process on any host (see the comment above)."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.me = f"{socket.gethostname()} {os.getpid()}"
+        self.held = False
+
+    def acquire(self) -> None:
+        for _ in range(10):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.holder_if_alive()
+                if holder is not None:
+                    raise JobPoolError(
+                        f"Journal {self.path[:-5]} is in use by {holder} (its lock file: {self.path}); "
+                        "one pool at a time may use a journal. Wait for it to finish, or give this pool "
+                        "another journal.") from None
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)  # stale: its holder is gone
+                continue
+            with os.fdopen(fd, "w") as file:
+                file.write(self.me + "\n")
+            self.held = True
+            return
+        raise JobPoolError(f"Journal {self.path[:-5]}: could not take its lock file {self.path}.")
+
+    def holder_if_alive(self) -> str | None:
+        """Who holds the lock, if they are alive: same host, a live pid; else a heartbeat."""
+        try:
+            with open(self.path) as file:
+                host, pid = (file.readline().split() + ["", ""])[:2]
+            if host == socket.gethostname() and pid.isdigit():
+                if int(pid) == os.getpid():
+                    return f"another pool of this process (pid {pid} on {host})"
+                try:
+                    os.kill(int(pid), 0)
+                except ProcessLookupError:
+                    return None
+                except PermissionError:
+                    pass
+                return f"process {pid} on {host}"
+            before = os.stat(self.path).st_mtime_ns
+            deadline = time.monotonic() + _STALE_AFTER
+            while time.monotonic() < deadline:
+                time.sleep(0.1)
+                if os.stat(self.path).st_mtime_ns != before:
+                    return f"process {pid or '?'} on {host or '?'}"
+            return None
+        except FileNotFoundError:
+            return None
+
+    def touch(self) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.path)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
 # --- 6. The pool: lifecycle, schedule(), serial runner, MPI transport -----------------
 
 
@@ -972,8 +1368,11 @@ class JobPool:
     """
 
     def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None,
-                 timeout: float | None = None, retries: int = 0):
+                 timeout: float | None = None, retries: int = 0, journal: str | os.PathLike | None = None):
         self.owner = owner
+        self._journal_path = None if journal is None else os.fspath(journal)
+        self._keys: set[str] = set()  # explicit keys given so far
+        self._key_names: dict[Callable, str | None] = {}  # for derived keys
         self._fail_fast = fail_fast
         self._timeout, self._retries = _checked_policy(None, timeout, retries)
         self._policies = 0  # jobs with a timeout or retries of their own
@@ -1019,9 +1418,10 @@ class JobPool:
     def snapshot(self) -> PoolSnapshot:
         """Counts of the pool's jobs right now (readable from any thread): see PoolSnapshot."""
         graph = self._graph
-        done = graph.n_succeeded + graph.n_failed + graph.n_cancelled + graph.n_aborted
+        done = graph.n_succeeded + graph.n_failed + graph.n_cancelled + graph.n_aborted + graph.n_restored
         return PoolSnapshot(len(graph.jobs), done, graph.active, graph.n_succeeded, graph.n_failed,
-                            graph.n_cancelled, graph.n_aborted, self.size, self._execution.longest_running())
+                            graph.n_cancelled, graph.n_aborted, self.size, self._execution.longest_running(),
+                            graph.n_restored)
 
     def add_listener(self, listener: Callable, max_wait: float | None = None) -> None:
         """Call ``listener(progress)`` on the main rank for each event of this pool."""
@@ -1036,12 +1436,14 @@ class JobPool:
         kwargs: dict | None = None,
         deps: Iterable[Job] | None = None,
         name: str | None = None,
+        key: str | None = None,
         timeout: float | None = None,
         retries: int | None = None,
         **context: Any,
     ) -> Job:
         """Add ``fn(owner, *args, **kwargs)``; it runs once every job in ``deps`` succeeded.
 
+        ``key`` names the job across runs for the journal (derived when left out).
         ``timeout`` and ``retries`` override the pool's. Extra keyword arguments are not
         passed to the job: they are kept as ``job.context``.
         """
@@ -1082,6 +1484,10 @@ class JobPool:
         if timeout is not None or retries is not None:
             _Rare.of(job).policy = _checked_policy(fn, timeout, retries)
             self._policies += 1
+        if key is not None:
+            job._key = self._explicit_key(fn, key)
+        elif self._journal_path is not None:
+            job._key = _derived_key(fn, args, job._kwargs, deps, self._key_names)
         graph.jobs.append(job)
         if self._rank != 0:  # worker ranks keep their submissions PENDING
             return job
@@ -1098,6 +1504,16 @@ class JobPool:
         return job
 
     queue = submit
+
+    def _explicit_key(self, fn: Callable, key: Any) -> str:
+        if type(key) is not str:
+            raise JobPoolError(f"Cannot submit {_default_name(fn, (), {})}: key={key!r} is a "
+                               f"{type(key).__name__}; pass a str that names the job across runs.")
+        if key in self._keys:
+            raise JobPoolError(f"Cannot submit {_default_name(fn, (), {})}: key={key!r} was given to another "
+                               "job of this pool already; give each job its own key.")
+        self._keys.add(key)
+        return key
 
     def schedule(self, nodes: Iterable, scheduler: Callable | None = None) -> None:
         """Run ``scheduler(node)`` (default ``node.queue(pool)``) for each node, in a thread."""
@@ -1173,6 +1589,13 @@ class JobPool:
         self._opened = True
         self._main_thread = threading.get_ident()
         self._events.open()
+        if self._journal_path is not None and self._rank == 0:
+            try:
+                journal = self._graph.journal = _Journal(self._journal_path)
+                self._graph.restorable = journal.index or None
+            except BaseException as error:
+                self.__exit__(type(error), error, error.__traceback__)  # the workers leave too
+                raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -1194,6 +1617,9 @@ class JobPool:
             if self._comm is not None:
                 self._comm.Free()
                 self._comm = None
+            journal, self._graph.journal, self._graph.restorable = self._graph.journal, None, None
+            if journal is not None:
+                journal.close()
 
     def _finish_and_close(self) -> None:
         """Main rank, leaving without an exception: run what is left, then release the workers."""
@@ -1286,12 +1712,6 @@ def _check_submission(pool: JobPool, fn: Callable, context: dict) -> None:
         raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
     if not callable(fn):
         raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
-    reserved = sorted(set(context) & {"key"})
-    if reserved:
-        raise JobPoolError(
-            f"Cannot submit {_default_name(fn, (), {})}: submit({reserved[0]}=...) is not available in "
-            f"bsb_mini {__version__}; leave it out."
-        )
 
 
 def _checked_deps(pool: JobPool, fn: Callable, args: tuple, kwargs: dict | None, deps: Any) -> tuple:
@@ -1468,7 +1888,7 @@ class _Execution:
         if error is not None:
             raise error
         if return_results:
-            return {job: job._result for job in graph.jobs if job._status is _SUCCESS}
+            return {job: job._result for job in graph.jobs if job._status is _SUCCESS or job._status is _RESTORED}
         return None
 
     def as_completed(self, wanted: tuple[Job, ...] | None) -> Iterator[Job]:
@@ -1523,7 +1943,7 @@ class _Execution:
         return [job._result for job in jobs]
 
 
-_FINISHED_STATES = frozenset((_SUCCESS, _FAILED, _CANCELLED))
+_FINISHED_STATES = frozenset((_SUCCESS, _FAILED, _CANCELLED, _RESTORED))
 
 
 def _call_without_owner(owner: Any, fn: Callable, item: Any) -> Any:
@@ -2496,10 +2916,11 @@ _make_progress = tuple.__new__  # PoolProgress(...) without a Python-level __ini
 
 
 class PoolSnapshot(collections.namedtuple(
-    "PoolSnapshot", "total done running succeeded failed cancelled aborted ranks longest"
+    "PoolSnapshot", "total done running succeeded failed cancelled aborted ranks longest restored"
 )):
-    """``pool.snapshot()``: job counts at one moment (``running``: started or on a worker), and
-    ``longest``: (job, rank, seconds) of the job that has run longest so far, or None."""
+    """``pool.snapshot()``: job counts at one moment (``running``: started or on a worker),
+    ``longest``: (job, rank, seconds) of the job that has run longest so far, or None, and
+    ``restored``: jobs whose results came from the journal (counted in ``done``)."""
 
     __slots__ = ()
 
@@ -2627,9 +3048,10 @@ def create_job_pool(
     comm: Any = None,
     timeout: float | None = None,
     retries: int = 0,
+    journal: str | os.PathLike | None = None,
 ) -> JobPool:
     """A JobPool with ``listeners`` and, unless ``quiet``, a progress display."""
-    pool = JobPool(owner, fail_fast=fail_fast, comm=comm, timeout=timeout, retries=retries)
+    pool = JobPool(owner, fail_fast=fail_fast, comm=comm, timeout=timeout, retries=retries, journal=journal)
     for listener in listeners:
         pool.add_listener(listener, max_wait)
     if not quiet:
@@ -3105,8 +3527,28 @@ def _bench_serial(count: int, runs: int, scaling: list[int]) -> list[dict]:
     quiet_report = _ProgressReport(stream=_NullStream())
     rows.append(_bench_row("serial, DAG + progress report", count,
                            _median_of(runs, lambda: _time_pool(count, dag, quiet_report)), floor))
+    rows += _bench_journal(count, dag, max(runs, 5))
     rows += _bench_scaling(scaling)
     return rows
+
+
+def _bench_journal(count: int, dag: list, runs: int) -> list[dict]:
+    """A DAG with a journal (recording), then again (all restored), against none; interleaved, min of runs."""
+    import tempfile
+
+    plain, recording, resuming = [], [], []
+    with tempfile.TemporaryDirectory(prefix="bsb_mini_bench_") as folder:
+        for run in range(runs):
+            path = os.path.join(folder, f"run{run}.journal")
+            plain.append(_time_pool(count, dag))
+            recording.append(_time_pool(count, dag, journal=path))
+            resuming.append(_time_pool(count, dag, journal=path))
+    base = min(plain)
+    return [_bench_row(f"journal: DAG, recording every job (min of {runs})", count, min(recording), base,
+                       f"+{(min(recording) - base) / count * 1e6:.2f} us/job over no journal "
+                       f"({base / count * 1e6:.2f})"),
+            _bench_row(f"journal: same DAG again, all restored (min of {runs})", count, min(resuming), base,
+                       f"+{(min(resuming) - base) / count * 1e6:.2f} us/job over running them without one")]
 
 
 def _bench_scaling(sizes: list[int]) -> list[dict]:
