@@ -760,7 +760,7 @@ class _Graph:
         job._status = _SUCCESS
         self.active -= 1
         self.n_succeeded += 1
-        if self.journal is not None and job._key is not None:
+        if job._key is not None and self.journal is not None:
             self.journal.record(job._key, result)
         if self.watchers:
             for watcher in self.watchers:
@@ -1037,7 +1037,7 @@ _TINY, _SINGLE, _NONES = 1, 2, 3
 _TINY_BELOW = 256  # bytes of pickle stream
 _SCAN_CHUNK = 1 << 22
 _JOURNAL_EVERY = 0.5  # seconds between writes (and heartbeats)
-_STALE_AFTER = 3.0  # seconds without a heartbeat after which another host's lock is stale
+_STALE_AFTER = 5.0  # seconds without a heartbeat after which another host's lock is stale
 _PLAIN_ATOMS = frozenset((type(None), bool, int, float, complex, str, bytes))
 _KEY_HASH = hashlib.blake2b(digest_size=16)
 _key_of = operator.attrgetter("_key")
@@ -1241,7 +1241,8 @@ class _Journal:
                 return
 
     def write(self) -> None:
-        """Append what is pending, fsync, and touch the lock (the heartbeat)."""
+        """Touch the lock (the heartbeat), append what is pending, fsync."""
+        self.lock.touch()
         pending, out = self.pending, []  # type: ignore[var-annotated]
         nones, tiny = self._take(self.nones), self._take(self.tiny)
         while pending:
@@ -1264,7 +1265,6 @@ class _Journal:
             self.file.writelines(out)
             self.file.flush()
             os.fsync(self.file.fileno())
-        self.lock.touch()
 
     @staticmethod
     def _take(records: list) -> list:
@@ -1290,6 +1290,21 @@ class _Journal:
         if self.failure is not None:
             raise JobPoolError(f"Journal {self.path}: results could not be written: "
                                f"{_describe(self.failure)}") from self.failure
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs (a zombie, dead but not yet reaped, does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill() said it exists
 
 
 class _JournalLock:
@@ -1321,27 +1336,24 @@ class _JournalLock:
         raise JobPoolError(f"Journal {self.path[:-5]}: could not take its lock file {self.path}.")
 
     def holder_if_alive(self) -> str | None:
-        """Who holds the lock, if they are alive: same host, a live pid; else a heartbeat."""
+        """Who holds the lock, while they live: a process of this host that has not died, or one
+        that touches the lock (its heartbeat) within _STALE_AFTER seconds; else None (stale)."""
         try:
             with open(self.path) as file:
                 host, pid = (file.readline().split() + ["", ""])[:2]
-            if host == socket.gethostname() and pid.isdigit():
-                if int(pid) == os.getpid():
-                    return f"another pool of this process (pid {pid} on {host})"
-                try:
-                    os.kill(int(pid), 0)
-                except ProcessLookupError:
-                    return None
-                except PermissionError:
-                    pass
-                return f"process {pid} on {host}"
-            before = os.stat(self.path).st_mtime_ns
-            deadline = time.monotonic() + _STALE_AFTER
-            while time.monotonic() < deadline:
-                time.sleep(0.1)
+            here = host == socket.gethostname() and pid.isdigit()
+            if here and int(pid) == os.getpid():
+                return f"another pool of this process (pid {pid} on {host})"
+            holder = f"process {pid or '?'} on {host or '?'}"
+            before, deadline = os.stat(self.path).st_mtime_ns, time.monotonic() + _STALE_AFTER
+            while True:
+                if here and not _process_alive(int(pid)):
+                    return None  # killed: its lock is stale at once
                 if os.stat(self.path).st_mtime_ns != before:
-                    return f"process {pid or '?'} on {host or '?'}"
-            return None
+                    return holder  # its heartbeat
+                if time.monotonic() >= deadline:
+                    return holder if here else None  # alive here but silent: not ours to take
+                time.sleep(0.1)
         except FileNotFoundError:
             return None
 
@@ -3146,7 +3158,8 @@ class _ProgressReport:
         elapsed = time.monotonic() - self._started
         rate = counts.done / elapsed if elapsed > 0 else 0.0
         eta = _clock((counts.total - counts.done) / rate) if rate > 0 and counts.total > counts.done else "?"
-        text = (f"{counts.done}/{counts.total} done, {counts.running} running, {counts.failed} failed, "
+        restored = f" ({counts.restored} restored)" if counts.restored else ""
+        text = (f"{counts.done}/{counts.total} done{restored}, {counts.running} running, {counts.failed} failed, "
                 f"{counts.cancelled} cancelled, {rate:,.0f} jobs/s, {_clock(elapsed)} elapsed, ETA {eta}")
         if counts.longest is not None and counts.longest[2] > self.LONG_JOB:
             job, rank, seconds = counts.longest
@@ -3159,8 +3172,9 @@ class _ProgressReport:
         bad = counts.failed or counts.cancelled or counts.aborted
         verdict = "finished with errors" if bad else "finished"
         aborted = f", {counts.aborted} aborted" if counts.aborted else ""
+        restored = f", {counts.restored} restored from the journal" if counts.restored else ""
         return (f"{verdict}: {counts.succeeded}/{counts.total} succeeded, {counts.failed} failed, "
-                f"{counts.cancelled} cancelled{aborted} in {_clock(elapsed)} ({rate:,.0f} jobs/s)")
+                f"{counts.cancelled} cancelled{aborted}{restored} in {_clock(elapsed)} ({rate:,.0f} jobs/s)")
 
     def _draw(self, text: str, final: bool = False) -> None:
         with self._write_lock:
@@ -3573,7 +3587,28 @@ def _bench_scaling(sizes: list[int]) -> list[dict]:
             base = base or seconds / size
             rows.append(_bench_row(f"scaling: DAG {size:,} jobs, {label}", size, seconds, None,
                                    f"{seconds / size / base:.2f}x the per-job cost at {sizes[0]:,}"))
-    return rows
+    return rows + [_bench_journal_open(sizes[-1])]
+
+
+def _bench_journal_open(count: int) -> dict:
+    """Open a journal of ``count`` records (None, small numbers, and one in 1,000 a 100 kB result)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bsb_mini_bench_") as folder:
+        path = os.path.join(folder, "big.journal")
+        journal = _Journal(path)
+        for index in range(count):
+            result = None if index % 3 else index if index % 1000 else bytes(100_000)
+            journal.record(f"bsb_mini._noop:({index},)", result)
+            if index % 100_000 == 99_999:
+                journal.write()
+        journal.close()
+        size = os.path.getsize(path)
+        started = time.perf_counter()
+        _Journal(path).close()
+        seconds = time.perf_counter() - started
+    return _bench_row(f"journal: open {count:,} records ({size / 2**20:,.0f} MiB)", count, seconds, None,
+                      f"{seconds:.2f} s to open")
 
 
 class _NullStream:

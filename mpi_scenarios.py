@@ -798,6 +798,10 @@ def payload(index):
 PAYLOADS = 18
 
 
+def make_payload(owner, index):
+    return payload(index)
+
+
 def same(a, b):
     """Bit for bit, type, dtype and shape included."""
     import pickle
@@ -879,6 +883,121 @@ def scenario_huge(kind):
                same=identical(back, data))
     else:
         report(done=True)
+
+
+def counted(owner, markers, tag, value, seconds=0.0):
+    """Say that ``tag`` started (a line in ``markers``), maybe sleep, and return ``value``."""
+    with open(markers, "a") as file:
+        file.write(f"start {tag} {time.time():.3f}\n")
+    time.sleep(seconds)
+    with open(markers, "a") as file:
+        file.write(f"end {tag} {time.time():.3f}\n")
+    return value
+
+
+def add_up(owner, values):
+    return sum(values)
+
+
+def fails_if(owner, flag, markers):
+    counted(owner, markers, "flaky", None)
+    if os.path.exists(flag):
+        raise RuntimeError("the flag file is there")
+    return "fine"
+
+
+def blob(owner, markers, size):
+    counted(owner, markers, "blob", None)
+    import hashlib
+
+    data = bytearray(hashlib.sha256(str(size).encode()).digest()) * (size // 32)
+    return data
+
+
+class Opaque:
+    """Not plain data: a job with it has no key and always runs."""
+
+    def __reduce__(self):
+        return Opaque, ()
+
+
+def normal(value):
+    """``value`` with its sets sorted, so its repr does not depend on the hash seed."""
+    if isinstance(value, (set, frozenset)):
+        return (type(value).__name__, sorted(normal(item) for item in value))
+    if isinstance(value, dict):
+        return {key: normal(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(normal(item) for item in value)
+    return value
+
+
+def scenario_journal(path, markers, order, flag):
+    """Jobs of every kind with a journal; run twice (the test changes ``order`` and the hash seed)."""
+    mapping = {"b": [2, 3], "a": {"z": 1.5}} if order == "ba" else {"a": {"z": 1.5}, "b": [2, 3]}
+    events = []
+    with create_job_pool(journal=path, quiet=True) as pool:
+        pool.add_listener(lambda p: events.append(p.status.name) if p.reason is PoolProgressReason.JOB_STATUS_CHANGE
+                          and p.status is JobStatus.RESTORED else None)
+        jobs = {f"plain{i}": pool.submit(counted, (markers, f"plain{i}", i)) for i in range(5)}
+        jobs["mixed"] = pool.submit(counted, (markers, "mixed", (mapping, {"x", "y", "zz"}, frozenset({1, 2}),
+                                                                 [1.5, None, b"x", 2j, True])))
+        jobs["total"] = pool.submit(add_up, ([jobs[f"plain{i}"] for i in range(5)],))
+        jobs["opaque"] = pool.submit(counted, (markers, "opaque", Opaque()))
+        jobs["explicit"] = pool.submit(counted, (markers, "explicit", 7), key="my key")
+        jobs["flaky"] = pool.submit(fails_if, (flag, markers))
+        jobs["after flaky"] = pool.submit(counted, (markers, "after flaky", 1), deps=[jobs["flaky"]])
+        jobs["blob"] = pool.submit(blob, (markers, 3_000_000))
+        try:
+            pool.execute()
+        except WorkflowError as error:
+            failure = str(error)
+        else:
+            failure = None
+    if RANK == 0:
+        import hashlib
+
+        def shown(name, job):
+            if job.status not in (JobStatus.SUCCESS, JobStatus.RESTORED):
+                return None
+            if name == "blob":
+                return hashlib.sha256(job.result).hexdigest()
+            if name == "opaque":
+                return type(job.result).__name__
+            return repr(normal(job.result))
+
+        report(statuses={name: job.status.name for name, job in jobs.items()},
+               keys={name: job.key for name, job in jobs.items()},
+               results={name: shown(name, job) for name, job in jobs.items()},
+               restored=pool.snapshot().restored, events=len(events), failure=failure,
+               blob_writable=jobs["blob"].status in (JobStatus.SUCCESS, JobStatus.RESTORED)
+               and isinstance(jobs["blob"].result, bytearray))
+    else:
+        report(done=True)
+
+
+def scenario_long_run(path, markers, count, seconds):
+    """Many jobs of ``seconds`` each with a journal: the test kills the whole run midway."""
+    with create_job_pool(journal=path, quiet=True) as pool:
+        jobs = [pool.submit(counted, (markers, f"job{i}", i * i, float(seconds))) for i in range(int(count))]
+        total = pool.submit(add_up, (jobs,))
+    if RANK == 0:
+        report(statuses=sorted({job.status.name for job in jobs}), total=total.result,
+               restored=sum(job.status is JobStatus.RESTORED for job in jobs))
+    else:
+        report(done=True)
+
+
+def scenario_journal_in_use(path):
+    """The journal is held by another process: every rank leaves with an error, none hangs."""
+    try:
+        with JobPool(journal=path) as pool:
+            pool.submit(square, (3,))
+            pool.execute()
+    except Exception as error:
+        report(error=type(error).__name__, message=str(error))
+    else:
+        report(error=None)
 
 
 if __name__ == "__main__":

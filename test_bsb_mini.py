@@ -1225,12 +1225,6 @@ def test_extra_keyword_arguments_are_the_jobs_context():
     assert pool.size == 1 and job.attempts == 1
 
 
-def test_options_of_later_versions_are_refused_not_ignored():
-    with JobPool() as pool:
-        with pytest.raises(JobPoolError, match="key="):
-            pool.submit(add, (1,), key="a")
-
-
 def test_provide_warns_when_an_installed_package_breaks_on_import(tmp_path, monkeypatch, caplog):
     (tmp_path / "broken_pkg_for_warning.py").write_text("raise RuntimeError('missing shared library')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -1733,3 +1727,286 @@ def test_mpi_jobs_on_workers_when_the_main_rank_is_interrupted_end_aborted():
     assert results[0] == {"outcome": "KeyboardInterrupt", "statuses": ["ABORTED", "CANCELLED"], "after": 36}
     for rank in (1, 2):
         assert results[rank]["outcome"] == "The pool was aborted: the main rank raised KeyboardInterrupt."
+
+
+# --- the journal: resume after a crash or a walltime kill (SPEC 4.5) ---
+
+
+def run_scenario(*args, n=1, seed="0", hide=(), timeout=120):
+    """``mpi_scenarios.py`` run in a new process (under ``mpiexec -n n`` when n > 1); rank 0's outcome."""
+    if n > 1:
+        code, results, out, err = mpiexec(n, *args, hide=hide, timeout=timeout)
+        assert code == 0, err
+        return results[0], err
+    folder = Path(tempfile.mkdtemp(prefix="bsb_mini_serial_"))
+    for package in hide:
+        (folder / f"{package}.py").write_text(f"raise ImportError('{package} hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(HERE)]), "PYTHONHASHSEED": seed,
+           "BSB_SCENARIO_OUT": str(folder)}
+    done = subprocess.run([sys.executable, str(HERE / "mpi_scenarios.py"), *args], capture_output=True, text=True,
+                          env=env, cwd=HERE, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads((folder / "rank0.json").read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    return outcome, done.stderr
+
+
+def starts(markers):
+    """How many times each tag started, from the markers file that mpi_scenarios.counted() appends to."""
+    counts = {}
+    for line in Path(markers).read_text().splitlines():
+        kind, rest = line.split(" ", 1)
+        if kind == "start":
+            tag = rest.rsplit(" ", 1)[0]
+            counts[tag] = counts.get(tag, 0) + 1
+    return counts
+
+
+def check_record_then_restore(tmp_path, n):
+    journal, markers, flag = tmp_path / "run.journal", tmp_path / "markers.txt", tmp_path / "flag"
+    flag.touch()  # the first run: "flaky" fails, so "after flaky" is cancelled
+    first, _ = run_scenario("journal", str(journal), str(markers), "ab", str(flag), n=n, seed="1", hide=("sqlite3",))
+    flag.unlink()
+    second, _ = run_scenario("journal", str(journal), str(markers), "ba", str(flag), n=n, seed="2",
+                             hide=("sqlite3",))
+    assert first["statuses"]["flaky"] == "FAILED" and first["statuses"]["after flaky"] == "CANCELLED"
+    assert first["restored"] == 0
+    restored = {"plain0", "plain1", "plain2", "plain3", "plain4", "mixed", "total", "explicit", "blob"}
+    assert {name for name, status in second["statuses"].items() if status == "RESTORED"} == restored
+    assert {second["statuses"][name] for name in ("opaque", "flaky", "after flaky")} == {"SUCCESS"}
+    assert second["restored"] == len(restored) == second["events"]  # each one announced as RESTORED
+    assert second["keys"] == first["keys"]  # another hash seed, dicts built in another order: the same keys
+    assert second["keys"]["explicit"] == "my key" and second["keys"]["opaque"] is None
+    for name in restored:
+        assert second["results"][name] == first["results"][name], name
+    assert second["blob_writable"] and second["failure"] is None
+    ran = starts(markers)
+    assert all(ran[f"plain{i}"] == 1 for i in range(5)) and ran["mixed"] == ran["explicit"] == ran["blob"] == 1
+    assert ran["opaque"] == 2 and ran["flaky"] == 2  # no key; failed: not recorded
+    assert ran["after flaky"] == 1  # cancelled the first time, ran the second
+
+
+def test_a_journal_restores_successes_in_a_new_process_with_another_hash_seed(tmp_path):
+    check_record_then_restore(tmp_path, n=1)
+
+
+@needs_mpi
+def test_mpi_a_journal_restores_successes_in_a_new_run(tmp_path):
+    check_record_then_restore(tmp_path, n=3)
+
+
+def keyed(owner, *args, **kwargs):
+    return args
+
+
+def test_derived_keys_name_equal_calls_alike_and_others_apart(tmp_path):
+    class Thing:
+        def method(self, owner):
+            return 1
+
+    with JobPool(journal=tmp_path / "keys.journal") as pool:
+        one = pool.submit(keyed, ({"a": 1, "b": {2, 3}}, [None, 1.5, b"x"]), {"k": frozenset({"p", "q"})})
+        same = pool.submit(keyed, ({"b": {3, 2}, "a": 1}, [None, 1.5, b"x"]), {"k": frozenset({"q", "p"})})
+        other = pool.submit(keyed, ({"a": 1, "b": {2, 4}}, [None, 1.5, b"x"]), {"k": frozenset({"p", "q"})})
+        on_one = pool.submit(keyed, (one,))
+        on_other = pool.submit(keyed, (other,))
+        no_keys = [pool.submit(lambda owner: 1), pool.submit(Thing().method), pool.submit(keyed, (Thing(),)),
+                   pool.submit(keyed, deps=[pool.submit(keyed, (object(),))])]
+    assert one.key == same.key and one.key != other.key and one.key.startswith("test_bsb_mini.keyed:")
+    assert on_one.key != on_other.key  # a key includes its dependencies' keys
+    assert [job.key for job in no_keys] == [None] * 4
+    with JobPool() as pool:
+        assert pool.submit(keyed, (1,)).key is None  # no journal, no derived key
+        assert pool.submit(keyed, (1,), key="mine").key == "mine"
+
+
+plain_data = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5) | st.binary(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=3), inner, max_size=4) | st.frozensets(st.integers(), max_size=4),
+    max_leaves=12,
+)
+
+
+def reordered(value):
+    """The same value, with every dict built in the reverse order."""
+    if isinstance(value, dict):
+        return {key: reordered(value[key]) for key in reversed(list(value))}
+    if isinstance(value, (list, tuple)):
+        return type(value)(reordered(item) for item in value)
+    return value
+
+
+@settings(max_examples=100, deadline=None)
+@given(plain_data, plain_data)
+def test_derived_keys_are_equal_exactly_for_equal_plain_data(first, second):
+    path = Path(tempfile.mkdtemp()) / "keys.journal"
+    with JobPool(journal=path) as pool:
+        a, b, c = (pool.submit(keyed, (value,)) for value in (first, reordered(first), second))
+    assert a.key is not None and a.key == b.key
+    assert (a.key == c.key) == (as_plain_data(first) == as_plain_data(second))
+
+
+def as_plain_data(value):
+    """What equal plain data has in common: types and values, dicts and sets in sorted order."""
+    if isinstance(value, dict):
+        return ("dict", sorted((as_plain_data(key), as_plain_data(item)) for key, item in value.items()))
+    if isinstance(value, (set, frozenset)):
+        return (type(value).__name__, sorted(as_plain_data(item) for item in value))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [as_plain_data(item) for item in value])
+    return (type(value).__name__, repr(value))
+
+
+def test_explicit_keys_must_be_strings_and_unique_in_a_pool(tmp_path):
+    with JobPool(journal=tmp_path / "j") as pool:
+        pool.submit(keyed, key="cells")
+        with pytest.raises(JobPoolError, match="key='cells' was given to another job"):
+            pool.submit(keyed, (2,), key="cells")
+        with pytest.raises(JobPoolError, match="key=7 is a int; pass a str"):
+            pool.submit(keyed, key=7)
+        pool.submit(keyed, (1,))
+        pool.submit(keyed, (1,))  # equal derived keys are fine
+
+
+def journal_pool(path, values, failing=(), result=lambda value: value * 10):
+    with JobPool(journal=path) as pool:
+        jobs = [pool.submit(mpi_scenarios.square if value not in failing else fail, (value,)) for value in values]
+        try:
+            pool.execute()
+        except WorkflowError:
+            pass
+    return jobs
+
+
+def test_a_torn_journal_is_read_up_to_its_last_intact_frame(tmp_path, caplog):
+    path = tmp_path / "torn.journal"
+    journal_pool(path, [1, 2, 3])
+    intact = path.stat().st_size
+    journal_pool(path, [4, 5])  # a second frame
+    with open(path, "r+b") as file:
+        file.truncate(path.stat().st_size - 3)  # the kill tore the second frame
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
+        jobs = journal_pool(path, [1, 2, 3, 4, 5])
+    assert [job.status.name for job in jobs] == ["RESTORED"] * 3 + ["SUCCESS"] * 2
+    assert [job.result for job in jobs] == [1, 4, 9, 16, 25]
+    assert "cut short" in caplog.text and str(path) in caplog.text
+    with open(path, "ab") as file:
+        file.write(b"\x02garbage that is not a frame")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
+        jobs = journal_pool(path, [1, 4, 6])
+    assert [job.status.name for job in jobs] == ["RESTORED", "RESTORED", "SUCCESS"]
+    assert "Journal" in caplog.text and path.stat().st_size > intact
+
+
+def test_failures_and_unpicklable_results_are_not_recorded(tmp_path):
+    path = tmp_path / "j"
+    journal_pool(path, [1, 2], failing=[2])
+    with JobPool(journal=path) as pool:
+        lock = pool.submit(mpi_scenarios.give_lock)
+    jobs = journal_pool(path, [1, 2])
+    assert [job.status.name for job in jobs] == ["RESTORED", "SUCCESS"]
+    with JobPool(journal=path) as pool:
+        again = pool.submit(mpi_scenarios.give_lock)
+    assert lock.status is again.status is JobStatus.SUCCESS  # ran twice: its result could not be recorded
+
+
+def test_a_file_that_is_not_a_journal_is_refused_by_name(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("my precious notes\n")
+    with pytest.raises(JobPoolError, match=f"{re.escape(str(path))} is not a bsb_mini journal"):
+        with JobPool(journal=path):
+            pass
+    assert path.read_text() == "my precious notes\n"
+
+
+HOLD_JOURNAL = """
+import sys, time, bsb_mini
+with bsb_mini.JobPool(journal=sys.argv[1]) as pool:
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_one_pool_at_a_time_per_journal_and_a_killed_holder_leaves_it_usable(tmp_path):
+    path = tmp_path / "shared.journal"
+    with JobPool(journal=path):
+        with pytest.raises(JobPoolError, match="in use by another pool of this process"):
+            with JobPool(journal=path):
+                pass
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_JOURNAL, str(path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(HERE)})
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(JobPoolError, match=f"is in use by process {holder.pid} on "):
+            with JobPool(journal=path):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind
+        holder.wait()
+    assert Path(str(path) + ".lock").exists()
+    jobs = journal_pool(path, [3])  # usable at once
+    assert jobs[0].result == 9
+
+
+def test_the_summary_and_the_report_count_restored_jobs(tmp_path):
+    path = tmp_path / "j"
+    journal_pool(path, [1, 2])
+    terminal = io.StringIO()
+    with create_job_pool(journal=path, listeners=[bsb_mini._ProgressReport(stream=terminal)], quiet=True) as pool:
+        pool.submit(mpi_scenarios.square, (1,))
+        pool.submit(mpi_scenarios.square, (2,))
+        pool.submit(fail, ("new",))
+        with pytest.raises(WorkflowError, match=r"\(2 restored from the journal\)"):
+            pool.execute()
+    assert "2 restored from the journal" in terminal.getvalue()
+    assert pool.snapshot().restored == 2 and pool.snapshot().done == 3
+
+
+def test_restored_arrays_are_equal_and_writable(tmp_path):
+    numpy = pytest.importorskip("numpy")  # a test extra; CI installs it, so this runs there
+    path = tmp_path / "arrays.journal"
+    for _ in range(2):
+        with JobPool(journal=path) as pool:
+            job = pool.submit(mpi_scenarios.make_payload, (1,))
+    assert job.status is JobStatus.RESTORED
+    expected = mpi_scenarios.payload(1)
+    assert mpi_scenarios.same(expected, job.result) and job.result.flags.writeable
+    job.result[0, 0] = 5.0
+    assert isinstance(job.result, numpy.ndarray)
+
+
+@needs_mpi
+def test_mpi_a_run_killed_with_sigkill_resumes_where_it_was(tmp_path):
+    journal, markers = tmp_path / "long.journal", tmp_path / "markers.txt"
+    command = [MPIEXEC, "-n", "3", sys.executable, str(HERE / "mpi_scenarios.py"), "long_run", str(journal),
+               str(markers), "120", "0.1"]
+    env = {**os.environ, "PYTHONPATH": str(HERE), "UCX_LOG_LEVEL": "error", "BSB_SCENARIO_OUT": str(tmp_path)}
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=HERE,
+                           start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not markers.exists() or markers.read_text().count("end") < 60):
+        time.sleep(0.05)
+    killed_at = time.time()
+    os.killpg(run.pid, signal.SIGKILL)  # the whole mpiexec: launcher and every rank
+    run.communicate()
+    finished_before = {line.split()[1] for line in markers.read_text().splitlines()
+                       if line.startswith("end ") and float(line.split()[2]) < killed_at - 1.5}
+    assert len(finished_before) >= 15
+    outcome, err = run_scenario("long_run", str(journal), str(markers), "120", "0.1", n=3, timeout=180)
+    assert outcome["total"] == sum(i * i for i in range(120)) and set(outcome["statuses"]) <= {"SUCCESS", "RESTORED"}
+    ran = starts(markers)
+    assert len(ran) == 120 and max(ran.values()) <= 2  # every job ran, none more than twice
+    assert all(ran[tag] == 1 for tag in finished_before)  # what finished a second before the kill was restored
+    assert outcome["restored"] >= len(finished_before)
+
+
+@needs_mpi
+def test_mpi_a_journal_in_use_is_an_error_on_every_rank_not_a_hang(tmp_path):
+    path = tmp_path / "busy.journal"
+    with JobPool(journal=path):  # this process holds it
+        code, results, out, err = mpiexec(3, "journal_in_use", str(path))
+    assert code == 0, err
+    assert results[0]["error"] == "JobPoolError" and "is in use by process" in results[0]["message"]
+    assert all(results[rank]["error"] in ("WorkflowError", "JobPoolError") for rank in (1, 2))
