@@ -1821,7 +1821,8 @@ def test_derived_keys_name_equal_calls_alike_and_others_apart(tmp_path):
 
 
 plain_data = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5) | st.binary(max_size=5),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
+    | st.binary(max_size=5),
     lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
     | st.dictionaries(st.text(max_size=3), inner, max_size=4) | st.frozensets(st.integers(), max_size=4),
     max_leaves=12,
