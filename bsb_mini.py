@@ -1224,8 +1224,10 @@ class _Journal:
         buffers: list[pickle.PickleBuffer] = []
         try:
             stream = _dumps(result, buffers)
-        except Exception as reason:
-            _logger.debug("Journal %s: the result of %r is not recorded: %s", self.path, key, reason)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as reason:  # noqa: B036 (a __reduce__ that raises SystemExit: not recorded)
+            _logger.debug("Journal %s: the result of %r is not recorded: %s", self.path, key, _describe(reason))
             return
         if buffers or len(stream) >= _TINY_BELOW:
             self.pending.append((key, stream, buffers or None))

@@ -27,6 +27,7 @@ import faulthandler
 import json
 import logging
 import os
+import pickle
 import random
 import shutil
 import subprocess
@@ -40,9 +41,10 @@ from bsb_mini import JobPool, JobStatus, PoolProgressReason, PoolStatus, Workflo
 HANG_SECONDS = 60  # one pool that takes this long is a hang
 LOG: list[tuple[int, int, float, float]] = []  # (pool, job, start, end) of every job run in this process
 KINDS = ["ok"] * 14 + ["raise", "exit", "bad_arg", "bad_result", "bad_exc", "str_raises", "exit_on_pickle", "slow",
-                       "flaky", "flaky", "hang"]
+                       "flaky", "flaky", "hang", "bulky", "bulky"]
 RUNS_IN_PARALLEL = {"ok", "raise", "exit", "bad_result", "bad_exc", "str_raises", "exit_on_pickle", "slow", "flaky",
-                    "hang"}
+                    "hang", "bulky"}
+UNRECORDED = {"bad_result", "exit_on_pickle"}  # results a journal cannot keep
 RETRIED = {"raise", "exit", "bad_exc", "str_raises", "hang"}  # fail again on every attempt
 TIMEOUT = 0.2  # seconds, for the pools that have one; "hang" jobs sleep far longer
 MARKERS = ""  # a folder all ranks see: flaky jobs leave a file there when they fail their first attempt
@@ -65,6 +67,19 @@ class ExitsWhenPickled:
 class UnpicklableError(Exception):
     def __reduce__(self):
         raise TypeError("this exception refuses to be pickled")
+
+
+class Bulky(int):
+    """A result that carries a 200 kB buffer: it crosses ranks as a raw MPI message (out of band)."""
+
+    def __reduce_ex__(self, protocol):
+        return Bulky._rebuilt, (int(self), pickle.PickleBuffer(bytearray(200_000)))
+
+    @staticmethod
+    def _rebuilt(value, buffer):
+        if len(memoryview(buffer)) != 200_000:
+            raise ValueError("the buffer of a Bulky result arrived cut")
+        return Bulky(value)
 
 
 class StrRaisesError(Exception):
@@ -95,6 +110,10 @@ def job(owner, pool_no, index, kind, payload=None, lane=0):
             raise OSError(f"job {index}: a transient failure")
         if kind == "hang":
             time.sleep(30)
+        if kind == "bulky":
+            if not isinstance(payload, bytearray) or len(payload) != 150_000:
+                raise AssertionError("the big argument of a bulky job arrived wrong")
+            return Bulky(pool_no * 1000 + index)
         return pool_no * 1000 + index
     finally:
         LOG.append((pool_no, index, started, time.monotonic()))
@@ -177,6 +196,7 @@ def draw_scenario(seed: int, pool_no: int) -> dict:
         "pass_results": rng.random() < 0.3,  # give the first dependency as an argument too
         "retries": rng.choice([0, 0, 1, 2]),
         "timeout": timeout,
+        "journal": rng.random() < 0.2,
     }
 
 
@@ -226,8 +246,10 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
     i_raise = raiser != "none" and rank == raising_rank
     execs = scenario["main_execs"] if rank == 0 else scenario["worker_execs"]
     listener = Listener(scenario["listener"]) if scenario["listener"] != "none" else None
+    lane = world_rank % 2 if comm is not world else 0  # which half of a split world
+    journal = os.path.join(MARKERS, f"journal-{pool_no}-{lane}") if scenario["journal"] else None
     options = {"fail_fast": scenario["fail_fast"], "comm": comm, "retries": scenario["retries"],
-               "timeout": TIMEOUT if scenario["timeout"] else None}
+               "timeout": TIMEOUT if scenario["timeout"] else None, "journal": journal}
     seen: list[str] = []  # WorkflowError messages this rank saw
     own_error = None
     jobs: dict = {}
@@ -235,10 +257,10 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
 
     def submit(pool, wave):
         for index, deps, kind in wave:
-            payload = Unpicklable() if kind == "bad_arg" else None
+            payload = Unpicklable() if kind == "bad_arg" else bytearray(150_000) if kind == "bulky" else None
             if payload is None and deps and scenario["pass_results"]:
                 payload = [jobs[deps[0]]]  # a Job as an argument: its result comes in its place
-            jobs[index] = pool.submit(job, (pool_no, index, kind, payload, world_rank % 2 if comm is not world else 0),
+            jobs[index] = pool.submit(job, (pool_no, index, kind, payload, lane),
                                       name=f"j{index}",
                                       deps=[jobs[d] for d in deps])
 
@@ -290,6 +312,8 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
     gathered = comm.gather((seen, own_error, LOG[:]), root=0) if comm is not None else [(seen, own_error, LOG[:])]
     if rank == 0:
         problems += check_main(scenario, pool, listener, gathered, parallel, raiser, where, tag, pool_no)
+        if journal is not None:
+            problems += check_journal(journal, pool, tag)
     if comm is not world:
         comm.Free()
     return problems
@@ -363,6 +387,18 @@ def check_main(scenario, pool, listener, gathered, parallel, raiser, where, tag,
             problems.append(f"{tag}: rank {worker} saw {seen}, the main rank {main_seen}")
     return problems + check_runs(gathered, by_name, parallel, tag, this_pool, scenario["retries"],
                                  scenario["fail_fast"])
+
+
+def check_journal(path: str, pool, tag: str) -> list[str]:
+    """Closing the pool, normally or with an error, recorded every success that has a key."""
+    expected = {job.key for job in pool.jobs
+                if job.status is JobStatus.SUCCESS and job.key is not None and job._args[2] not in UNRECORDED}
+    journal = bsb_mini._Journal(path)  # also proves the pool released it
+    recorded = set(journal.index)
+    journal.close()
+    if recorded != expected:
+        return [f"{tag}: the journal holds {sorted(recorded)}, expected {sorted(expected)}"]
+    return []
 
 
 def check_runs(gathered, by_name, parallel, tag, this_pool, retries, fail_fast) -> list[str]:

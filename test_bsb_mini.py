@@ -1901,16 +1901,21 @@ def test_a_torn_journal_is_read_up_to_its_last_intact_frame(tmp_path, caplog):
     assert "Journal" in caplog.text and path.stat().st_size > intact
 
 
+def exits_when_pickled(owner):
+    return fault_scenarios.ExitsWhenPickled()
+
+
 def test_failures_and_unpicklable_results_are_not_recorded(tmp_path):
     path = tmp_path / "j"
     journal_pool(path, [1, 2], failing=[2])
     with JobPool(journal=path) as pool:
         lock = pool.submit(mpi_scenarios.give_lock)
+        exits = pool.submit(exits_when_pickled)  # its pickling raises SystemExit: not recorded, nothing stops
     jobs = journal_pool(path, [1, 2])
     assert [job.status.name for job in jobs] == ["RESTORED", "SUCCESS"]
     with JobPool(journal=path) as pool:
-        again = pool.submit(mpi_scenarios.give_lock)
-    assert lock.status is again.status is JobStatus.SUCCESS  # ran twice: its result could not be recorded
+        again = [pool.submit(mpi_scenarios.give_lock), pool.submit(exits_when_pickled)]
+    assert {lock.status, exits.status, *(job.status for job in again)} == {JobStatus.SUCCESS}  # ran twice
 
 
 def test_a_file_that_is_not_a_journal_is_refused_by_name(tmp_path):
