@@ -2245,7 +2245,6 @@ _LIFT_BUDGET = 10_000  # objects looked at when searching a payload for bytearra
 _JOBS, _END, _CLOSE = "jobs", "end", "close"
 _READY, _STARTED, _DONE, _UNLOADABLE, _LEFT, _BYE = "ready", "started", "done", "unloadable", "left", "bye"
 _OK, _RAISED, _UNSENDABLE = 0, 1, 2  # kinds of outcome
-_ANY_SOURCE = -2  # mpi4py.MPI.ANY_SOURCE, without importing mpi4py here
 _BATCH_SECONDS = 0.005  # aim for batches this long, so the tail stays balanced
 _MAX_BATCH = 512
 _PREFETCH_BELOW = 0.02  # seconds per job: shorter jobs get a second batch queued behind the first
@@ -2445,7 +2444,7 @@ def _wait_for_message(comm, source: int, tag: int, status: Any = None) -> tuple:
     while True:
         message = comm.improbe(source, tag, status)
         if message is not None:
-            return _with_raw(comm, message.recv(), source if source != _ANY_SOURCE else status.Get_source())
+            return _with_raw(comm, message.recv(), source if status is None else status.Get_source())
         backoff.wait()
 
 
@@ -2508,10 +2507,11 @@ class _MainSide:
         """Dispatch and settle until nothing is ready, in flight or to be scheduled (True), or
         until ``finished`` holds a job (False)."""
         comm, graph, status, events = self.comm, pool._graph, self.status, pool._events
+        anyone = _optional("mpi4py.MPI").ANY_SOURCE  # -2 in MPICH, -1 in Open MPI
         ready, inbox = graph.ready, pool._inbox
         backoff, quiet = _Backoff(), events.quiet_timer()
         while True:
-            message = comm.improbe(_ANY_SOURCE, _TO_MAIN, status)
+            message = comm.improbe(anyone, _TO_MAIN, status)
             if message is not None:
                 source = status.Get_source()
                 self.on_message(pool, source, _with_raw(comm, message.recv(), source))
@@ -2715,7 +2715,7 @@ class _MainSide:
             self.send(worker, message)
         waiting, status = set(self.batches), self.status
         while waiting:
-            reply = _wait_for_message(self.comm, _ANY_SOURCE, _TO_MAIN, status)
+            reply = _wait_for_message(self.comm, _optional("mpi4py.MPI").ANY_SOURCE, _TO_MAIN, status)
             if reply[0] == _BYE:
                 waiting.discard(status.Get_source())
             # anything else is late news of a pool that is over (outcomes of aborted jobs)
@@ -3649,7 +3649,7 @@ def _bench_bare_mpi_loop(comm: Any, count: int) -> float | None:
                 sent += 1
         status = _mpi_status()
         while done < count:
-            comm.recv(source=_ANY_SOURCE, tag=2, status=status)
+            comm.recv(source=_optional("mpi4py.MPI").ANY_SOURCE, tag=2, status=status)
             done += 1
             if sent < count:
                 comm.send((_noop, (sent,)), dest=status.Get_source(), tag=1)
