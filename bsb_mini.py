@@ -760,8 +760,12 @@ class _Graph:
         job._status = _SUCCESS
         self.active -= 1
         self.n_succeeded += 1
-        if job._key is not None and self.journal is not None:
-            self.journal.record(job._key, result)
+        key = job._key
+        if key is not None and self.journal is not None:
+            if result is None:
+                self.journal.nones.append(key)  # what most jobs return: kept as its key only
+            else:
+                self.journal.record(key, result)
         if self.watchers:
             for watcher in self.watchers:
                 watcher.append(job)
@@ -1039,7 +1043,8 @@ _SCAN_CHUNK = 1 << 22
 _JOURNAL_EVERY = 0.5  # seconds between writes (and heartbeats)
 _STALE_AFTER = 5.0  # seconds without a heartbeat after which another host's lock is stale
 _PLAIN_ATOMS = frozenset((type(None), bool, int, float, complex, str, bytes))
-_KEY_HASH = hashlib.blake2b(digest_size=16)
+_new_key_hash = hashlib.blake2b(digest_size=16).copy  # a copy is quicker than a new one
+_READABLE_KEY = 64  # characters of arguments (and dependencies' keys) kept as they are in a key
 _key_of = operator.attrgetter("_key")
 
 
@@ -1071,12 +1076,12 @@ def _derived_key(fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...],
         text += extra
     if deps:
         try:
-            text = "|".join([text, *sorted(map(_key_of, deps))])
+            text += "|" + (deps[0]._key if len(deps) == 1 else "|".join(sorted(map(_key_of, deps))))  # type: ignore[operator]
         except TypeError:  # a dependency without a key (None)
             return None
-    elif len(text) <= 40:
-        return prefix + text  # short and readable: "module.function:(args,)"
-    digest = _KEY_HASH.copy()
+    if len(text) <= _READABLE_KEY:
+        return prefix + text  # short and readable: "module.function:(args,)|dependency's key"
+    digest = _new_key_hash()
     digest.update(text.encode("utf-8", "surrogatepass"))
     return prefix + digest.hexdigest()
 
