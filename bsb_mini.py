@@ -659,8 +659,6 @@ class _Graph:
         self.running: Job | None = None  # the job started last in this process (serially)
         self.active = 0  # jobs handed to a worker or running here
         self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = self.n_restored = 0  # for snapshots
-        self.journal: _Journal | None = None  # the main rank's, when the pool has one
-        self.restorable: dict | None = None  # its index, when it holds any record
 
     # -- jobs come in --
 
@@ -690,7 +688,7 @@ class _Graph:
         """execute() began: every held job becomes QUEUED."""
         self.executing, self.stop_reason = True, None
         held, self.held = self.held, []
-        if self.emit is not None or self.restorable is not None:
+        if self.emit is not None:
             for job in held:
                 if job._status is _PENDING:
                     self._enqueue(job)
@@ -701,40 +699,10 @@ class _Graph:
         self.ready.extend(held)
 
     def _enqueue(self, job: Job) -> None:
-        if self.restorable is not None and job._key in self.restorable:
-            self._restore(job)
-            return
         job._status = _QUEUED
         self.ready.append(job)
         if self.emit is not None:
             self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
-
-    def _restore(self, first: Job) -> None:
-        """Jobs recorded in the journal: RESTORED with their results, and their dependents released."""
-        journal, todo = self.journal, [first]
-        assert journal is not None
-        while todo:
-            job = todo.pop()
-            loaded, result = journal.load(job._key) if job._key in journal.index else (False, None)
-            if not loaded:
-                job._status = _QUEUED
-                self.ready.append(job)
-                if self.emit is not None:
-                    self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
-                continue
-            job._result, job._status = result, _RESTORED
-            self.n_restored += 1
-            for watcher in self.watchers:
-                watcher.append(job)
-            if self.emit is not None:
-                self.emit(_JOB_STATUS_CHANGE, _RESTORED, _PENDING, job)
-            for dependent in job._dependents or ():
-                dependent._waiting -= 1
-                if not dependent._waiting and dependent._status is _PENDING:
-                    if dependent._key in journal.index:
-                        todo.append(dependent)
-                    else:
-                        self._enqueue(dependent)
 
     def put_back(self, jobs: list[Job]) -> None:
         """Jobs handed to a worker that will not run them go to the front of the queue."""
@@ -760,12 +728,6 @@ class _Graph:
         job._status = _SUCCESS
         self.active -= 1
         self.n_succeeded += 1
-        key = job._key
-        if key is not None and self.journal is not None:
-            if result is None:
-                self.journal.nones.append(key)  # what most jobs return: kept as its key only
-            else:
-                self.journal.record(key, result)
         if self.watchers:
             for watcher in self.watchers:
                 watcher.append(job)
@@ -846,6 +808,68 @@ class _Graph:
             if job._dependents:
                 todo.extend((dependent, job) for dependent in job._dependents)
                 root = root or job
+
+
+class _JournalledGraph(_Graph):
+    """The graph of a pool with a journal: on the main rank, where the journal is open, jobs
+    recorded in it are RESTORED instead of queued, and successes are recorded. (Plain pools
+    keep the plain graph: its hot path does not look for a journal.)"""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.journal: _Journal | None = None  # set while the main rank's pool is open
+
+    def start_executing(self) -> None:
+        if self.journal is None or not self.journal.index:
+            super().start_executing()
+            return
+        self.executing, self.stop_reason = True, None
+        held, self.held = self.held, []
+        for job in held:
+            if job._status is _PENDING:
+                self._enqueue(job)
+
+    def _enqueue(self, job: Job) -> None:
+        if self.journal is not None and job._key in self.journal.index:
+            self._restore(job)
+        else:
+            _Graph._enqueue(self, job)  # (quicker than super() on this path)
+
+    def _restore(self, first: Job) -> None:
+        """Jobs recorded in the journal: RESTORED with their results, and their dependents released."""
+        journal, todo = self.journal, [first]
+        assert journal is not None
+        while todo:
+            job = todo.pop()
+            loaded, result = journal.load(job._key) if job._key in journal.index else (False, None)
+            if not loaded:
+                job._status = _QUEUED
+                self.ready.append(job)
+                if self.emit is not None:
+                    self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
+                continue
+            job._result, job._status = result, _RESTORED
+            self.n_restored += 1
+            for watcher in self.watchers:
+                watcher.append(job)
+            if self.emit is not None:
+                self.emit(_JOB_STATUS_CHANGE, _RESTORED, _PENDING, job)
+            for dependent in job._dependents or ():
+                dependent._waiting -= 1
+                if not dependent._waiting and dependent._status is _PENDING:
+                    if dependent._key in journal.index:
+                        todo.append(dependent)
+                    else:
+                        self._enqueue(dependent)
+
+    def succeeded(self, job: Job, result: Any) -> None:
+        _Graph.succeeded(self, job, result)
+        key = job._key
+        if key is not None and self.journal is not None:
+            if result is None:
+                self.journal.nones.append(key)  # what most jobs return: kept as its key only
+            else:
+                self.journal.record(key, result)
 
 
 def _cancelled_error(job: Job, root: Job | None, parent: Job | str) -> JobCancelledError:
@@ -1045,45 +1069,58 @@ _STALE_AFTER = 5.0  # seconds without a heartbeat after which another host's loc
 _PLAIN_ATOMS = frozenset((type(None), bool, int, float, complex, str, bytes))
 _new_key_hash = hashlib.blake2b(digest_size=16).copy  # a copy is quicker than a new one
 _READABLE_KEY = 64  # characters of arguments (and dependencies' keys) kept as they are in a key
-_key_of = operator.attrgetter("_key")
 
 
 def _derived_key(fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...], names: dict) -> str | None:
     """A key equal in every process and run for equal plain-data arguments, else None.
 
     ``names``: the pool's cache of each function's stable name (None for a lambda, a local
-    function, a bound method or a partial: they have none)."""
+    function, a bound method or a partial: they have none). The common case (arguments of
+    plain atoms, no keyword arguments) is the short path; a key stays readable up to
+    _READABLE_KEY characters of arguments and dependencies' keys, and is hashed beyond."""
     prefix = names.get(fn)
     if prefix is None:
-        if fn in names:
-            return None
-        module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
-        bound = getattr(fn, "__self__", None)
-        stable = module and name and "<" not in name and (bound is None or type(bound) is type(sys))
-        prefix = names[fn] = f"{module}.{name}:" if stable else None
+        prefix = _stable_name(fn, names)
         if prefix is None:
             return None
-    if _PLAIN_ATOMS.issuperset(map(type, args)):  # the common case, inlined
-        text = repr(args)
-    else:
-        text = _canonical(args)  # type: ignore[assignment]
+    if kwargs or not _PLAIN_ATOMS.issuperset(map(type, args)):
+        text = _canonical(args)
         if text is None:
             return None
-    if kwargs:
-        extra = _canonical(kwargs)
-        if extra is None:
-            return None
-        text += extra
+        if kwargs:
+            extra = _canonical(kwargs)
+            if extra is None:
+                return None
+            text += extra
+    else:
+        text = repr(args)
     if deps:
-        try:
-            text += "|" + (deps[0]._key if len(deps) == 1 else "|".join(sorted(map(_key_of, deps))))  # type: ignore[operator]
-        except TypeError:  # a dependency without a key (None)
-            return None
+        if len(deps) == 1:
+            key = deps[0]._key
+            if key is None:
+                return None
+            text = f"{text}|{key}"
+        else:
+            keys = [dep._key for dep in deps]
+            if None in keys:
+                return None
+            text = text + "|" + "|".join(sorted(keys))  # type: ignore[arg-type]
     if len(text) <= _READABLE_KEY:
-        return prefix + text  # short and readable: "module.function:(args,)|dependency's key"
+        return prefix + text  # "module.function:(args,)|dependency's key"
     digest = _new_key_hash()
     digest.update(text.encode("utf-8", "surrogatepass"))
     return prefix + digest.hexdigest()
+
+
+def _stable_name(fn: Callable, names: dict) -> str | None:
+    """``module.qualname:`` of a function that every process names alike, cached in ``names``."""
+    if fn in names:
+        return names[fn]
+    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    bound = getattr(fn, "__self__", None)
+    stable = module and name and "<" not in name and (bound is None or type(bound) is type(sys))
+    names[fn] = f"{module}.{name}:" if stable else None
+    return names[fn]
 
 
 def _canonical(value: Any) -> str | None:
@@ -1396,7 +1433,7 @@ class JobPool:
         self._timeout, self._retries = _checked_policy(None, timeout, retries)
         self._policies = 0  # jobs with a timeout or retries of their own
         self._mpi = _as_service(comm, get_service("MPI"))
-        self._graph = _Graph()
+        self._graph = _Graph() if journal is None else _JournalledGraph()
         self._events = _Events(self)
         self._schedules: list[tuple[list, Callable | None]] = []
         self._failures = _FailureLog(self)
@@ -1609,9 +1646,9 @@ class JobPool:
         self._main_thread = threading.get_ident()
         self._events.open()
         if self._journal_path is not None and self._rank == 0:
+            assert isinstance(self._graph, _JournalledGraph)
             try:
-                journal = self._graph.journal = _Journal(self._journal_path)
-                self._graph.restorable = journal.index or None
+                self._graph.journal = _Journal(self._journal_path)
             except BaseException as error:
                 self.__exit__(type(error), error, error.__traceback__)  # the workers leave too
                 raise
@@ -1636,8 +1673,9 @@ class JobPool:
             if self._comm is not None:
                 self._comm.Free()
                 self._comm = None
-            journal, self._graph.journal, self._graph.restorable = self._graph.journal, None, None
-            if journal is not None:
+            graph = self._graph
+            if isinstance(graph, _JournalledGraph) and graph.journal is not None:
+                journal, graph.journal = graph.journal, None
                 journal.close()
 
     def _finish_and_close(self) -> None:
