@@ -3905,12 +3905,15 @@ def _bench_payloads(comm: Any, jobs: int, nbytes: int, runs: int) -> list[dict]:
     rows = []
     for returning, what in ((True, "returned by jobs"), (False, "sent to jobs")):
         _time_payload_jobs(2, nbytes, returning)  # warm up
-        pool = _median_of(runs, functools.partial(_time_payload_jobs, jobs, nbytes, returning))
-        bare = _median_of(runs, functools.partial(_time_bare_payloads, comm, jobs, nbytes, returning, True))
-        reused = _median_of(runs, functools.partial(_time_bare_payloads, comm, jobs, nbytes, returning, False))
+        times: list[list[float]] = [[], [], []]
+        for _ in range(max(runs, 5)):  # interleaved: fresh memory costs what the machine says at the moment
+            times[0].append(_time_payload_jobs(jobs, nbytes, returning))
+            times[1].append(_time_bare_payloads(comm, jobs, nbytes, returning, True))
+            times[2].append(_time_bare_payloads(comm, jobs, nbytes, returning, False))
+        pool, bare, reused = (min(each) for each in times)
         rate = [jobs * nbytes / seconds / 1e9 for seconds in (pool, bare, reused)]
         kept = ", the main rank keeping them" if returning else ""
-        rows.append(_bench_row(f"payload: {size} {what}", jobs, pool, bare,
+        rows.append(_bench_row(f"payload: {size} {what} (min of {max(runs, 5)})", jobs, pool, bare,
                                f"{rate[0]:.2f} GB/s = {rate[0] / rate[1]:.2f}x bare Send/Recv{kept} "
                                f"({rate[1]:.2f} GB/s); bare into reused memory {rate[2]:.2f} GB/s"))
     peak = _main_peak_per_result_byte(jobs, nbytes)
