@@ -1164,11 +1164,19 @@ class _Journal:
         self.wake = threading.Event()
         self.writer: threading.Thread | None = None
         self.failure: BaseException | None = None  # the writer's, raised at close
-        self.lock.acquire()
+        try:
+            self.lock.acquire()
+        except OSError as reason:
+            raise JobPoolError(f"Journal {self.path} cannot be opened: {_describe(reason)}; give journal= a "
+                               "path in a folder that exists and that you may write to.") from reason
         try:
             self.file = open(self.path, "ab")  # noqa: SIM115 (closed in close())
             self.reader = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
             self.scan(os.fstat(self.file.fileno()).st_size)
+        except OSError as reason:
+            self.lock.release()
+            raise JobPoolError(f"Journal {self.path} cannot be opened: {_describe(reason)}; give journal= the "
+                               "path of a file you may read and write.") from reason
         except BaseException:
             self.lock.release()
             raise

@@ -1927,6 +1927,27 @@ def test_a_file_that_is_not_a_journal_is_refused_by_name(tmp_path):
     assert path.read_text() == "my precious notes\n"
 
 
+def test_a_journal_that_cannot_be_opened_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no such folder" / "run.journal"
+    with pytest.raises(JobPoolError, match=r"cannot be opened: FileNotFoundError.*a folder that exists"):
+        with JobPool(journal=missing):
+            pass
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    with pytest.raises(JobPoolError, match="cannot be opened: IsADirectoryError"):
+        with JobPool(journal=folder):
+            pass
+
+
+def test_as_completed_yields_restored_jobs(tmp_path):
+    path = tmp_path / "j"
+    journal_pool(path, [1, 2])
+    with JobPool(journal=path) as pool:
+        jobs = [pool.submit(mpi_scenarios.square, (value,)) for value in (1, 2, 3)]
+        finished = {job.result: job.status.name for job in pool.as_completed()}
+    assert finished == {1: "RESTORED", 4: "RESTORED", 9: "SUCCESS"} and len(jobs) == 3
+
+
 HOLD_JOURNAL = """
 import sys, time, bsb_mini
 with bsb_mini.JobPool(journal=sys.argv[1]) as pool:
