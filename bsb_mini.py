@@ -811,18 +811,30 @@ class _Graph:
 
 
 class _JournalledGraph(_Graph):
-    """The graph of a pool with a journal: on the main rank, where the journal is open, jobs
-    recorded in it are RESTORED instead of queued, and successes are recorded. (Plain pools
-    keep the plain graph: its hot path does not look for a journal.)"""
+    """The graph of a pool with a journal: on the main rank, where the journal is open, its
+    successes are recorded. (Plain pools keep the plain graph: its hot path does not look for
+    a journal.)"""
 
     def __init__(self) -> None:
         super().__init__()
         self.journal: _Journal | None = None  # set while the main rank's pool is open
 
+    def succeeded(self, job: Job, result: Any) -> None:
+        _Graph.succeeded(self, job, result)  # (quicker than super() on this path)
+        key = job._key
+        if key is not None and self.journal is not None:
+            if result is None:
+                self.journal.nones.append(key)  # what most jobs return: kept as its key only
+            else:
+                self.journal.record(key, result)
+
+
+class _RestoringGraph(_JournalledGraph):
+    """A journalled graph whose journal holds records: a job recorded there is RESTORED
+    instead of queued. A pool's graph becomes one when its journal opens with records in it
+    (so a first run, which has nothing to restore, never looks)."""
+
     def start_executing(self) -> None:
-        if self.journal is None or not self.journal.index:
-            super().start_executing()
-            return
         self.executing, self.stop_reason = True, None
         held, self.held = self.held, []
         for job in held:
@@ -833,7 +845,7 @@ class _JournalledGraph(_Graph):
         if self.journal is not None and job._key in self.journal.index:
             self._restore(job)
         else:
-            _Graph._enqueue(self, job)  # (quicker than super() on this path)
+            _Graph._enqueue(self, job)
 
     def _restore(self, first: Job) -> None:
         """Jobs recorded in the journal: RESTORED with their results, and their dependents released."""
@@ -862,14 +874,6 @@ class _JournalledGraph(_Graph):
                     else:
                         self._enqueue(dependent)
 
-    def succeeded(self, job: Job, result: Any) -> None:
-        _Graph.succeeded(self, job, result)
-        key = job._key
-        if key is not None and self.journal is not None:
-            if result is None:
-                self.journal.nones.append(key)  # what most jobs return: kept as its key only
-            else:
-                self.journal.record(key, result)
 
 
 def _cancelled_error(job: Job, root: Job | None, parent: Job | str) -> JobCancelledError:
@@ -1162,6 +1166,7 @@ class _Journal:
         self.tiny: list[tuple[str, bytes]] = []  # (key, stream) of tiny results,
         self.pending: collections.deque[tuple[str, bytes, list | None]] = collections.deque()  # and the others
         self.wake = threading.Event()
+        self.writing = threading.Lock()  # frames are appended whole, one write() at a time
         self.writer: threading.Thread | None = None
         self.failure: BaseException | None = None  # the writer's, raised at close
         try:
@@ -1293,7 +1298,11 @@ class _Journal:
                 return
 
     def write(self) -> None:
-        """Touch the lock (the heartbeat), append what is pending, fsync."""
+        """Touch the lock (the heartbeat), append what is pending, fsync; one caller at a time."""
+        with self.writing:
+            self._write()
+
+    def _write(self) -> None:
         self.lock.touch()
         pending, out = self.pending, []  # type: ignore[var-annotated]
         nones, tiny = self._take(self.nones), self._take(self.tiny)
@@ -1654,9 +1663,12 @@ class JobPool:
         self._main_thread = threading.get_ident()
         self._events.open()
         if self._journal_path is not None and self._rank == 0:
-            assert isinstance(self._graph, _JournalledGraph)
+            graph = self._graph
+            assert isinstance(graph, _JournalledGraph)
             try:
-                self._graph.journal = _Journal(self._journal_path)
+                graph.journal = _Journal(self._journal_path)
+                if graph.journal.index:
+                    graph.__class__ = _RestoringGraph
             except BaseException as error:
                 self.__exit__(type(error), error, error.__traceback__)  # the workers leave too
                 raise
@@ -3658,10 +3670,12 @@ def _bench_journal_open(count: int) -> dict:
         journal.close()
         size = os.path.getsize(path)
         started = time.perf_counter()
-        _Journal(path).close()
+        reopened = _Journal(path)
         seconds = time.perf_counter() - started
+        found = len(reopened.index)
+        reopened.close()
     return _bench_row(f"journal: open {count:,} records ({size / 2**20:,.0f} MiB)", count, seconds, None,
-                      f"{seconds:.2f} s to open")
+                      f"{seconds:.2f} s to open" if found == count else f"BROKEN: {found:,} records found")
 
 
 class _NullStream:

@@ -152,8 +152,10 @@ class _Graph:
 class _JournalledGraph(_Graph):
     journal: _Journal | None
     def __init__(self) -> None: ...
-    def start_executing(self) -> None: ...
     def succeeded(self, job: Job, result: Any) -> None: ...
+
+class _RestoringGraph(_JournalledGraph):
+    def start_executing(self) -> None: ...
 
 class _Failure:
     named: Incomplete
@@ -177,6 +179,7 @@ class _Journal:
     tiny: list[tuple[str, bytes]]
     pending: collections.deque[tuple[str, bytes, list | None]]
     wake: Incomplete
+    writing: Incomplete
     writer: threading.Thread | None
     failure: BaseException | None
     file: Incomplete
