@@ -3652,7 +3652,7 @@ def _bench_scaling(sizes: list[int]) -> list[dict]:
             base = base or seconds / size
             rows.append(_bench_row(f"scaling: DAG {size:,} jobs, {label}", size, seconds, None,
                                    f"{seconds / size / base:.2f}x the per-job cost at {sizes[0]:,}"))
-    return rows + [_bench_journal_open(sizes[-1])]
+    return rows + [_bench_journal_open(sizes[-1])] if sizes else rows
 
 
 def _bench_journal_open(count: int) -> dict:

@@ -845,6 +845,12 @@ def test_bench_smoke_prints_a_table():
     assert out.returncode == 0, out.stderr
     rows = {row["workload"]: row for row in json.loads(out.stdout)["rows"]}
     assert rows["serial, independent"]["jobs"] == 200 and rows["serial, independent"]["us_per_job"] > 0
+    opened = [row for name, row in rows.items() if name.startswith("journal: open 20,000 records")]
+    assert len(opened) == 1 and opened[0]["efficiency"].endswith("s to open")  # else: BROKEN, records lost
+    assert any(name.startswith("journal: same DAG again, all restored") for name in rows)
+    out = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke", "--no-scaling", "--json"],
+                         capture_output=True, text=True, cwd=HERE, timeout=300)
+    assert out.returncode == 0, out.stderr
 
 
 def readme_example(tmp_path):
@@ -874,6 +880,12 @@ try:
     HAVE_MPI4PY = True
 except ImportError:
     HAVE_MPI4PY = False
+try:
+    import numpy  # noqa: F401
+except ImportError:
+    HAVE_NUMPY = False
+else:
+    HAVE_NUMPY = True
 needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC), reason="mpi4py and mpiexec are not installed")
 RANKS = [2, 3, 4]
 
@@ -1165,6 +1177,9 @@ def test_mpi_bench_smoke():
     assert code == 0, err
     rows = {row["workload"]: row for row in json.loads(out)["rows"]}
     assert rows["MPI poll, then sleep: independent"]["jobs"] == 200
+    if HAVE_NUMPY:  # a test extra; CI installs it, so this runs there
+        payloads = [row for name, row in rows.items() if name.startswith("payload: 8 x 1 MiB float64")]
+        assert len(payloads) == 2 and all("GB/s" in row["efficiency"] for row in payloads)
 
 
 # --- SPEC v2 semantics, serially ---
