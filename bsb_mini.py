@@ -659,6 +659,7 @@ class _Graph:
         self.running: Job | None = None  # the job started last in this process (serially)
         self.active = 0  # jobs handed to a worker or running here
         self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = self.n_restored = 0  # for snapshots
+        self.journal: _Journal | None = None  # the main rank's, while a pool with a journal is open
 
     # -- jobs come in --
 
@@ -728,6 +729,11 @@ class _Graph:
         job._status = _SUCCESS
         self.active -= 1
         self.n_succeeded += 1
+        if job._key is not None and self.journal is not None:
+            if result is None:
+                self.journal.nones.append(job._key)  # what most jobs return: kept as its key only
+            else:
+                self.journal.record(job._key, result)
         if self.watchers:
             for watcher in self.watchers:
                 watcher.append(job)
@@ -810,29 +816,12 @@ class _Graph:
                 root = root or job
 
 
-class _JournalledGraph(_Graph):
-    """The graph of a pool with a journal: on the main rank, where the journal is open, its
-    successes are recorded. (Plain pools keep the plain graph: its hot path does not look for
-    a journal.)"""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.journal: _Journal | None = None  # set while the main rank's pool is open
-
-    def succeeded(self, job: Job, result: Any) -> None:
-        _Graph.succeeded(self, job, result)  # (quicker than super() on this path)
-        key = job._key
-        if key is not None and self.journal is not None:
-            if result is None:
-                self.journal.nones.append(key)  # what most jobs return: kept as its key only
-            else:
-                self.journal.record(key, result)
-
-
-class _RestoringGraph(_JournalledGraph):
-    """A journalled graph whose journal holds records: a job recorded there is RESTORED
-    instead of queued. A pool's graph becomes one when its journal opens with records in it
-    (so a first run, which has nothing to restore, never looks)."""
+class _RestoringGraph(_Graph):
+    """The graph of a pool whose journal opened with records in it: a job recorded there is
+    RESTORED instead of queued. The pool's graph becomes one then (its class is swapped), so
+    a plain pool, or a first run that has nothing to restore, never looks. (Recording is
+    _Graph.succeeded()'s: a job has a key only in a pool with a journal, or given to
+    submit(), so a plain pool's jobs skip it at the first test.)"""
 
     def start_executing(self) -> None:
         self.executing, self.stop_reason = True, None
@@ -1450,7 +1439,7 @@ class JobPool:
         self._timeout, self._retries = _checked_policy(None, timeout, retries)
         self._policies = 0  # jobs with a timeout or retries of their own
         self._mpi = _as_service(comm, get_service("MPI"))
-        self._graph = _Graph() if journal is None else _JournalledGraph()
+        self._graph = _Graph()
         self._events = _Events(self)
         self._schedules: list[tuple[list, Callable | None]] = []
         self._failures = _FailureLog(self)
@@ -1664,7 +1653,6 @@ class JobPool:
         self._events.open()
         if self._journal_path is not None and self._rank == 0:
             graph = self._graph
-            assert isinstance(graph, _JournalledGraph)
             try:
                 graph.journal = _Journal(self._journal_path)
                 if graph.journal.index:
@@ -1694,7 +1682,7 @@ class JobPool:
                 self._comm.Free()
                 self._comm = None
             graph = self._graph
-            if isinstance(graph, _JournalledGraph) and graph.journal is not None:
+            if graph.journal is not None:
                 journal, graph.journal = graph.journal, None
                 journal.close()
 
