@@ -842,12 +842,9 @@ class _RestoringGraph(_Graph):
         assert journal is not None
         while todo:
             job = todo.pop()
-            loaded, result = journal.load(job._key) if job._key in journal.index else (False, None)
-            if not loaded:
-                job._status = _QUEUED
-                self.ready.append(job)
-                if self.emit is not None:
-                    self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
+            loaded, result = journal.load(job._key)  # type: ignore[arg-type]  # (keyed: it is in the index)
+            if not loaded:  # warned about: it runs instead
+                _Graph._enqueue(self, job)
                 continue
             job._result, job._status = result, _RESTORED
             self.n_restored += 1
@@ -1033,7 +1030,7 @@ def _reaches(start: Any, target: Any, position: dict) -> bool:
 #
 # A journal is one append-only file, written by the main rank only: _MAGIC, then frames.
 # A frame is a head (_FRAME: its kind, u8, and its body's length, u64), the body, and the
-# crc32 of the body (u32). Two kinds:
+# crc32 of the body (u32). Three kinds:
 #
 #   _NONES  the pickled list of the keys of jobs that returned None (most jobs): one per write
 #   _TINY   the pickled list [(key, stream), ...] of results whose pickle streams are
@@ -1042,7 +1039,7 @@ def _reaches(start: Any, target: Any, position: dict) -> bool:
 #           each piece as length (u64) + bytes (piece 0 is the pickle stream, the others
 #           its protocol 5 buffers, written and read without copies)
 #
-# Opening reads the tiny frames, whose results stay in the index, and only the heads and
+# Opening reads the batched frames, whose results stay in the index, and only the heads and
 # keys of single frames: their results are read and checked when their jobs are restored,
 # so a million records open in seconds without loading every result. A frame cut short
 # or failing its check ends the journal there: the tail torn by a kill is cut off, with
@@ -1056,7 +1053,6 @@ _MAGIC = b"bsb_mini journal 1\n"
 _FRAME, _CRC, _KEY_LENGTH, _COUNT, _LENGTH = (struct.Struct(f) for f in ("<BQ", "<I", "<I", "<I", "<Q"))
 _TINY, _SINGLE, _NONES = 1, 2, 3
 _TINY_BELOW = 256  # bytes of pickle stream
-_SCAN_CHUNK = 1 << 22
 _JOURNAL_EVERY = 0.5  # seconds between writes (and heartbeats)
 _STALE_AFTER = 5.0  # seconds without a heartbeat after which another host's lock is stale
 _PLAIN_ATOMS = frozenset((type(None), bool, int, float, complex, str, bytes))
@@ -1238,6 +1234,8 @@ class _Journal:
                 return True, pickle.loads(found)
             assert type(found) is int
             kind, length = _FRAME.unpack(os.pread(self.reader.fileno(), _FRAME.size, found))
+            if kind != _SINGLE:
+                raise ValueError("its frame is of another kind")
             frame = bytearray(length + _CRC.size)
             self.reader.seek(found + _FRAME.size)
             if self.reader.readinto(frame) != len(frame):
