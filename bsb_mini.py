@@ -20,7 +20,6 @@ import collections.abc
 import contextlib
 import enum
 import faulthandler
-import functools
 import gc
 import hashlib
 import importlib
@@ -509,10 +508,10 @@ class Job:
     """
 
     __slots__ = (
-        "_pool", "_index", "_fn", "_args", "_kwargs", "deps", "_name", "_status",
-        "_result", "error", "_waiting", "_dependents", "rank", "_context", "_rare", "_key",
+        "_graph", "_index", "_fn", "_args", "_kwargs", "deps", "_name", "_status",
+        "_result", "error", "_waiting", "_dependents", "rank", "_context", "_extras", "_key",
     )
-    _pool: JobPool
+    _graph: _Graph
     _index: int
     _fn: Callable
     _args: tuple
@@ -526,12 +525,12 @@ class Job:
     _dependents: list[Job] | None
     rank: int | None
     _context: dict | None
-    _rare: _Rare | None
+    _extras: _JobExtras | None
     _key: str | None
 
-    def __init__(self, pool: JobPool, index: int, fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...],
+    def __init__(self, graph: _Graph, index: int, fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...],
                  name: str | None, context: dict):
-        self._pool = pool
+        self._graph = graph
         self._index = index
         self._fn = fn
         self._args = args
@@ -544,7 +543,7 @@ class Job:
         self._dependents = None
         self.rank = None  # the rank that runs it: set when it is started or handed to a worker
         self._context = context or None
-        self._rare = None  # what few jobs need (see _Rare); None keeps the common path fast
+        self._extras = None  # see _JobExtras; None keeps the common job small and its path short
         self._key = None  # its name across runs, in a pool with a journal (or given to submit())
 
     @property
@@ -555,7 +554,8 @@ class Job:
 
     @property
     def status(self) -> JobStatus:
-        return self._status
+        status = self._status
+        return _QUEUED if status is _SENT else status  # waiting on a worker is still waiting
 
     @property
     def key(self) -> str | None:
@@ -572,7 +572,7 @@ class Job:
     @property
     def attempts(self) -> int:
         """How many times the job started (more than once only with retries)."""
-        earlier = self._rare.earlier if self._rare is not None else None
+        earlier = self._extras.earlier if self._extras is not None else None
         return len(earlier or ()) + (self._status in _STARTED_STATES)
 
     @property
@@ -580,26 +580,28 @@ class Job:
         if self._status is _SUCCESS or self._status is _RESTORED:
             return self._result
         detail = f": {_describe(self.error)}" if self.error is not None else ""
-        raise JobPoolError(f"Job {self.name!r} has no result, it is {self._status.name}{detail}")
+        raise JobPoolError(f"Job {self.name!r} has no result, it is {self.status.name}{detail}")
 
     def cancel(self, reason: str | None = None) -> None:
         """Cancel a PENDING or QUEUED job and its dependents; others are left as they are."""
-        self._pool._on_main_thread(self._pool._graph.cancel_by_user, self, reason)
+        self._graph.cancel_by_user(self, reason)
 
     def _call(self) -> tuple[Callable, tuple, dict]:
         """What runs: the function, and the arguments with each Job among them replaced by its result."""
-        if self._rare is None or not self._rare.takes_results:
+        if self._extras is None or not self._extras.takes_results:
             return self._fn, self._args, self._kwargs
         args = tuple(map(_result_in_place, self._args))
         kwargs = {key: _result_in_place(value) for key, value in self._kwargs.items()}
         return self._fn, args, kwargs
 
     def __repr__(self) -> str:
-        return f"<Job {self.name!r} {self._status.name}>"
+        return f"<Job {self.name!r} {self.status.name}>"
 
 
-class _Rare:
-    """The part of a Job that few jobs need, kept apart so the common job stays small and fast."""
+class _JobExtras:
+    """What only some jobs have: results of their dependencies to take as arguments, a timeout or
+    retries of their own, the errors of earlier attempts, and a flag to travel alone. Kept out of
+    ``Job`` so that the common job stays small and its path short."""
 
     __slots__ = ("takes_results", "policy", "earlier", "solo")
 
@@ -610,13 +612,19 @@ class _Rare:
         self.solo = False  # send alone: it broke a batch before
 
     @staticmethod
-    def of(job: Job) -> _Rare:
-        if job._rare is None:
-            job._rare = _Rare()
-        return job._rare
+    def of(job: Job) -> _JobExtras:
+        if job._extras is None:
+            job._extras = _JobExtras()
+        return job._extras
 
 
+class _OnWorker(enum.Enum):
+    SENT = "queued"  # handed to a worker that has not started it: QUEUED to the outside (Job.status)
+
+
+_SENT = _OnWorker.SENT
 _STARTED_STATES = frozenset((_RUNNING, _SUCCESS, _FAILED, _ABORTED))
+_FINISHED_STATES = frozenset((_SUCCESS, _FAILED, _CANCELLED, _RESTORED))
 _MAY_HOLD_JOBS = frozenset((Job, list, tuple))  # argument types that submit() looks into
 
 
@@ -642,13 +650,26 @@ def _result_in_place(value: Any) -> Any:
 class _Graph:
     """The only code that changes job states: graphlib's counts, a ready queue, the cascade.
 
-    Jobs whose dependencies are met wait in ``held`` (PENDING) until the pool executes,
-    then in ``ready`` (QUEUED). Runs on the pool's main thread only; every state change
-    goes out through ``emit(reason, status, old, job)`` (None while no listener wants
-    job events), which returns True when a listener handled the event.
+    The states and who moves a job between them::
+
+        PENDING --(deps met, executing)--> QUEUED --(handed to a worker)--> SENT --+
+           |                                  |  <--(put back: the worker left)--+ |
+           |                                  +--(runs here, or its worker starts it)--> RUNNING
+           +--(recorded in the journal)--> RESTORED       RUNNING --> SUCCESS | FAILED | ABORTED
+        PENDING, QUEUED --(a dependency failed, cancel(), fail_fast)--> CANCELLED
+        RUNNING --(failed, retries left)--> QUEUED;   QUEUED, SENT --(cannot be sent)--> FAILED
+
+    Jobs whose dependencies are met wait in ``held`` until the pool executes, then in
+    ``ready``. ``active`` counts the jobs that are SENT or RUNNING. Runs on the pool's main
+    thread only (``cancel_by_user`` posts itself there); every change goes out through
+    ``emit(reason, status, old, job)`` (None while no listener wants job events), which
+    returns True when a listener handled the event. The journal watches from outside:
+    ``journal`` records keyed successes, ``restorable`` (a journal opened with records)
+    turns the jobs it holds RESTORED instead of QUEUED.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inbox: _Inbox) -> None:
+        self.inbox = inbox
         self.jobs: list[Job] = []  # in submission order; appended from any thread
         self.ready: collections.deque[Job] = collections.deque()
         self.held: list[Job] = []
@@ -657,9 +678,10 @@ class _Graph:
         self.emit: Callable | None = None
         self.watchers: list[collections.deque[Job]] = []  # as_completed() loops: finished jobs go to each
         self.running: Job | None = None  # the job started last in this process (serially)
-        self.active = 0  # jobs handed to a worker or running here
+        self.active = 0
         self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = self.n_restored = 0  # for snapshots
         self.journal: _Journal | None = None  # the main rank's, while a pool with a journal is open
+        self.restorable: _Journal | None = None  # the same, when it opened with records
 
     # -- jobs come in --
 
@@ -681,7 +703,7 @@ class _Graph:
         if waiting:
             job._waiting = waiting
         elif self.executing:
-            self._enqueue(job)
+            self.enqueue(job)
         else:
             self.held.append(job)
 
@@ -689,27 +711,37 @@ class _Graph:
         """execute() began: every held job becomes QUEUED."""
         self.executing, self.stop_reason = True, None
         held, self.held = self.held, []
-        if self.emit is not None:
+        if self.emit is not None or self.restorable is not None:
             for job in held:
                 if job._status is _PENDING:
-                    self._enqueue(job)
+                    self.enqueue(job)
             return
         held = [job for job in held if job._status is _PENDING]
         for job in held:
             job._status = _QUEUED
         self.ready.extend(held)
 
-    def _enqueue(self, job: Job) -> None:
+    def enqueue(self, job: Job) -> None:
+        """A PENDING job whose dependencies are met: QUEUED, or RESTORED from the journal."""
+        if job._key is not None and self.restorable is not None and job._key in self.restorable.index:
+            self._restore(job)
+            return
         job._status = _QUEUED
         self.ready.append(job)
         if self.emit is not None:
             self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
 
+    def sent(self, batch: list[Job], worker: int) -> None:
+        """Jobs taken from the ready queue are handed to ``worker``."""
+        for job in batch:
+            job._status, job.rank = _SENT, worker
+        self.active += len(batch)
+
     def put_back(self, jobs: list[Job]) -> None:
-        """Jobs handed to a worker that will not run them go to the front of the queue."""
+        """Jobs handed to a worker that will not run them go back to the front of the queue."""
         for job in reversed(jobs):
-            if job._status is _QUEUED:
-                job.rank = None
+            if job._status is _SENT:
+                job._status, job.rank = _QUEUED, None
                 self.active -= 1
                 self.ready.appendleft(job)
 
@@ -719,8 +751,10 @@ class _Graph:
 
     # -- jobs run and end --
 
-    def started(self, job: Job) -> None:
-        job._status = _RUNNING
+    def started(self, job: Job, rank: int) -> None:
+        if job._status is _QUEUED:
+            self.active += 1
+        job._status, job.rank = _RUNNING, rank
         if self.emit is not None:
             self.emit(_JOB_STATUS_CHANGE, _RUNNING, _QUEUED, job)
 
@@ -730,32 +764,33 @@ class _Graph:
         self.active -= 1
         self.n_succeeded += 1
         if job._key is not None and self.journal is not None:
-            if result is None:
-                self.journal.nones.append(job._key)  # what most jobs return: kept as its key only
-            else:
-                self.journal.record(job._key, result)
+            self.journal.record(job._key, result)
         if self.watchers:
             for watcher in self.watchers:
                 watcher.append(job)
+        if self.emit is not None:
+            self.emit(_JOB_STATUS_CHANGE, _SUCCESS, _RUNNING, job)
         if job._dependents:
             for dependent in job._dependents:
                 dependent._waiting -= 1
                 if not dependent._waiting and dependent._status is _PENDING:
-                    self._enqueue(dependent)
-        if self.emit is not None:
-            self.emit(_JOB_STATUS_CHANGE, _SUCCESS, _RUNNING, job)
+                    self.enqueue(dependent)
 
     def failed(self, job: Job, error: BaseException) -> bool:
-        """Record a failure and cancel what depends on it; True if a listener handled it."""
+        """Record a failure (of a job that ran, or could not be sent) and cancel what depends on it;
+        True if a listener handled it."""
         old, job._status, job.error = job._status, _FAILED, error
-        self.active -= 1
+        if old is not _QUEUED:
+            self.active -= 1
         self.n_failed += 1
         if self.watchers:
             for watcher in self.watchers:
                 watcher.append(job)
+        handled = bool(self.emit is not None and self.emit(_JOB_STATUS_CHANGE, _FAILED, _QUEUED if old is _SENT
+                                                           else old, job))
         for dependent in job._dependents or ():
             self._cascade(dependent, job, job)
-        return bool(self.emit is not None and self.emit(_JOB_STATUS_CHANGE, _FAILED, old, job))
+        return handled
 
     def again(self, job: Job) -> None:
         """A failed attempt of a job with retries left: back to the queue (RUNNING -> QUEUED)."""
@@ -768,42 +803,38 @@ class _Graph:
     def aborted_while_running(self, jobs: Iterable[Job]) -> None:
         """The pool was interrupted: jobs that were running or on a worker end ABORTED."""
         for job in jobs:
-            if job._status is _RUNNING or (job._status is _QUEUED and job.rank is not None):
+            if job._status is _RUNNING or job._status is _SENT:
                 old, job._status = job._status, _ABORTED
                 job.error = JobPoolError(f"Job {job.name!r} was aborted: the pool was interrupted")
                 self.active -= 1
                 self.n_aborted += 1
                 if self.emit is not None:
-                    self.emit(_JOB_STATUS_CHANGE, _ABORTED, old, job)
+                    self.emit(_JOB_STATUS_CHANGE, _ABORTED, _QUEUED if old is _SENT else old, job)
 
-    # -- cancellation --
+    # -- cancellation and the journal --
 
     def cancel_by_user(self, job: Job, reason: str | None) -> None:
-        if job.rank is None:  # not on a worker, not running
-            self._cascade(job, None, reason or "cancelled by the user")
+        self.inbox.call(self._cascade, job, None, reason or "cancelled by the user")
 
     def stop(self, reason: str) -> None:
         """Cancel everything that has not started (fail_fast, or an interruption)."""
         self.stop_reason = reason
         while self.ready:
-            job = self.ready.popleft()
-            if job.rank is None:
-                self._cascade(job, None, reason)
+            self._cascade(self.ready.popleft(), None, reason)
         for job in self.jobs:
             if job._status is _PENDING:
                 self._cascade(job, None, reason)
 
     def _cascade(self, first: Job, root: Job | None, parent: Job | str) -> None:
-        """Cancel ``first`` and everything downstream of it, blaming the root cause.
-
-        ``parent`` is the failed or cancelled dependency of ``first``, or a reason.
-        """
+        """Cancel ``first`` (if PENDING or QUEUED) and everything downstream of it, blaming the root
+        cause. ``parent`` is the failed or cancelled dependency of ``first``, or a reason."""
         todo = [(first, parent)]
         while todo:
             job, parent = todo.pop()
-            if job._status is not _PENDING and (job._status is not _QUEUED or job.rank is not None):
+            old = job._status
+            if old is not _PENDING and old is not _QUEUED:
                 continue
-            old, job._status = job._status, _CANCELLED
+            job._status = _CANCELLED
             job.error = _cancelled_error(job, root, parent)
             self.n_cancelled += 1
             if self.watchers:
@@ -815,36 +846,18 @@ class _Graph:
                 todo.extend((dependent, job) for dependent in job._dependents)
                 root = root or job
 
-
-class _RestoringGraph(_Graph):
-    """The graph of a pool whose journal opened with records in it: a job recorded there is
-    RESTORED instead of queued. The pool's graph becomes one then (its class is swapped), so
-    a plain pool, or a first run that has nothing to restore, never looks. (Recording is
-    _Graph.succeeded()'s: a job has a key only in a pool with a journal, or given to
-    submit(), so a plain pool's jobs skip it at the first test.)"""
-
-    def start_executing(self) -> None:
-        self.executing, self.stop_reason = True, None
-        held, self.held = self.held, []
-        for job in held:
-            if job._status is _PENDING:
-                self._enqueue(job)
-
-    def _enqueue(self, job: Job) -> None:
-        if self.journal is not None and job._key in self.journal.index:
-            self._restore(job)
-        else:
-            _Graph._enqueue(self, job)
-
     def _restore(self, first: Job) -> None:
         """Jobs recorded in the journal: RESTORED with their results, and their dependents released."""
-        journal, todo = self.journal, [first]
+        journal, todo = self.restorable, [first]
         assert journal is not None
         while todo:
             job = todo.pop()
             loaded, result = journal.load(job._key)  # type: ignore[arg-type]  # (keyed: it is in the index)
             if not loaded:  # warned about: it runs instead
-                _Graph._enqueue(self, job)
+                job._status = _QUEUED
+                self.ready.append(job)
+                if self.emit is not None:
+                    self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
                 continue
             job._result, job._status = result, _RESTORED
             self.n_restored += 1
@@ -858,8 +871,7 @@ class _RestoringGraph(_Graph):
                     if dependent._key in journal.index:
                         todo.append(dependent)
                     else:
-                        self._enqueue(dependent)
-
+                        self.enqueue(dependent)
 
 
 def _cancelled_error(job: Job, root: Job | None, parent: Job | str) -> JobCancelledError:
@@ -954,44 +966,50 @@ class _FailureLog:
     """What went wrong in a pool, as plain records, until an execute() reports it.
 
     Failed jobs (after their retries), nodes that failed to schedule, listeners that
-    raised, ranks that left; ``fail_fast`` stops the pool at the first one.
+    raised, ranks that left; ``fail_fast`` stops the graph at the first one.
     """
 
-    def __init__(self, pool: JobPool):
-        self.pool = pool
+    def __init__(self, graph: _Graph, policy: _Policy, fail_fast: bool):
+        self.graph, self.policy, self.fail_fast = graph, policy, fail_fast
         self.records: list[_Failure] = []
 
     def job_failed(self, job: Job, error: BaseException, rank: int, remote_traceback: str | None = None,
-                    named: bool = False) -> None:
+                   named: bool = False) -> None:
         """A job raised, timed out, or could not be sent (``named``: the pool says so itself, and
-        never retries it): retry it if it may, else cascade and record."""
+        never retries it): run it again if the policy says so, else cascade and record."""
         job.rank = rank
         if remote_traceback:
             error.add_note(f"Traceback of the job on rank {rank}:\n{remote_traceback.rstrip()}")
-        if not named and _retry(self.pool, job, error):
+        graph = self.graph
+        if not named and self.policy.try_again(job, error, graph.stop_reason is not None):
+            graph.again(job)
             return
         named = named or type(error) is JobTimeoutError  # its message names the job already
-        if not self.pool._graph.failed(job, error):
+        if not graph.failed(job, error):
             self.records.append(_Failure(job, rank, error, named))
-            if self.pool._fail_fast:
-                self.pool._graph.stop("fail_fast: an earlier job failed")
+            if self.fail_fast:
+                graph.stop("fail_fast: an earlier job failed")
 
     def other(self, error: JobPoolError) -> None:
         """A node that failed to schedule, a listener that raised, a rank that left."""
         self.records.append(_Failure(None, None, error))
-        if self.pool._fail_fast and isinstance(error, JobSchedulingError):
-            self.pool._graph.stop("fail_fast: a node failed to schedule")
+        if self.fail_fast and isinstance(error, JobSchedulingError):
+            self.graph.stop("fail_fast: a node failed to schedule")
+
+    def forget(self, jobs: set[Job]) -> None:
+        """Failures that were raised another way (by map()): not raised again by execute()."""
+        self.records = [failure for failure in self.records if failure.job not in jobs]
 
     def warn_unreported(self, exc: BaseException) -> None:
         """The pool was left with an exception before an execute() reported these: say so."""
         if self.records:
-            report = _workflow_error(self.records, self.pool._graph)
+            report = _workflow_error(self.records, self.graph)
             _logger.warning("The pool was left with %s, so these were not raised:\n%s", _describe(exc), report.message)
 
     def take(self) -> WorkflowError | None:
         """The WorkflowError of what was recorded since the last one, if anything was."""
         records, self.records = self.records, []
-        return _workflow_error(records, self.pool._graph) if records else None
+        return _workflow_error(records, self.graph) if records else None
 
 
 def _check_node_order(nodes: list) -> None:
@@ -1416,15 +1434,17 @@ class _JournalLock:
                 os.unlink(self.path)
 
 
-# --- 6. The pool: lifecycle, schedule(), serial runner, MPI transport -----------------
+# --- 6. The pool: lifecycle, schedule(), timeouts and retries, the serial runner -------
 
 
 class JobPool:
     """Runs jobs with dependencies, serially or across the ranks of a communicator.
 
-    This class is the public surface and the lifecycle; the work is done by the
-    ``_Graph`` (job states), the ``_NodeWalker`` (schedule()), ``_run_serially`` or
-    the MPI ``_MainSide``/``_WorkerSide`` pair, and ``_Events`` (listeners).
+    The public surface and the lifecycle. It wires the owners together: the ``_Graph``
+    (job states), the ``_FailureLog``, ``_Events`` (listeners), the ``_Policy`` (timeouts and
+    retries), ``_Schedules`` (schedule()'s walker) and the ``_Inbox`` of calls from other
+    threads; opening the pool picks the role's runner once: ``_SerialRunner``, or under MPI
+    the ``_MainSide`` on rank 0 and a ``_WorkerSide`` elsewhere.
     """
 
     def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None,
@@ -1433,21 +1453,16 @@ class JobPool:
         self._journal_path = None if journal is None else os.fspath(journal)
         self._keys: set[str] = set()  # explicit keys given so far
         self._key_names: dict[Callable, str | None] = {}  # for derived keys
-        self._fail_fast = fail_fast
-        self._timeout, self._retries = _checked_policy(None, timeout, retries)
-        self._policies = 0  # jobs with a timeout or retries of their own
         self._mpi = _as_service(comm, get_service("MPI"))
-        self._graph = _Graph()
-        self._events = _Events(self)
-        self._schedules: list[tuple[list, Callable | None]] = []
-        self._failures = _FailureLog(self)
-        self._opened = self._closed = self._executing = False
-        self._inbox: collections.deque = collections.deque()  # calls posted by other threads
-        self._main_thread = 0
-        self._walker: _NodeWalker | None = None  # schedule()'s thread, while it walks
-        self._execution = _Execution(self)
-        self._main_side: _MainSide | None = None
-        self._worker_side: _WorkerSide | None = None
+        self._inbox = _Inbox()
+        self._graph = graph = _Graph(self._inbox)
+        self._policy = _Policy(*_checked_policy(None, timeout, retries))
+        self._failures = _FailureLog(graph, self._policy, fail_fast)
+        self._events = _Events(self, graph, self._failures)
+        self._schedules = _Schedules(self, graph, self._inbox, self._failures)
+        self._runner: _SerialRunner | _WorkerSide | None = None  # the role's, from __enter__ on
+        self._runs_jobs = True  # False on worker ranks: their submissions stay PENDING
+        self._opened = self._closed = False
         self._comm = None  # a private duplicate of the communicator while open
         self._rank, self._size = 0, 1
         self._index = itertools.count()
@@ -1479,9 +1494,9 @@ class JobPool:
         """Counts of the pool's jobs right now (readable from any thread): see PoolSnapshot."""
         graph = self._graph
         done = graph.n_succeeded + graph.n_failed + graph.n_cancelled + graph.n_aborted + graph.n_restored
+        longest = self._runner.longest_running() if self._runner is not None else None
         return PoolSnapshot(len(graph.jobs), done, graph.active, graph.n_succeeded, graph.n_failed,
-                            graph.n_cancelled, graph.n_aborted, self.size, self._execution.longest_running(),
-                            graph.n_restored)
+                            graph.n_cancelled, graph.n_aborted, self.size, longest, graph.n_restored)
 
     def add_listener(self, listener: Callable, max_wait: float | None = None) -> None:
         """Call ``listener(progress)`` on the main rank for each event of this pool."""
@@ -1507,12 +1522,13 @@ class JobPool:
         ``timeout`` and ``retries`` override the pool's. Extra keyword arguments are not
         passed to the job: they are kept as ``job.context``.
         """
+        graph = self._graph
         if type(args) is not tuple:
             args = _checked_args(fn, args)
         if kwargs is not None and type(kwargs) is not dict:
             kwargs = _checked_kwargs(fn, args, kwargs)
-        if self._closed or not callable(fn) or context:
-            _check_submission(self, fn, context)
+        if self._closed or not callable(fn):
+            _check_submission(fn, self._closed)
         takes_results = False
         holders = _MAY_HOLD_JOBS
         for arg in args:
@@ -1524,7 +1540,7 @@ class JobPool:
                 takes_results = True
         if deps:
             if type(deps) is not list and type(deps) is not tuple:
-                deps = _checked_deps(self, fn, args, kwargs, deps)
+                deps = _checked_deps(graph, fn, args, kwargs, deps)
             deps = tuple(deps)
         else:
             deps = ()
@@ -1535,30 +1551,29 @@ class JobPool:
                 deps = tuple(dict.fromkeys((*deps, *found)))
         if deps:
             for dep in deps:
-                if type(dep) is not Job or dep._pool is not self:
-                    _checked_deps(self, fn, args, kwargs, deps)
-        graph = self._graph
-        job = Job(self, next(self._index), fn, args, kwargs or _NO_KWARGS, deps, name, context)
+                if type(dep) is not Job or dep._graph is not graph:
+                    _checked_deps(graph, fn, args, kwargs, deps)
+        job = Job(graph, next(self._index), fn, args, kwargs or _NO_KWARGS, deps, name, context)
         if takes_results:
-            _Rare.of(job).takes_results = True
+            _JobExtras.of(job).takes_results = True
         if timeout is not None or retries is not None:
-            _Rare.of(job).policy = _checked_policy(fn, timeout, retries)
-            self._policies += 1
+            self._policy.give(job, fn, timeout, retries)
         if key is not None:
             job._key = self._explicit_key(fn, key)
         elif self._journal_path is not None:
             job._key = _derived_key(fn, args, job._kwargs, deps, self._key_names)
         graph.jobs.append(job)
-        if self._rank != 0:  # worker ranks keep their submissions PENDING
+        if not self._runs_jobs:
             return job
-        if self._walker is not None and threading.get_ident() != self._main_thread:
-            self._inbox.append((self._add, (job,)))
+        inbox = self._inbox
+        if inbox.walking and threading.get_ident() != inbox.main_thread:
+            inbox.post(self._add, job)  # from schedule()'s walker: the graph is the main thread's
         elif graph.emit is not None or job._index >= self._gc.next_at:
             self._add(job)
         elif deps:
             graph.link(job)
         elif graph.executing:  # link()'s end, inlined: most jobs have no deps, and this is the hot path
-            graph._enqueue(job)
+            graph.enqueue(job)
         else:
             graph.held.append(job)
         return job
@@ -1575,56 +1590,46 @@ class JobPool:
         self._keys.add(key)
         return key
 
+    def _add(self, job: Job) -> None:
+        """A new job reaches the graph (on the main thread): announced, then linked."""
+        if job._index >= self._gc.next_at:
+            self._gc.freeze()
+        if self._graph.emit is not None:
+            self._events.emit(PoolProgressReason.JOB_ADDED, self._events.status, None, job)
+        if job._status is _PENDING:  # not cancelled while it waited in the inbox
+            self._graph.link(job)
+
     def schedule(self, nodes: Iterable, scheduler: Callable | None = None) -> None:
         """Run ``scheduler(node)`` (default ``node.queue(pool)``) for each node, in a thread."""
         nodes = list(nodes)
         _check_node_order(nodes)
-        self._schedules.append((nodes, scheduler))
+        self._schedules.pending.append((nodes, scheduler))
 
     def execute(self, return_results: bool = False) -> dict[Job, Any] | None:
-        """Run all submitted and scheduled jobs; every rank calls it (see _WorkerSide)."""
-        if not self._opened or self._closed:
-            raise JobPoolContextError("execute() must be called inside the pool's `with` block.")
-        self._refuse_reentry("execute()")
-        self._executing = True
-        try:
-            if self._worker_side is not None:
-                self._worker_side.serve_one_execute()
-                return None
-            return self._execution.run_all(return_results)
-        finally:
-            self._executing = False
+        """Run all submitted and scheduled jobs; every rank calls it (workers serve in it)."""
+        return self._open_runner("execute()").execute(return_results)
 
     def as_completed(self, jobs: Iterable[Job] | None = None) -> Iterator[Job]:
         """Run the pool and yield each of ``jobs`` (default: every job, also those submitted
         meanwhile) once it is finished, in the order they finish. Main rank, inside the block."""
-        self._refuse_on_worker("as_completed()")
-        wanted = None if jobs is None else _checked_jobs(self, jobs, "as_completed(jobs)")
-        self._refuse_reentry("as_completed()")
-        return self._execution.as_completed(wanted)
+        runner = self._open_runner("as_completed()")
+        runner.may_run("as_completed()")
+        wanted = None if jobs is None else _checked_jobs(self._graph, jobs, "as_completed(jobs)")
+        return runner.as_completed(wanted)
 
     def map(self, fn: Callable, iterable: Iterable) -> list:
         """``[fn(item) for item in iterable]`` as jobs of this pool (no owner argument), results
         in input order; the first call that raised (in input order) is raised here."""
-        self._refuse_on_worker("map()")
+        runner = self._open_runner("map()")
+        runner.may_run("map()")
         if not callable(fn):
             raise JobPoolError(f"map() needs a function, got {fn!r}.")
-        self._refuse_reentry("map()")
-        return self._execution.map(fn, list(iterable))
+        return runner.map(fn, list(iterable), self.submit)
 
-    def _refuse_on_worker(self, what: str) -> None:
-        if not self._opened or self._closed:
+    def _open_runner(self, what: str) -> _SerialRunner | _WorkerSide:
+        if self._runner is None or self._closed:
             raise JobPoolContextError(f"{what} must be called inside the pool's `with` block.")
-        if self._worker_side is not None:
-            raise JobPoolContextError(
-                f"{what} is for the main rank (pool.is_main()); workers serve in execute() or when "
-                "they leave the pool's `with` block."
-            )
-
-    def _refuse_reentry(self, what: str) -> None:
-        if self._executing:
-            raise JobPoolError(f"{what} was called while this pool is already running jobs "
-                               "(from a job, a listener or an as_completed() loop).")
+        return self._runner
 
     # -- the lifecycle: who serves whom, and until when --
     #
@@ -1639,41 +1644,40 @@ class JobPool:
             raise JobPoolContextError("This JobPool was already opened; make a new one.")
         _refuse_inside_a_job("opening a JobPool")
         comm = self._mpi.get_communicator()
-        self._rank, self._size = self._mpi.get_rank(), self._mpi.get_size()
-        if comm is not None and self._size > 1:
-            self._comm = comm.Dup()
-            if self._rank == 0:
-                self._main_side = _MainSide(self._comm, self._size)
-            else:
-                self._worker_side = _WorkerSide(self._comm, self)
+        rank, size = self._rank, self._size = self._mpi.get_rank(), self._mpi.get_size()
+        self._inbox.main_thread = threading.get_ident()
+        parts = dict(graph=self._graph, failures=self._failures, events=self._events, schedules=self._schedules,
+                     inbox=self._inbox, policy=self._policy, owner=self.owner, rank=rank)
+        if comm is None or size == 1:
+            self._runner = _SerialRunner(**parts)
+        elif rank == 0:
+            self._runner = _MainSide(self._duplicate(comm), size, **parts)
+        else:
+            self._runner = _WorkerSide(self._duplicate(comm), self.owner)
+        self._runs_jobs = rank == 0
         self._opened = True
-        self._main_thread = threading.get_ident()
-        self._events.open()
-        if self._journal_path is not None and self._rank == 0:
-            graph = self._graph
+        self._events.open(rank == 0)
+        if self._journal_path is not None and rank == 0:
             try:
-                graph.journal = _Journal(self._journal_path)
-                if graph.journal.index:
-                    graph.__class__ = _RestoringGraph
+                journal = _Journal(self._journal_path)
             except BaseException as error:
                 self.__exit__(type(error), error, error.__traceback__)  # the workers leave too
                 raise
+            self._graph.journal = journal
+            self._graph.restorable = journal if journal.index else None
         return self
+
+    def _duplicate(self, comm: Any) -> Any:
+        self._comm = comm.Dup()
+        return self._comm
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            if self._worker_side is not None:
-                self._worker_side.leave(exc)
-            elif exc_type is None:
-                self._finish_and_close()
-            else:
-                self._failures.warn_unreported(exc)
-                if self._main_side is not None:
-                    self._main_side.close(_aborted(f"the main rank raised {_describe(exc)}"))
+            if self._runner is not None:
+                self._runner.close(exc)
         finally:
             self._closed = True
-            if self._walker is not None:
-                self._walker.finish()
+            self._schedules.finish()
             self._gc.release()
             self._events.close()
             if self._comm is not None:
@@ -1681,103 +1685,19 @@ class JobPool:
                 self._comm = None
             graph = self._graph
             if graph.journal is not None:
-                journal, graph.journal = graph.journal, None
+                journal, graph.journal, graph.restorable = graph.journal, None, None
                 journal.close()
 
-    def _finish_and_close(self) -> None:
-        """Main rank, leaving without an exception: run what is left, then release the workers."""
-        error = None
-        try:
-            unfinished = self._events.status is not PoolStatus.CLOSING  # never executed, or as_completed() ran
-            if unfinished or self._failures.records or self._graph.has_work() or self._schedules or self._walker:
-                self.execute()
-        except BaseException as raised:
-            why = f"the main rank raised {_describe(raised)}"
-            error = raised if isinstance(raised, WorkflowError) else _aborted(why)
-            raise
-        finally:
-            if self._main_side is not None:
-                self._main_side.close(error)
 
-    # -- the main thread's inbox, and what reaches the graph --
-
-    def _on_main_thread(self, call: Callable, *args: Any) -> None:
-        """Run ``call(*args)`` now on the main thread, or post it there from another thread."""
-        if self._walker is not None and threading.get_ident() != self._main_thread:
-            self._inbox.append((call, args))
-        else:
-            call(*args)
-
-    def _drain_inbox(self) -> None:
-        inbox = self._inbox
-        while inbox:
-            call, args = inbox.popleft()
-            call(*args)
-
-    def _add(self, job: Job) -> None:
-        if job._index >= self._gc.next_at:
-            self._gc.freeze()
-        if self._graph.emit is not None:
-            self._events.emit(PoolProgressReason.JOB_ADDED, self._events.status, None, job)
-        if job._status is _PENDING:  # not cancelled while it waited in the inbox
-            self._graph.link(job)
-
-
-
-def _retry(pool: JobPool, job: Job, error: BaseException) -> bool:
-    """Queue a failed attempt again if the job has retries left; its error becomes a note later."""
-    policy = job._rare.policy if job._rare is not None else None
-    retries = policy[1] if policy is not None and policy[1] is not None else pool._retries
-    earlier = (job._rare.earlier if job._rare is not None else None) or []
-    if (not retries or len(earlier) >= retries or isinstance(error, JobCancelledError)
-            or pool._graph.stop_reason is not None):
-        for attempt, (previous, rank) in enumerate(earlier, start=1):
-            error.add_note(f"attempt {attempt} of {len(earlier) + 1} failed on rank {rank}: {_describe(previous)}")
-        return False
-    earlier.append((error, job.rank))
-    _Rare.of(job).earlier = earlier
-    pool._graph.again(job)
-    return True
-
-
-class _GcFreezer:
-    """Stops CPython's full collections from re-walking every job of a huge pool.
-
-    Each full collection visits all live objects, so with 10^6 jobs the GC costs
-    more than the pool. Every _GC_FREEZE_EVERY jobs, what exists is moved to the
-    GC's permanent generation (gc.freeze, an O(1) splice); the pool gives it back
-    (gc.unfreeze) when it closes. Skipped when the GC is off or the application
-    froze objects itself.
-    """
-
-    def __init__(self) -> None:
-        self.next_at = _GC_FREEZE_EVERY  # a job index
-        self.froze = False
-
-    def freeze(self) -> None:
-        self.next_at += _GC_FREEZE_EVERY
-        if gc.isenabled() and (self.froze or gc.get_freeze_count() == 0):
-            gc.freeze()
-            self.froze = True
-
-    def release(self) -> None:
-        if self.froze:
-            gc.unfreeze()
-            self.froze = False
-
-
-_GC_FREEZE_EVERY = 20_000  # jobs
-
-
-def _check_submission(pool: JobPool, fn: Callable, context: dict) -> None:
-    """submit()'s checks off the hot path: a closed pool, a function that is not one, reserved names."""
-    if pool._closed:
+def _check_submission(fn: Callable, closed: bool) -> None:
+    """submit()'s checks off the hot path: a closed pool, a function that is not one."""
+    if closed:
         raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
     if not callable(fn):
         raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
 
 
-def _checked_deps(pool: JobPool, fn: Callable, args: tuple, kwargs: dict | None, deps: Any) -> tuple:
+def _checked_deps(graph: _Graph, fn: Callable, args: tuple, kwargs: dict | None, deps: Any) -> tuple:
     """``deps`` as a tuple of this pool's Jobs, or a JobPoolError that says what to pass."""
     if type(deps) is not tuple:
         if isinstance(deps, (str, bytes, Job)) or not isinstance(deps, Iterable):
@@ -1785,7 +1705,7 @@ def _checked_deps(pool: JobPool, fn: Callable, args: tuple, kwargs: dict | None,
                                "is not a list of Jobs; pass deps=[job, ...].")
         deps = tuple(deps)
     for dep in deps:
-        if type(dep) is not Job or dep._pool is not pool:
+        if type(dep) is not Job or dep._graph is not graph:
             what = "a Job of another pool" if isinstance(dep, Job) else "not a Job"
             raise JobPoolError(
                 f"Cannot submit {_default_name(fn, args, kwargs or {})}: its dependency {dep!r} is {what}; "
@@ -1824,6 +1744,294 @@ def _checked_kwargs(fn: Callable, args: tuple, kwargs: Any) -> dict:
     return dict(kwargs)
 
 
+def _checked_jobs(graph: _Graph, jobs: Iterable[Job], what: str) -> tuple[Job, ...]:
+    jobs = tuple(jobs)
+    for job in jobs:
+        if type(job) is not Job or job._graph is not graph:
+            raise JobPoolError(f"{what}: {job!r} is not a Job of this pool.")
+    return jobs
+
+
+class _Inbox:
+    """Calls for the pool's main thread, posted by schedule()'s walker while it walks (the graph
+    is the main thread's alone); the runners drain it between jobs."""
+
+    def __init__(self) -> None:
+        self.calls: collections.deque[tuple[Callable, tuple]] = collections.deque()
+        self.main_thread = 0
+        self.walking = False  # another thread may post
+
+    def post(self, call: Callable, *args: Any) -> None:
+        self.calls.append((call, args))
+
+    def call(self, call: Callable, *args: Any) -> None:
+        """Run ``call(*args)`` now on the main thread, or post it there from another thread."""
+        if self.walking and threading.get_ident() != self.main_thread:
+            self.calls.append((call, args))
+        else:
+            call(*args)
+
+    def drain(self) -> None:
+        calls = self.calls
+        while calls:
+            call, args = calls.popleft()
+            call(*args)
+
+
+class _Schedules:
+    """schedule()'s node arrays: kept until the pool executes, then walked in a thread of the main rank.
+
+    It skips nodes downstream of a node that failed to schedule, and hands every submission
+    and failure to the main thread through the inbox. Serially it takes turns with the jobs
+    (``take_turn``): no job runs while a node is scheduled.
+    """
+
+    def __init__(self, pool: JobPool, graph: _Graph, inbox: _Inbox, failures: _FailureLog):
+        self.pool = pool  # what the nodes queue their jobs into (node.queue(pool)): its public API only
+        self.graph, self.inbox, self.failures = graph, inbox, failures
+        self.pending: list[tuple[list, Callable | None]] = []
+        self.thread: threading.Thread | None = None
+        self.done = True  # nothing is being walked
+        self.cancelled = False
+        self.turns: tuple[threading.Semaphore, threading.Semaphore] | None = None
+
+    def start(self, take_turns: bool) -> None:
+        """Walk what schedule() was given, unless a walk is under way."""
+        if self.thread is not None or not self.pending:
+            return
+        arrays, self.pending = self.pending, []
+        self.done = self.cancelled = False
+        self.turns = (threading.Semaphore(0), threading.Semaphore(0)) if take_turns else None
+        self.inbox.walking = True  # before the thread submits anything
+        self.thread = threading.Thread(target=self._walk, args=(arrays,), name="bsb_mini-scheduler", daemon=True)
+        self.thread.start()
+
+    def reap(self) -> None:
+        """Forget a walk that has ended (what it posted is in the inbox)."""
+        if self.thread is not None and self.done:
+            self.thread = None
+            self.inbox.walking = False
+
+    def take_turn(self) -> bool:
+        """Serially: let the walker schedule one node, and wait for it. False when all are done."""
+        if self.done or self.turns is None:
+            return False
+        walker_turn, main_turn = self.turns
+        walker_turn.release()
+        main_turn.acquire()
+        return True
+
+    def finish(self) -> None:
+        """The pool was interrupted or closes: stop after this node, and wait a moment for it."""
+        if self.thread is None:
+            return
+        self.cancelled = True
+        if self.turns is not None:
+            self.turns[0].release()
+        self.thread.join(1.0)  # a stuck node must not hold an interruption
+
+    def _walk(self, arrays: list) -> None:
+        try:
+            for nodes, scheduler in arrays:
+                skipped: set[int] = set()
+                for node in nodes:
+                    if self.turns is not None:
+                        self.turns[0].acquire()
+                    if self.graph.stop_reason is not None or self.cancelled:
+                        return
+                    try:
+                        self._schedule(node, scheduler, skipped)
+                    finally:
+                        if self.turns is not None:
+                            self.turns[1].release()
+        except BaseException as error:  # noqa: B036 (a bug here must reach the user, not vanish)
+            self.inbox.post(self.failures.other, JobSchedulingError(f"schedule() stopped: {_describe(error)}"))
+        finally:
+            self.done = True
+            if self.turns is not None:
+                self.turns[1].release()
+
+    def _schedule(self, node: Any, scheduler: Callable | None, skipped: set[int]) -> None:
+        blocked = [dep for dep in getattr(node, "depends_on", None) or () if id(dep) in skipped]
+        if blocked:
+            skipped.add(id(node))
+            error = JobSchedulingError(
+                f"{node!r} was not scheduled because its dependency {blocked[0]!r} failed to schedule."
+            )
+            self.inbox.post(self.failures.other, error)
+            return
+        try:
+            scheduler(node) if scheduler is not None else node.queue(self.pool)
+        except Exception as cause:
+            skipped.add(id(node))
+            error = JobSchedulingError(f"Scheduling {node!r} failed: {_describe(cause)}")
+            error.__cause__ = cause
+            self.inbox.post(self.failures.other, error)
+
+
+class _TimeUp(BaseException):
+    """Raised by the alarm inside a job; a BaseException so that ``except Exception`` in the job lets it through."""
+
+
+class _Policy:
+    """Timeouts and retries, in one owner.
+
+    Each job's limit (its own, or the pool's); the interrupt at the limit in the thread that
+    runs jobs (SIGALRM via setitimer); WARNINGs for jobs past their limit that could not be
+    interrupted (stuck in a C call that ignores signals); and after a failed attempt the
+    choice: run it again (on another worker where there is one), or fail with the earlier
+    attempts' errors as notes. Workers hold one too, for the interrupt only.
+
+    The alarm raises only while ``armed``, which is cleared before the job's call is left;
+    an alarm that lands just as the job returns is caught around that call, and a late one
+    finds nothing armed: it never lands in the pool's own code. ``release()`` puts the
+    application's own SIGALRM handler back.
+    """
+
+    def __init__(self, timeout: float | None = None, retries: int | None = 0):
+        self.timeout, self.retries = timeout, retries or 0
+        self.own = 0  # jobs with a timeout or retries of their own
+        self.armed = False
+        self.previous: Any = None  # the SIGALRM handler ours replaced, while installed
+        self.current: tuple[Any, float, float] | None = None  # (what runs here, since, limit), for reports
+        self.stop_watch: threading.Event | None = None
+        self.next_report: dict[Job, float] = {}
+
+    # -- limits --
+
+    def give(self, job: Job, fn: Callable, timeout: Any, retries: Any) -> None:
+        """A job's own timeout or retries (from submit())."""
+        _JobExtras.of(job).policy = _checked_policy(fn, timeout, retries)
+        self.own += 1
+
+    @property
+    def limits_some(self) -> bool:
+        """Whether any job may have a limit (else batches carry none)."""
+        return self.timeout is not None or self.own > 0
+
+    def limit_of(self, job: Job) -> float | None:
+        policy = job._extras.policy if job._extras is not None else None
+        return policy[0] if policy is not None and policy[0] is not None else self.timeout
+
+    # -- after a failed attempt: again, elsewhere, or fail --
+
+    def try_again(self, job: Job, error: BaseException, stopping: bool) -> bool:
+        """True if the job has retries left (it is then queued again by the caller); else its
+        earlier attempts become notes of ``error``."""
+        policy = job._extras.policy if job._extras is not None else None
+        retries = policy[1] if policy is not None and policy[1] is not None else self.retries
+        earlier = (job._extras.earlier if job._extras is not None else None) or []
+        if not retries or len(earlier) >= retries or isinstance(error, JobCancelledError) or stopping:
+            for attempt, (previous, rank) in enumerate(earlier, start=1):
+                error.add_note(f"attempt {attempt} of {len(earlier) + 1} failed on rank {rank}: "
+                               f"{_describe(previous)}")
+            return False
+        earlier.append((error, job.rank))
+        _JobExtras.of(job).earlier = earlier
+        return True
+
+    @staticmethod
+    def failed_on(job: Job, worker: int) -> bool:
+        """Whether the job's last attempt failed on ``worker`` (a retry goes elsewhere if it can)."""
+        extras = job._extras
+        return extras is not None and bool(extras.earlier) and extras.earlier[-1][1] == worker  # type: ignore[index]
+
+    # -- the interrupt --
+
+    def call(self, fn: Callable, args: tuple, kwargs: dict, limit: float, what: Any, rank: int) -> Any:
+        """``fn(*args, **kwargs)``, interrupted with JobTimeoutError after ``limit`` seconds."""
+        if not hasattr(signal, "setitimer"):
+            raise JobPoolError("timeouts need SIGALRM and setitimer, which this system (Windows?) lacks; "
+                               "run without timeout= here.")
+        if self.previous is None:
+            self.previous = signal.signal(signal.SIGALRM, self._ring) or signal.SIG_DFL
+            if isinstance(what, Job):  # serially: report a stuck job from a helper thread
+                self.stop_watch = threading.Event()
+                threading.Thread(target=self._watch, args=(rank, self.stop_watch), name="bsb_mini-stuck",
+                                 daemon=True).start()
+        self.current = (what, time.monotonic(), limit)
+        try:
+            try:
+                self.armed = True
+                signal.setitimer(signal.ITIMER_REAL, limit)
+                return fn(*args, **kwargs)
+            finally:
+                self.armed = False
+                signal.setitimer(signal.ITIMER_REAL, 0)
+                self.current = None
+        except _TimeUp:
+            raise JobTimeoutError(f"ran longer than its timeout of {limit:g} s and was interrupted") from None
+
+    def _ring(self, signum: int, frame: Any) -> None:
+        if self.armed:
+            self.armed = False
+            raise _TimeUp()
+
+    def release(self) -> None:
+        """No job of this pool runs here any more: the application's SIGALRM handler goes back."""
+        if self.stop_watch is not None:
+            self.stop_watch.set()
+            self.stop_watch = None
+        if self.previous is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+            self.previous = None
+
+    # -- jobs that could not be interrupted --
+
+    def report_stuck(self, running: Iterable[tuple[Job, int, float]]) -> None:
+        """WARN about each (job, rank, since) running past its limit and a grace: name, rank and run
+        time, repeated while it runs."""
+        now = time.monotonic()
+        for job, rank, since in running:
+            limit = self.limit_of(job)
+            if limit is None or now - since < limit + _STUCK_GRACE or now < self.next_report.get(job, 0.0):
+                continue
+            self.next_report[job] = now + _STUCK_REPEAT
+            _logger.warning("Job %r on rank %d has run for %s, past its timeout of %g s, and could not be "
+                            "interrupted (stuck in a call that ignores signals?); the rest of the pool goes on.",
+                            job.name, rank, _clock(now - since), limit)
+
+    def _watch(self, rank: int, stop: threading.Event) -> None:
+        while not stop.wait(0.25):
+            current = self.current
+            if current is not None:
+                self.report_stuck([(current[0], rank, current[1])])
+
+
+_STUCK_GRACE = 1.0  # seconds past its timeout before a job that was not interrupted is reported
+_STUCK_REPEAT = 30.0  # seconds between reports of a job that is still stuck
+
+
+class _GcFreezer:
+    """Stops CPython's full collections from re-walking every job of a huge pool.
+
+    Each full collection visits all live objects, so with 10^6 jobs the GC costs
+    more than the pool. Every _GC_FREEZE_EVERY jobs, what exists is moved to the
+    GC's permanent generation (gc.freeze, an O(1) splice); the pool gives it back
+    (gc.unfreeze) when it closes. Skipped when the GC is off or the application
+    froze objects itself.
+    """
+
+    def __init__(self) -> None:
+        self.next_at = _GC_FREEZE_EVERY  # a job index
+        self.froze = False
+
+    def freeze(self) -> None:
+        self.next_at += _GC_FREEZE_EVERY
+        if gc.isenabled() and (self.froze or gc.get_freeze_count() == 0):
+            gc.freeze()
+            self.froze = True
+
+    def release(self) -> None:
+        if self.froze:
+            gc.unfreeze()
+            self.froze = False
+
+
+_GC_FREEZE_EVERY = 20_000  # jobs
+
+
 def _aborted(reason: str) -> WorkflowError:
     return WorkflowError(f"The pool was aborted: {reason}.", [JobPoolError(f"The pool was aborted: {reason}.")])
 
@@ -1849,105 +2057,44 @@ def _tracebacks_on_crash():
         faulthandler.disable()
 
 
-class _Execution:
-    """Running jobs on the main rank: execute(), as_completed() and map() share it.
-
-    ``begin()`` queues what is ready and starts schedule()'s walker; ``run(finished)``
-    runs until nothing is left (True) or, given the graph's ``finished`` queue, until a
-    job has finished (False); ``end()`` stops. An interruption aborts what runs.
+class _SerialRunner:
+    """The main rank's runner: execute(), as_completed() and map() drive the graph through
+    ``loop()``, which here runs ready jobs in this thread (``run_here``); leaving the block
+    runs what is left. ``_MainSide`` is this runner with a loop that dispatches to workers.
     """
 
-    def __init__(self, pool: JobPool):
-        self.pool = pool
-        self.pinger: _Pinger | None = None
-        self.deadline = _Deadline()
+    takes_turns = True  # schedule()'s walker takes turns with the jobs: no job runs while a node is scheduled
+
+    def __init__(self, graph: _Graph, failures: _FailureLog, events: _Events, schedules: _Schedules,
+                 inbox: _Inbox, policy: _Policy, owner: Any, rank: int):
+        self.graph, self.failures, self.events, self.schedules = graph, failures, events, schedules
+        self.inbox, self.policy, self.owner, self.rank = inbox, policy, owner, rank
+        self.busy = False  # running jobs: execute(), as_completed() and map() are not entered again
         self.depth = 0  # begin()s not yet ended: an as_completed() loop may call map()
-        self._seen_running: tuple[Job, float] | None = None
+        self.pinger: _Pinger | None = None
+        self.seen_running: tuple[Job, float] | None = None
 
-    def begin(self) -> None:
-        pool = self.pool
-        self.depth += 1
-        if self.depth > 1:
-            return
-        timed_jobs = pool._timeout is not None or pool._policies
-        if timed_jobs and pool._main_side is None and threading.current_thread() is not threading.main_thread():
-            timed = next((job for job in pool._graph.jobs if job._status is _PENDING
-                          and _limit_of(job, pool._timeout) is not None), None)
-            if timed is not None:
-                self.depth -= 1
-                raise JobPoolError(
-                    f"Job {timed.name!r} has a timeout, which needs execute() to run in the main thread "
-                    "(timeouts interrupt with SIGALRM); call execute() from the main thread."
-                )
-        if pool._events.status is not PoolStatus.EXECUTING:
-            pool._events.set_status(PoolStatus.EXECUTING)
-        pool._graph.start_executing()
-        if pool._main_side is None:
-            self.pinger = pool._events.start_pinger()
+    # -- what JobPool calls --
 
-    def run(self, finished: collections.deque | None = None) -> bool:
-        pool, graph = self.pool, self.pool._graph
+    def execute(self, return_results: bool) -> dict[Job, Any] | None:
+        """Run everything, report, and release the workers' execute() with the same report."""
+        self.may_run("execute()")
+        graph = self.graph
+        self.busy = True
         try:
-            with _tracebacks_on_crash(), _jobs_run_in_this_thread():
-                while True:
-                    if pool._walker is None and pool._schedules:
-                        pool._walker = _NodeWalker.start(pool, take_turns=pool._main_side is None)
-                    if pool._main_side is not None:
-                        done = pool._main_side.run(pool, finished)
-                    else:
-                        done = _run_serially(pool, finished)
-                    if pool._walker is not None and pool._walker.done:
-                        pool._walker = None
-                    if not done or not pool._schedules:
-                        return done
-        except BaseException as error:
-            if pool._main_side is not None:
-                graph.aborted_while_running(pool._main_side.in_flight_jobs())
-            graph.stop(f"the pool was interrupted ({type(error).__name__})")
-            if pool._walker is not None:
-                pool._walker.finish()
-            raise
-
-    def end(self) -> None:
-        pool = self.pool
-        self.depth -= 1
-        if self.depth:
-            return
-        pool._graph.executing = False
-        self.deadline.uninstall()
-        if self.pinger is not None:
-            self.pinger.stop()
-            self.pinger = None
-
-    def longest_running(self) -> tuple[Job, int, float] | None:
-        """(job, rank, seconds) of the job that has run longest so far, for pool.snapshot()."""
-        pool, now = self.pool, time.monotonic()
-        if pool._main_side is not None:
-            running = [(job, worker, now - since) for worker, (job, since) in list(pool._main_side.running.items())
-                       if job._status is _RUNNING]
-            return max(running, key=operator.itemgetter(2), default=None)
-        job = pool._graph.running  # serially: since when this snapshot-taker first saw it run
-        if job is None or job._status is not _RUNNING:
-            return None
-        if self._seen_running is None or self._seen_running[0] is not job:
-            self._seen_running = (job, now)
-        return job, pool._rank, now - self._seen_running[1]
-
-    def run_all(self, return_results: bool) -> dict[Job, Any] | None:
-        """The main rank's execute(): run everything, report, release the workers' execute()."""
-        pool, graph = self.pool, self.pool._graph
-        self.begin()
-        try:
-            self.run()
+            self.begin()
+            try:
+                self.run()
+            finally:
+                self.end()
         finally:
-            self.end()
-        pool._drain_inbox()
-        pool._events.set_status(PoolStatus.CLOSING)
+            self.busy = False
+        self.inbox.drain()
+        self.events.set_status(PoolStatus.CLOSING)
         if graph.n_cancelled:
             _settle_blame(graph.jobs)
-        error = pool._failures.take()
-        if pool._main_side is not None:
-            pool._main_side.end_execute(error)
+        error = self.failures.take()
+        self.release_execute(error)
         if error is not None:
             raise error
         if return_results:
@@ -1955,12 +2102,12 @@ class _Execution:
         return None
 
     def as_completed(self, wanted: tuple[Job, ...] | None) -> Iterator[Job]:
-        pool, graph = self.pool, self.pool._graph
+        graph = self.graph
         finished: collections.deque[Job] = collections.deque(
             job for job in (graph.jobs if wanted is None else wanted) if job._status in _FINISHED_STATES)
         left = None if wanted is None else set(wanted)
         graph.watchers.append(finished)
-        pool._executing = True
+        self.busy = True
         self.begin()
         try:
             done = False
@@ -1970,9 +2117,9 @@ class _Execution:
                     if left is None or job in left:
                         if left is not None:
                             left.discard(job)
-                        pool._executing = False  # the loop's body may submit, not execute
+                        self.busy = False  # the loop's body may submit, not execute
                         yield job
-                        pool._executing = True
+                        self.busy = True
                 if left is not None and not left:
                     return
                 if done and not graph.ready and not graph.active:
@@ -1980,24 +2127,22 @@ class _Execution:
                 done = self.run(finished)
         finally:
             graph.watchers.remove(finished)
-            pool._executing = False
+            self.busy = False
             self.end()
 
-    def map(self, fn: Callable, items: list) -> list:
-        pool = self.pool
-        jobs = [pool.submit(_call_without_owner, (fn, item)) for item in items]
+    def map(self, fn: Callable, items: list, submit: Callable) -> list:
+        jobs = [submit(_call_without_owner, (fn, item)) for item in items]
         failed: list[Job] = []
-        for job in pool.as_completed(jobs):
+        for job in self.as_completed(tuple(jobs)):
             if job._status is _FAILED:
-                if not failed:
+                if not failed:  # the calls that have not started are not worth running
                     for other in jobs:
                         if other._status is _PENDING or other._status is _QUEUED:
                             other.cancel(f"map(): an earlier call of {_name_of(fn)} raised")
                 failed.append(job)
         if failed:
-            first = min(failed, key=lambda job: job._index)
-            ours = set(failed)
-            pool._failures.records = [failure for failure in pool._failures.records if failure.job not in ours]
+            first = min(failed, key=_by_index)
+            self.failures.forget(set(failed))
             error = first.error
             assert error is not None  # a FAILED job has its error
             where = jobs.index(first)
@@ -2005,8 +2150,159 @@ class _Execution:
             raise error
         return [job._result for job in jobs]
 
+    def may_run(self, what: str) -> None:
+        if self.busy:
+            raise JobPoolError(f"{what} was called while this pool is already running jobs "
+                               "(from a job, a listener or an as_completed() loop).")
 
-_FINISHED_STATES = frozenset((_SUCCESS, _FAILED, _CANCELLED, _RESTORED))
+    def close(self, exc: BaseException | None) -> None:
+        """Leaving the block: without an exception, run what is left; then release the workers."""
+        if exc is not None:
+            self.failures.warn_unreported(exc)
+            self.release_workers(_aborted(f"the main rank raised {_describe(exc)}"))
+            return
+        error = None
+        try:
+            unfinished = self.events.status is not PoolStatus.CLOSING  # never executed, or as_completed() ran
+            if unfinished or self.failures.records or self.graph.has_work() or self.schedules.pending \
+                    or self.schedules.thread is not None:
+                self.execute(False)
+        except BaseException as raised:
+            why = f"the main rank raised {_describe(raised)}"
+            error = raised if isinstance(raised, WorkflowError) else _aborted(why)
+            raise
+        finally:
+            self.release_workers(error)
+
+    def longest_running(self) -> tuple[Job, int, float] | None:
+        """(job, rank, seconds) of the job that has run longest so far, for pool.snapshot()."""
+        job, now = self.graph.running, time.monotonic()
+        if job is None or job._status is not _RUNNING:
+            return None
+        if self.seen_running is None or self.seen_running[0] is not job:  # since this snapshot-taker saw it
+            self.seen_running = (job, now)
+        return job, self.rank, now - self.seen_running[1]
+
+    # -- running --
+
+    def begin(self) -> None:
+        self.depth += 1
+        if self.depth > 1:
+            return
+        self.starting()
+        if self.events.status is not PoolStatus.EXECUTING:
+            self.events.set_status(PoolStatus.EXECUTING)
+        self.graph.start_executing()
+
+    def run(self, finished: collections.deque | None = None) -> bool:
+        """Run until nothing is left (True) or, given ``finished``, until a job has finished (False);
+        an interruption aborts what runs and cancels what has not started."""
+        schedules = self.schedules
+        try:
+            with _tracebacks_on_crash(), _jobs_run_in_this_thread():
+                while True:
+                    schedules.start(self.takes_turns)
+                    done = self.loop(finished)
+                    schedules.reap()
+                    if not done or not schedules.pending:
+                        return done
+        except BaseException as error:
+            self.graph.aborted_while_running(self.in_flight())
+            self.graph.stop(f"the pool was interrupted ({type(error).__name__})")
+            schedules.finish()
+            raise
+
+    def end(self) -> None:
+        self.depth -= 1
+        if self.depth:
+            return
+        self.graph.executing = False
+        self.policy.release()
+        if self.pinger is not None:
+            self.pinger.stop()
+            self.pinger = None
+
+    def run_here(self, finished: collections.deque | None = None) -> bool:
+        """Run ready jobs in this thread, taking turns with schedule()'s walker: True when nothing
+        is left; False as soon as ``finished`` holds a job (as_completed())."""
+        graph, ready, inbox, schedules = self.graph, self.graph.ready, self.inbox.calls, self.schedules
+        owner, rank, pinger, failures = self.owner, self.rank, self.pinger, self.failures
+        started, succeeded, plain = graph.started, graph.succeeded, self.policy.timeout is None
+        while True:
+            if inbox:
+                self.inbox.drain()
+            while ready:
+                job = ready.popleft()
+                if job._status is not _QUEUED:
+                    continue
+                started(job, rank)
+                graph.running = job
+                try:
+                    if plain and job._extras is None:  # the hot path: a plain call
+                        kwargs = job._kwargs
+                        result = job._fn(owner, *job._args, **kwargs) if kwargs else job._fn(owner, *job._args)
+                    else:
+                        result = self.call_here(job)
+                except KeyboardInterrupt:
+                    graph.aborted_while_running((job,))
+                    raise
+                except BaseException as error:  # noqa: B036 (SystemExit in a job fails the job only)
+                    if pinger is not None:
+                        pinger.job_returned()
+                    failures.job_failed(job, error, rank)
+                else:
+                    if pinger is not None:
+                        pinger.job_returned()
+                    succeeded(job, result)
+                if finished:
+                    return False
+            if finished:
+                return False
+            if schedules.take_turn():
+                continue
+            if not inbox and not ready:
+                return True
+
+    def call_here(self, job: Job) -> Any:
+        """A job that takes results or has a timeout: the slower way to call it."""
+        fn, args, kwargs = job._call()
+        limit = self.policy.limit_of(job)
+        if limit is None:
+            return fn(self.owner, *args, **kwargs)
+        if threading.current_thread() is not threading.main_thread():
+            raise JobPoolError(f"Job {job.name!r} has a timeout, which needs execute() to run in the main thread "
+                               "(timeouts interrupt with SIGALRM); call execute() from the main thread.")
+        try:
+            return self.policy.call(fn, (self.owner, *args), kwargs, limit, job, self.rank)
+        except JobTimeoutError as error:
+            raise JobTimeoutError(f"Job {job.name!r} {error} on rank {self.rank}") from None
+
+    # -- where the MPI main side differs --
+
+    def starting(self) -> None:
+        """execute() begins: timed jobs need the main thread; listeners get pings during long jobs."""
+        if self.policy.limits_some and threading.current_thread() is not threading.main_thread():
+            timed = next((job for job in self.graph.jobs if job._status is _PENDING
+                          and self.policy.limit_of(job) is not None), None)
+            if timed is not None:
+                self.depth -= 1
+                raise JobPoolError(
+                    f"Job {timed.name!r} has a timeout, which needs execute() to run in the main thread "
+                    "(timeouts interrupt with SIGALRM); call execute() from the main thread."
+                )
+        self.pinger = self.events.start_pinger()
+
+    def loop(self, finished: collections.deque | None) -> bool:
+        return self.run_here(finished)
+
+    def in_flight(self) -> list[Job]:
+        return []
+
+    def release_execute(self, error: WorkflowError | None) -> None:
+        """Release the workers that serve in execute() (none serially)."""
+
+    def release_workers(self, error: WorkflowError | None) -> None:
+        """Release the workers that serve until the block ends (none serially)."""
 
 
 def _call_without_owner(owner: Any, fn: Callable, item: Any) -> Any:
@@ -2016,241 +2312,6 @@ def _call_without_owner(owner: Any, fn: Callable, item: Any) -> Any:
 
 def _name_of(fn: Callable) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
-
-
-def _checked_jobs(pool: JobPool, jobs: Iterable[Job], what: str) -> tuple[Job, ...]:
-    jobs = tuple(jobs)
-    for job in jobs:
-        if type(job) is not Job or job._pool is not pool:
-            raise JobPoolError(f"{what}: {job!r} is not a Job of this pool.")
-    return jobs
-
-
-class _NodeWalker:
-    """schedule()'s node arrays, walked in a thread on the main rank.
-
-    It skips nodes downstream of a node that failed to schedule, and hands every
-    submission and failure to the pool's main thread through its inbox. Serially it
-    takes turns with the jobs (``take_turn``): no job runs while a node is scheduled.
-    """
-
-    def __init__(self, pool: JobPool, schedules: list, take_turns: bool):
-        self.pool, self.schedules = pool, schedules
-        self.done = self.cancelled = False
-        self.turns = (threading.Semaphore(0), threading.Semaphore(0)) if take_turns else None
-        self.thread = threading.Thread(target=self._walk, name="bsb_mini-scheduler", daemon=True)
-
-    @classmethod
-    def start(cls, pool: JobPool, take_turns: bool) -> _NodeWalker:
-        schedules, pool._schedules = pool._schedules, []
-        walker = pool._walker = cls(pool, schedules, take_turns)  # before its thread submits anything
-        walker.thread.start()
-        return walker
-
-    def take_turn(self) -> bool:
-        """Serially: let the walker schedule one node, and wait for it. False when all are done."""
-        if self.done or self.turns is None:
-            return False
-        walker_turn, main_turn = self.turns
-        walker_turn.release()
-        main_turn.acquire()
-        return True
-
-    def finish(self) -> None:
-        """The pool was interrupted or closes: stop after this node, and wait a moment for it."""
-        self.cancelled = True
-        if self.turns is not None:
-            self.turns[0].release()
-        self.thread.join(1.0)  # a stuck node must not hold an interruption
-
-    def _walk(self) -> None:
-        pool, graph, post = self.pool, self.pool._graph, self.pool._inbox.append
-        try:
-            for nodes, scheduler in self.schedules:
-                skipped: set[int] = set()
-                for node in nodes:
-                    if self.turns is not None:
-                        self.turns[0].acquire()
-                    if graph.stop_reason is not None or self.cancelled:
-                        return
-                    try:
-                        self._schedule(node, scheduler, skipped)
-                    finally:
-                        if self.turns is not None:
-                            self.turns[1].release()
-        except BaseException as error:  # noqa: B036 (a bug here must reach the user, not vanish)
-            post((pool._failures.other, (JobSchedulingError(f"schedule() stopped: {_describe(error)}"),)))
-        finally:
-            self.done = True
-            if self.turns is not None:
-                self.turns[1].release()
-
-    def _schedule(self, node: Any, scheduler: Callable | None, skipped: set[int]) -> None:
-        pool = self.pool
-        blocked = [dep for dep in getattr(node, "depends_on", None) or () if id(dep) in skipped]
-        if blocked:
-            skipped.add(id(node))
-            error = JobSchedulingError(
-                f"{node!r} was not scheduled because its dependency {blocked[0]!r} failed to schedule."
-            )
-            pool._inbox.append((pool._failures.other, (error,)))
-            return
-        try:
-            scheduler(node) if scheduler is not None else node.queue(pool)
-        except Exception as cause:
-            skipped.add(id(node))
-            error = JobSchedulingError(f"Scheduling {node!r} failed: {_describe(cause)}")
-            error.__cause__ = cause
-            pool._inbox.append((pool._failures.other, (error,)))
-
-
-class _TimeUp(BaseException):
-    """Raised by the alarm inside a job; a BaseException so that ``except Exception`` in the job lets it through."""
-
-
-class _Deadline:
-    """Interrupts the job running in the main thread once its time is up (SIGALRM, setitimer).
-
-    The alarm raises only while ``armed``, which is cleared before the job's call is left;
-    an alarm that lands just as the job returns is caught around that call, and a late
-    one finds nothing armed: it never lands in the pool's own code. The application's own
-    SIGALRM handler is put back when the pool is done with it.
-    """
-
-    def __init__(self) -> None:
-        self.armed = False
-        self.previous: Any = None  # the SIGALRM handler ours replaced, while installed
-        self.stop_watch: threading.Event | None = None
-        self.current: tuple[Any, float, float] | None = None  # (what runs, since, limit), for reports
-
-    def call(self, fn: Callable, args: tuple, kwargs: dict, limit: float, what: Any) -> Any:
-        if not hasattr(signal, "setitimer"):
-            raise JobPoolError("timeouts need SIGALRM and setitimer, which this system (Windows?) lacks; "
-                               "run without timeout= here.")
-        if self.previous is None:
-            self.previous = signal.signal(signal.SIGALRM, self._ring) or signal.SIG_DFL
-            if isinstance(what, Job):  # serially: report a stuck job from a helper thread
-                self.stop_watch = threading.Event()
-                threading.Thread(target=self._watch, args=(what._pool, self.stop_watch), name="bsb_mini-stuck",
-                                 daemon=True).start()
-        self.current = (what, time.monotonic(), limit)
-        try:
-            try:
-                self.armed = True
-                signal.setitimer(signal.ITIMER_REAL, limit)
-                return fn(*args, **kwargs)
-            finally:
-                self.armed = False
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                self.current = None
-        except _TimeUp:
-            raise JobTimeoutError(f"ran longer than its timeout of {limit:g} s and was interrupted") from None
-
-    def _watch(self, pool: JobPool, stop: threading.Event) -> None:
-        reports = _StuckReports()
-        while not stop.wait(0.25):
-            current = self.current
-            if current is not None:
-                reports.check([(current[0], pool._rank, current[1])], current[2])
-
-    def _ring(self, signum: int, frame: Any) -> None:
-        if self.armed:
-            self.armed = False
-            raise _TimeUp()
-
-    def uninstall(self) -> None:
-        if self.stop_watch is not None:
-            self.stop_watch.set()
-            self.stop_watch = None
-        if self.previous is not None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, self.previous)
-            self.previous = None
-
-
-class _StuckReports:
-    """WARNINGs for jobs running past their timeout that could not be interrupted (stuck in a C
-    call that ignores signals): name, rank and run time, repeated while they run."""
-
-    def __init__(self) -> None:
-        self.next_report: dict[Job, float] = {}
-
-    def check(self, running: Iterable[tuple[Job, int, float]], default: float | None) -> None:
-        now = time.monotonic()
-        for job, rank, since in running:
-            limit = _limit_of(job, default)
-            if limit is None or now - since < limit + _STUCK_GRACE or now < self.next_report.get(job, 0.0):
-                continue
-            self.next_report[job] = now + _STUCK_REPEAT
-            _logger.warning("Job %r on rank %d has run for %s, past its timeout of %g s, and could not be "
-                            "interrupted (stuck in a call that ignores signals?); the rest of the pool goes on.",
-                            job.name, rank, _clock(now - since), limit)
-
-
-def _limit_of(job: Job, default: float | None) -> float | None:
-    policy = job._rare.policy if job._rare is not None else None
-    return policy[0] if policy is not None and policy[0] is not None else default
-
-
-def _run_job_here(pool: JobPool, job: Job) -> Any:
-    """Serially, a job that takes results or has a timeout: the slower way to call it."""
-    fn, args, kwargs = job._call()
-    limit = _limit_of(job, pool._timeout)
-    if limit is None:
-        return fn(pool.owner, *args, **kwargs)
-    if threading.current_thread() is not threading.main_thread():
-        raise JobPoolError(f"Job {job.name!r} has a timeout, which needs execute() to run in the main thread "
-                           "(timeouts interrupt with SIGALRM); call execute() from the main thread.")
-    try:
-        return pool._execution.deadline.call(fn, (pool.owner, *args), kwargs, limit, job)
-    except JobTimeoutError as error:
-        raise JobTimeoutError(f"Job {job.name!r} {error} on rank {pool._rank}") from None
-
-
-def _run_serially(pool: JobPool, finished: collections.deque | None = None) -> bool:
-    """Size 1: run ready jobs in this thread, taking turns with schedule()'s walker.
-
-    True when nothing is left; False as soon as ``finished`` holds a job (as_completed()).
-    """
-    graph, ready, walker = pool._graph, pool._graph.ready, pool._walker
-    owner, rank, pinger = pool.owner, pool._rank, pool._execution.pinger
-    plain = pool._timeout is None
-    while True:
-        if pool._inbox:
-            pool._drain_inbox()
-        while ready:
-            job = ready.popleft()
-            if job._status is not _QUEUED:
-                continue
-            graph.active += 1
-            job.rank = rank
-            graph.started(job)
-            graph.running = job
-            try:
-                if plain and job._rare is None:
-                    kwargs = job._kwargs
-                    result = job._fn(owner, *job._args, **kwargs) if kwargs else job._fn(owner, *job._args)
-                else:
-                    result = _run_job_here(pool, job)
-            except KeyboardInterrupt:
-                graph.aborted_while_running((job,))
-                raise
-            except BaseException as error:  # noqa: B036 (SystemExit in a job fails the job only)
-                if pinger is not None:
-                    pinger.job_returned()
-                pool._failures.job_failed(job, error, rank)
-            else:
-                if pinger is not None:
-                    pinger.job_returned()
-                graph.succeeded(job, result)
-            if finished:
-                return False
-        if finished:
-            return False
-        if walker is not None and walker.take_turn():
-            continue
-        if not pool._inbox and not ready:
-            return True
 
 
 # --- 6b. The MPI transport ----------------------------------------------------------
@@ -2298,8 +2359,6 @@ _BATCH_SECONDS = 0.005  # aim for batches this long, so the tail stays balanced
 _MAX_BATCH = 512
 _PREFETCH_BELOW = 0.02  # seconds per job: shorter jobs get a second batch queued behind the first
 _HERALD_EVERY = 0.25  # seconds: a job seen running twice this far apart is announced RUNNING
-_STUCK_GRACE = 1.0  # seconds past its timeout before a job that was not interrupted is reported
-_STUCK_REPEAT = 30.0  # seconds between reports of a job that is still stuck
 _SPIN_POLLS = 200  # polls before a waiting rank starts to sleep
 _MAX_SLEEP = 0.001
 
@@ -2501,117 +2560,95 @@ def _mpi_status():
     return _optional("mpi4py.MPI").Status()
 
 
-def _pack_batch(pool: JobPool, batch: list[Job], raw: list[memoryview]) -> bytes | list | None:
-    """Pickle a batch; a job that cannot be pickled fails alone, the rest go."""
-    limits = None
-    if pool._timeout is not None or pool._policies:
-        limits = [_limit_of(job, pool._timeout) for job in batch]
-    try:
-        return _pack(([(job._fn, job._args, job._kwargs) if job._rare is None else job._call() for job in batch],
-                      limits), raw)
-    except Exception:
-        raw.clear()
-    sendable = []
-    for job in batch:
-        try:
-            _pack(job._call(), [])
-        except Exception as reason:
-            pool._graph.started(job)
-            pool._failures.job_failed(job, JobPoolError(
-                f"Job {job.name!r} cannot be sent to a worker: its function or arguments "
-                f"do not pickle ({_describe(reason)}). Use module-level functions and "
-                "picklable arguments, or install cloudpickle."
-            ), 0, named=True)
-        else:
-            sendable.append(job)
-    batch[:] = sendable
-    return _pack_batch(pool, batch, raw) if batch else None
+# Both loops: the main rank's (``_MainSide.loop``) and a worker's (``_WorkerSide.serve``).
 
 
-class _MainSide:
-    """The main rank's end: hands batches of ready jobs to idle workers, settles outcomes.
+class _MainSide(_SerialRunner):
+    """The main rank's end: hands batches of ready jobs to idle workers and settles what comes
+    back. It is the serial runner whose loop dispatches; once every worker has left, it runs
+    what is left itself.
 
     Balance: a worker gets a second batch only when every worker has one and jobs are
     short (measured); batches hold one job until job lengths are measured, then about
     _BATCH_SECONDS of work.
     """
 
-    def __init__(self, comm: Any, size: int):
+    takes_turns = False  # schedule()'s walker runs alongside: the jobs run elsewhere
+
+    def __init__(self, comm: Any, size: int, **parts: Any):
+        super().__init__(**parts)
         self.comm = comm
         self.joined: set[int] = set()  # serving, and not left
         self.left: set[int] = set()
         self.batches: dict[int, collections.deque] = {w: collections.deque() for w in range(1, size)}
-        self.in_flight = 0  # batches
+        self.in_flight_batches = 0
         self.sends: list = []  # requests of messages sent without waiting
         self.seconds_per_job: float | None = None  # measured
         self.running: dict[int, tuple[Job, float]] = {}  # worker -> (the job it runs, since when)
-        self.stuck = _StuckReports()
         self.next_check = 0.0
         self.status = _mpi_status()
 
-    def in_flight_jobs(self) -> list[Job]:
-        return [job for batches in self.batches.values() for batch in batches for job in batch]
-
-    def run(self, pool: JobPool, finished: collections.deque | None = None) -> bool:
+    def loop(self, finished: collections.deque | None = None) -> bool:
         """Dispatch and settle until nothing is ready, in flight or to be scheduled (True), or
         until ``finished`` holds a job (False)."""
-        comm, graph, status, events = self.comm, pool._graph, self.status, pool._events
+        comm, graph, status, schedules = self.comm, self.graph, self.status, self.schedules
         anyone = _optional("mpi4py.MPI").ANY_SOURCE  # -2 in MPICH, -1 in Open MPI
-        ready, inbox = graph.ready, pool._inbox
-        backoff, quiet = _Backoff(), events.quiet_timer()
+        ready, inbox, handlers = graph.ready, self.inbox.calls, _ON_MESSAGE_FROM_WORKER
+        backoff, quiet = _Backoff(), self.events.quiet_timer()
         while True:
             message = comm.improbe(anyone, _TO_MAIN, status)
             if message is not None:
                 source = status.Get_source()
-                self.on_message(pool, source, _with_raw(comm, message.recv(), source))
+                message = _with_raw(comm, message.recv(), source)
+                handlers.get(message[0], _unexpected_from_worker)(self, source, message)
                 backoff.reset()
                 if finished:
                     return False
                 continue
             if inbox:
-                pool._drain_inbox()
+                self.inbox.drain()
                 if finished:
                     return False
-            if ready and self.dispatch(pool):
+            if ready and self.dispatch():
                 backoff.reset()
                 continue
-            walker = pool._walker
-            if not self.in_flight and not ready and (walker is None or walker.done) and not inbox:
+            if not self.in_flight_batches and not ready and schedules.done and not inbox:
                 if len(self.joined) + len(self.left) == len(self.batches):  # every worker heard from
                     return True
             if ready and len(self.left) == len(self.batches):  # every worker left: run them here
-                if not _run_serially(pool, finished):
+                if not self.run_here(finished):
                     return False
                 continue
             quiet.ping_if_due()
             if self.running and time.monotonic() >= self.next_check:
                 self.next_check = time.monotonic() + 0.25
-                self.stuck.check(((job, worker, since) for worker, (job, since) in self.running.items()
-                                  if job._status is _RUNNING), pool._timeout)
+                self.policy.report_stuck((job, worker, since) for worker, (job, since) in self.running.items()
+                                         if job._status is _RUNNING)
             backoff.wait()
 
-    def dispatch(self, pool: JobPool) -> bool:
+    def dispatch(self) -> bool:
         """Send batches to idle workers (and, for short jobs, a second one to busy workers)."""
-        batches, graph = self.batches, pool._graph
+        batches, graph = self.batches, self.graph
         targets = [w for w in self.joined if not batches[w]]
         depth = 1
         if not targets and self.seconds_per_job is not None and self.seconds_per_job < _PREFETCH_BELOW:
             targets, depth = [w for w in self.joined if len(batches[w]) == 1], 2
         sent = False
         for worker in targets:
-            batch = self.take_batch(graph, self.batch_size(len(graph.ready), depth), worker)
+            batch = self.take_batch(self.batch_size(len(graph.ready), depth), worker)
             if not batch:
                 if graph.ready:
                     continue  # what is left waits for another worker (a retry)
                 break
             raw: list[memoryview] = []
-            payload = _pack_batch(pool, batch, raw)
+            payload = _pack_jobs(self, batch, raw)
             if payload is None:
                 continue
+            graph.sent(batch, worker)
             if not batches[worker]:
                 self.running[worker] = (batch[0], time.monotonic())
             batches[worker].append(batch)
-            self.in_flight += 1
+            self.in_flight_batches += 1
             self.send(worker, (_JOBS, payload, _raw_sizes(raw)), raw)
             sent = True
         return sent
@@ -2623,9 +2660,10 @@ class _MainSide:
         cap = _MAX_BATCH if mean <= 0 else max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / mean)))
         return max(1, min(cap, waiting // (len(self.joined) * depth)))
 
-    def take_batch(self, graph: _Graph, size: int, worker: int) -> list[Job]:
-        """Up to ``size`` QUEUED jobs from the ready queue, now on ``worker`` (a solo job goes alone)."""
-        ready = graph.ready
+    def take_batch(self, size: int, worker: int) -> list[Job]:
+        """Up to ``size`` QUEUED jobs from the ready queue for ``worker`` (a solo job goes alone,
+        a retry elsewhere if another worker is there)."""
+        ready = self.graph.ready
         batch: list[Job] = []
         elsewhere: list[Job] = []
         others = len(self.batches) - len(self.left) > 1  # live workers besides this one
@@ -2633,19 +2671,18 @@ class _MainSide:
             job = ready.popleft()
             if job._status is not _QUEUED:
                 continue
-            rare = job._rare
-            if rare is not None and rare.earlier and rare.earlier[-1][1] == worker and others:
-                elsewhere.append(job)  # a retry goes to another worker if there is one (it will join or leave)
-                continue
-            if rare is not None and rare.solo:
-                if batch:
-                    ready.appendleft(job)
-                    break
-                size = 1
-            job.rank = worker
+            extras = job._extras
+            if extras is not None:
+                if others and self.policy.failed_on(job, worker):
+                    elsewhere.append(job)
+                    continue
+                if extras.solo:
+                    if batch:
+                        ready.appendleft(job)
+                        break
+                    size = 1
             batch.append(job)
         ready.extendleft(reversed(elsewhere))
-        graph.active += len(batch)
         return batch
 
     def send(self, worker: int, message: tuple, raw: list[memoryview] | None = None) -> None:
@@ -2656,109 +2693,29 @@ class _MainSide:
         if len(self.sends) > 64:
             self.sends = [request for request in self.sends if not request.Test()]
 
-    def on_message(self, pool: JobPool, worker: int, message: tuple) -> None:
-        kind, graph = message[0], pool._graph
-        if kind == _DONE:
-            batch = self.batches[worker].popleft()
-            self.in_flight -= 1
-            queued = self.batches[worker]
-            if queued:
-                self.running[worker] = (queued[0][0], time.monotonic())
-            else:
-                self.running.pop(worker, None)
-            _, seconds, outcomes, raw = message
-            self.measure(seconds, len(outcomes))
-            loads, started, succeeded = pickle.loads, graph.started, graph.succeeded
-            for job, (outcome, payload, remote_tb) in zip(batch, outcomes, strict=True):
-                status = job._status
-                if status is _QUEUED:
-                    started(job)
-                elif status is not _RUNNING:
-                    continue  # aborted while it was on the worker
-                if outcome == _OK:
-                    try:
-                        value = loads(payload) if type(payload) is bytes else _unpack(payload, raw)
-                    except Exception:
-                        pass
-                    else:
-                        succeeded(job, value)
-                        continue
-                self.settle(pool, job, outcome, payload, raw, remote_tb, worker)
-        elif kind == _STARTED:
-            try:
-                job = self.batches[worker][0][message[1]]
-            except IndexError:
-                raise _unexpected(message, worker) from None
-            self.running[worker] = (job, time.monotonic() - message[2])
-            if job._status is _QUEUED:
-                graph.started(job)
-        elif kind == _READY:
-            if worker not in self.left:
-                self.joined.add(worker)
-        elif kind == _UNLOADABLE:
-            self.in_flight -= 1
-            self.resend_solo(pool, self.batches[worker].popleft(), message[1], worker)
-        elif kind == _LEFT:
-            self.joined.discard(worker)
-            self.left.add(worker)
-            self.running.pop(worker, None)
-            for batch in self.batches[worker]:
-                self.in_flight -= 1
-                graph.put_back(batch)
-            self.batches[worker].clear()
-            pool._failures.other(JobPoolError(f"Rank {worker} left the pool: {message[1]}"))
-        else:
-            raise _unexpected(message, worker)
+    def starting(self) -> None:
+        """Nothing to prepare: the jobs run on the workers, whose threads the timeouts interrupt."""
 
-    def measure(self, seconds: float, count: int) -> None:
-        if count:
-            mean, previous = seconds / count, self.seconds_per_job
-            self.seconds_per_job = mean if previous is None else (previous + mean) / 2
+    def in_flight(self) -> list[Job]:
+        return [job for batches in self.batches.values() for batch in batches for job in batch]
 
-    def settle(self, pool: JobPool, job: Job, outcome: int, payload: Any, raw: list, remote_tb: str | None,
-               worker: int) -> None:
-        """A job's outcome other than a result that unpickles: it failed, one way or another."""
-        if outcome == _UNSENDABLE:
-            pool._failures.job_failed(job, JobPoolError(f"Job {job.name!r} ran on rank {worker}, but {payload}"),
-                             worker, remote_tb, named=True)
-            return
-        try:
-            value = _unpack(payload, raw)
-        except Exception as reason:
-            what = "result" if outcome == _OK else "exception"
-            pool._failures.job_failed(job, JobPoolError(
-                f"Job {job.name!r} ran on rank {worker}, but its {what} could not be "
-                f"unpickled on the main rank: {_describe(reason)}"
-            ), worker, remote_tb, named=True)
-            return
-        if type(value) is JobTimeoutError:
-            value = JobTimeoutError(f"Job {job.name!r} {value} on rank {worker}")
-        pool._failures.job_failed(job, value, worker, remote_tb)
+    def longest_running(self) -> tuple[Job, int, float] | None:
+        now = time.monotonic()
+        running = [(job, worker, now - since) for worker, (job, since) in list(self.running.items())
+                   if job._status is _RUNNING]
+        return max(running, key=operator.itemgetter(2), default=None)
 
-    def resend_solo(self, pool: JobPool, batch: list[Job], reason: str, worker: int) -> None:
-        """Send the jobs of a batch that did not load one by one, so only the culprit fails."""
-        for job in batch:
-            if job._status is not _QUEUED:
-                continue
-            if job._rare is not None and job._rare.solo:
-                pool._graph.started(job)
-                pool._failures.job_failed(job, JobPoolError(
-                    f"Job {job.name!r} could not be unpickled on rank {worker}: {reason}. "
-                    "Define its function and arguments at module level so every rank can import them."
-                ), worker, named=True)
-            else:
-                _Rare.of(job).solo = True
-        pool._graph.put_back([job for job in batch if job._status is _QUEUED])
+    # END and CLOSE (main -> worker), and BYE, the answer to CLOSE: the worker's end is just below.
 
-    def end_execute(self, error: WorkflowError | None) -> None:
-        """Release the workers that serve in execute(), with the same report."""
+    def release_execute(self, error: WorkflowError | None) -> None:
+        """END: release the workers that serve in execute(), with the same report."""
         message = (_END, None if error is None else _pack_report(error))
         for worker in self.batches:
             if worker not in self.left:
                 self.send(worker, message)
 
-    def close(self, error: WorkflowError | None) -> None:
-        """Tell every worker the pool is over and wait for each one's BYE: nothing stays in flight."""
+    def release_workers(self, error: WorkflowError | None) -> None:
+        """CLOSE: the pool is over; wait for each worker's BYE, so nothing stays in flight."""
         message = (_CLOSE, None if error is None else _pack_report(error))
         for worker in self.batches:
             self.send(worker, message)
@@ -2774,25 +2731,26 @@ class _MainSide:
 
 
 class _WorkerSide:
-    """A worker's end: runs the batches the main rank sends, until END or CLOSE."""
+    """A worker's end: runs the batches the main rank sends, until END (its execute()) or CLOSE
+    (its block's end); its own code raising sends LEFT."""
 
-    def __init__(self, comm: Any, pool: JobPool):
-        self.comm, self.pool = comm, pool
-        self.joined = False
-        self.closed = False
+    def __init__(self, comm: Any, owner: Any):
+        self.comm, self.owner, self.rank = comm, owner, comm.Get_rank()
+        self.joined = self.closed = self.busy = False
         self.herald: _Herald | None = None
-        self.deadline = _Deadline()
+        self.policy = _Policy()  # the interrupt only: limits come with each batch
         self.raised: bytes | None = None  # the last report an execute() raised
 
-    def serve_one_execute(self) -> None:
+    def execute(self, return_results: bool) -> None:
         """A worker's execute(): serve until the main rank's execute() ends (or it closes the pool)."""
+        self.may_run("execute()")
         report = self.raised = self.serve(until_end=True)
         if report is not None:
             raise _unpack_report(report)
 
-    def leave(self, exc: BaseException | None) -> None:
-        """The worker leaves its block: serve until the main rank leaves its own; or, after an
-        exception of its own, tell the main rank it runs nothing more, and wait for CLOSE."""
+    def close(self, exc: BaseException | None) -> None:
+        """Leaving the block: serve until the main rank leaves its own; or, after an exception of
+        this rank's own, send LEFT (it runs nothing more) and wait for CLOSE."""
         if self.closed:
             return
         if exc is None:
@@ -2800,14 +2758,14 @@ class _WorkerSide:
             if report is not None and report != self.raised:  # not raised by an execute() already
                 raise _unpack_report(report)
             return
-        comm = self.comm
-        comm.send((_LEFT, _describe(exc)), dest=0, tag=_TO_MAIN)
-        while _wait_for_message(comm, 0, _TO_WORKER)[0] != _CLOSE:
+        self.comm.send((_LEFT, _describe(exc)), dest=0, tag=_TO_MAIN)
+        while _wait_for_message(self.comm, 0, _TO_WORKER)[0] != _CLOSE:
             pass  # batches were put back by the main rank; ENDs are for those who serve
         self.say_bye()
 
     def serve(self, until_end: bool) -> bytes | None:
-        """Run batches until END (``until_end``) or CLOSE; return the report that came with it."""
+        """Say READY once, then run batches until END (``until_end``) or CLOSE; return the report
+        that came with it."""
         if self.closed:
             return None
         comm = self.comm
@@ -2815,66 +2773,133 @@ class _WorkerSide:
             comm.send((_READY,), dest=0, tag=_TO_MAIN)
             self.joined = True
             self.herald = _Herald.start(comm)
-        with _tracebacks_on_crash(), _jobs_run_in_this_thread():
-            while True:
-                message = _wait_for_message(comm, 0, _TO_WORKER)
-                kind = message[0]
-                if kind == _JOBS:
-                    self.run_batch(message[1], message[2])
-                elif kind == _END:
-                    if until_end:
+        self.busy = True
+        try:
+            with _tracebacks_on_crash(), _jobs_run_in_this_thread():
+                while True:
+                    message = _wait_for_message(comm, 0, _TO_WORKER)
+                    kind = message[0]
+                    if kind == _JOBS:
+                        _run_jobs(self, message[1], message[2])
+                    elif kind == _END:
+                        if until_end:
+                            return message[1]
+                    elif kind == _CLOSE:
+                        self.say_bye()
                         return message[1]
-                elif kind == _CLOSE:
-                    self.say_bye()
-                    return message[1]
-                else:
-                    raise _unexpected(message, 0)
+                    else:
+                        raise _unexpected(message, 0)
+        finally:
+            self.busy = False
 
     def say_bye(self) -> None:
         self.comm.send((_BYE,), dest=0, tag=_TO_MAIN)
         self.closed = True
-        self.deadline.uninstall()
+        self.policy.release()
         if self.herald is not None:
             self.herald.stop()
 
-    def run_batch(self, payload: bytes | list, received: list) -> None:
-        """Run a batch of jobs and send each outcome, packaged on its own."""
-        started = time.perf_counter()
-        herald, owner = self.herald, self.pool.owner
+    def may_run(self, what: str) -> None:
+        if self.busy:
+            raise JobPoolError(f"{what} was called while this pool is already running jobs (from a job).")
+
+    def as_completed(self, wanted: Any) -> Iterator[Job]:
+        raise self.for_the_main_rank("as_completed()")
+
+    def map(self, fn: Callable, items: list, submit: Callable) -> list:
+        raise self.for_the_main_rank("map()")
+
+    @staticmethod
+    def for_the_main_rank(what: str) -> JobPoolContextError:
+        return JobPoolContextError(f"{what} is for the main rank (pool.is_main()); workers serve in execute() "
+                                   "or when they leave the pool's `with` block.")
+
+    def longest_running(self) -> None:
+        return None
+
+
+# READY and LEFT (worker -> main): sent in _WorkerSide.serve and .close just above.
+
+def _on_ready(main: _MainSide, worker: int, message: tuple) -> None:
+    if worker not in main.left:
+        main.joined.add(worker)
+
+
+def _on_left(main: _MainSide, worker: int, message: tuple) -> None:
+    """The worker's own code raised: its batches go back to the queue, and the report names it."""
+    main.joined.discard(worker)
+    main.left.add(worker)
+    main.running.pop(worker, None)
+    for batch in main.batches[worker]:
+        main.in_flight_batches -= 1
+        main.graph.put_back(batch)
+    main.batches[worker].clear()
+    main.failures.other(JobPoolError(f"Rank {worker} left the pool: {message[1]}"))
+
+
+# JOBS (main -> worker): a batch of calls and their time limits; the worker answers DONE or UNLOADABLE.
+
+def _pack_jobs(main: _MainSide, batch: list[Job], raw: list[memoryview]) -> bytes | list | None:
+    """Pickle a batch; a job that cannot be pickled fails alone (from QUEUED: it never ran), the rest go."""
+    policy = main.policy
+    limits = [policy.limit_of(job) for job in batch] if policy.limits_some else None
+    try:
+        return _pack(([(job._fn, job._args, job._kwargs) if job._extras is None else job._call() for job in batch],
+                      limits), raw)
+    except Exception:
+        raw.clear()
+    sendable = []
+    for job in batch:
         try:
-            calls, limits = pickle.loads(payload) if type(payload) is bytes else _unpack(payload, received)
+            _pack(job._call(), [])
         except Exception as reason:
-            self.comm.send((_UNLOADABLE, _describe(reason)), dest=0, tag=_TO_MAIN)
-            return
-        outcomes: list[tuple] = []
-        raw: list[memoryview] = []
+            main.failures.job_failed(job, JobPoolError(
+                f"Job {job.name!r} cannot be sent to a worker: its function or arguments "
+                f"do not pickle ({_describe(reason)}). Use module-level functions and "
+                "picklable arguments, or install cloudpickle."
+            ), 0, named=True)
+        else:
+            sendable.append(job)
+    batch[:] = sendable
+    return _pack_jobs(main, batch, raw) if batch else None
+
+
+def _run_jobs(side: _WorkerSide, payload: bytes | list, received: list) -> None:
+    """The worker runs a batch and answers DONE with each outcome, packed on its own (or
+    UNLOADABLE if the batch does not unpickle here)."""
+    started = time.perf_counter()
+    herald, owner, policy, rank = side.herald, side.owner, side.policy, side.rank
+    try:
+        calls, limits = pickle.loads(payload) if type(payload) is bytes else _unpack(payload, received)
+    except Exception as reason:
+        side.comm.send((_UNLOADABLE, _describe(reason)), dest=0, tag=_TO_MAIN)
+        return
+    outcomes: list[tuple] = []
+    raw: list[memoryview] = []
+    if herald is not None:
+        herald.batch += 1
+    for position, (fn, args, kwargs) in enumerate(calls):
         if herald is not None:
-            herald.batch += 1
-        for position, (fn, args, kwargs) in enumerate(calls):
-            if herald is not None:
-                herald.position = position
-            try:
-                if limits is None or limits[position] is None:
-                    value = fn(owner, *args, **kwargs) if kwargs else fn(owner, *args)
-                else:
-                    value = self.deadline.call(fn, (owner, *args), kwargs, limits[position], position)
-            except BaseException as error:  # noqa: B036 (SystemExit or Ctrl-C in a job fails the job only)
-                outcomes.append(_pack_outcome(error, False, traceback.format_exc(), raw))
+            herald.position = position
+        try:
+            if limits is None or limits[position] is None:
+                value = fn(owner, *args, **kwargs) if kwargs else fn(owner, *args)
             else:
-                outcomes.append(_pack_outcome(value, True, None, raw))
-        message = (_DONE, time.perf_counter() - started, outcomes, _raw_sizes(raw))
-        if herald is None:
-            self.send_done(message, raw)
-            return
-        herald.position = None
-        with herald.lock:  # a STARTED being sent goes first
-            self.send_done(message, raw)
+                value = policy.call(fn, (owner, *args), kwargs, limits[position], position, rank)
+        except BaseException as error:  # noqa: B036 (SystemExit or Ctrl-C in a job fails the job only)
+            outcomes.append(_pack_outcome(error, False, traceback.format_exc(), raw))
+        else:
+            outcomes.append(_pack_outcome(value, True, None, raw))
+    message = (_DONE, time.perf_counter() - started, outcomes, _raw_sizes(raw))
+    if herald is None:
+        _send_done(side.comm, message, raw)
+        return
+    herald.position = None
+    with herald.lock:  # a STARTED being sent goes first
+        _send_done(side.comm, message, raw)
 
-    def send_done(self, message: tuple, raw: list) -> None:
-        self.comm.send(message, dest=0, tag=_TO_MAIN)
-        if raw:
-            _send_raw(self.comm, raw, 0, _RAW_TO_MAIN)
 
+# DONE (worker -> main): the outcomes of the worker's oldest batch, each (kind, payload, traceback).
 
 def _pack_outcome(value: Any, ok: bool, remote_tb: str | None, raw: list[memoryview]) -> tuple:
     """Pickle a result or exception; one that won't pickle becomes a message naming the problem."""
@@ -2884,6 +2909,84 @@ def _pack_outcome(value: Any, ok: bool, remote_tb: str | None, raw: list[memoryv
         what = "result" if ok else f"exception ({_describe(value)})"
         return _UNSENDABLE, f"its {what} cannot be sent back: {_describe(reason)}", remote_tb
 
+
+def _send_done(comm: Any, message: tuple, raw: list) -> None:
+    comm.send(message, dest=0, tag=_TO_MAIN)
+    if raw:
+        _send_raw(comm, raw, 0, _RAW_TO_MAIN)
+
+
+def _on_done(main: _MainSide, worker: int, message: tuple) -> None:
+    batch = main.batches[worker].popleft()
+    main.in_flight_batches -= 1
+    queued = main.batches[worker]
+    if queued:
+        main.running[worker] = (queued[0][0], time.monotonic())
+    else:
+        main.running.pop(worker, None)
+    _, seconds, outcomes, raw = message
+    if outcomes:
+        mean, previous = seconds / len(outcomes), main.seconds_per_job
+        main.seconds_per_job = mean if previous is None else (previous + mean) / 2
+    graph = main.graph
+    loads, started, succeeded = pickle.loads, graph.started, graph.succeeded
+    for job, (outcome, payload, remote_tb) in zip(batch, outcomes, strict=True):
+        status = job._status
+        if status is _SENT:
+            started(job, worker)
+        elif status is not _RUNNING:
+            continue  # aborted while it was on the worker
+        if outcome == _OK:
+            try:
+                value = loads(payload) if type(payload) is bytes else _unpack(payload, raw)
+            except Exception:
+                pass
+            else:
+                succeeded(job, value)
+                continue
+        _settle_failure(main, job, outcome, payload, raw, remote_tb, worker)
+
+
+def _settle_failure(main: _MainSide, job: Job, outcome: int, payload: Any, raw: list, remote_tb: str | None,
+                    worker: int) -> None:
+    """A job's outcome other than a result that unpickles: it failed, one way or another."""
+    if outcome == _UNSENDABLE:
+        main.failures.job_failed(job, JobPoolError(f"Job {job.name!r} ran on rank {worker}, but {payload}"),
+                                 worker, remote_tb, named=True)
+        return
+    try:
+        value = _unpack(payload, raw)
+    except Exception as reason:
+        what = "result" if outcome == _OK else "exception"
+        main.failures.job_failed(job, JobPoolError(
+            f"Job {job.name!r} ran on rank {worker}, but its {what} could not be "
+            f"unpickled on the main rank: {_describe(reason)}"
+        ), worker, remote_tb, named=True)
+        return
+    if type(value) is JobTimeoutError:
+        value = JobTimeoutError(f"Job {job.name!r} {value} on rank {worker}")
+    main.failures.job_failed(job, value, worker, remote_tb)
+
+
+# UNLOADABLE (worker -> main, sent by _run_jobs): the batch goes again job by job, so only the culprit fails.
+
+def _on_unloadable(main: _MainSide, worker: int, message: tuple) -> None:
+    main.in_flight_batches -= 1
+    batch = main.batches[worker].popleft()
+    for job in batch:
+        if job._status is not _SENT:
+            continue
+        if job._extras is not None and job._extras.solo:
+            main.failures.job_failed(job, JobPoolError(
+                f"Job {job.name!r} could not be unpickled on rank {worker}: {message[1]}. "
+                "Define its function and arguments at module level so every rank can import them."
+            ), worker, named=True)
+        else:
+            _JobExtras.of(job).solo = True
+    main.graph.put_back(batch)
+
+
+# STARTED (worker -> main): a job that has run for a while, announced RUNNING by the worker's herald.
 
 class _Herald:
     """A worker's helper thread: announces a job that has run for a while as RUNNING.
@@ -2927,8 +3030,28 @@ class _Herald:
             last = now
 
 
+def _on_started(main: _MainSide, worker: int, message: tuple) -> None:
+    try:
+        job = main.batches[worker][0][message[1]]
+    except IndexError:
+        raise _unexpected(message, worker) from None
+    main.running[worker] = (job, time.monotonic() - message[2])
+    if job._status is _SENT:
+        main.graph.started(job, worker)
+
+
+def _unexpected_from_worker(main: _MainSide, worker: int, message: tuple) -> None:
+    raise _unexpected(message, worker)
+
+
+_ON_MESSAGE_FROM_WORKER: dict[str, Callable[[_MainSide, int, tuple], None]] = {
+    _DONE: _on_done, _STARTED: _on_started, _READY: _on_ready, _UNLOADABLE: _on_unloadable, _LEFT: _on_left,
+}
+
+
+# The report that END and CLOSE carry: the main rank's WorkflowError, raised on the workers too.
+
 def _pack_report(error: WorkflowError) -> bytes:
-    """The main rank's WorkflowError, for the workers to raise with the same messages."""
     entries = []
     for entry in error.exceptions:
         cause = entry.__cause__
@@ -2989,19 +3112,24 @@ class PoolSnapshot(collections.namedtuple(
 
 
 class _Events:
-    """Delivers a pool's events to its listeners, on the main rank's main thread.
+    """Delivers a pool's events to its listeners, on the main rank only.
 
-    A listener that raises is recorded for the WorkflowError and the pool goes on.
+    Events go out from the thread that caused them, which is the main thread, with one
+    exception: while a long job holds the main thread serially, ``_Pinger`` sends the
+    MAX_TIMEOUT_PING events from its own thread (never two listener calls at once). A
+    listener that raises is recorded for the WorkflowError and the pool goes on.
     MAX_TIMEOUT_PING goes out when nothing happened for the smallest ``max_wait``.
     """
 
-    def __init__(self, pool: JobPool):
-        self.pool = pool
+    def __init__(self, pool: JobPool, graph: _Graph, failures: _FailureLog):
+        self.pool = pool  # the progress records' ``pool``: listeners see its public API
+        self.graph, self.failures = graph, failures
         self.status: PoolStatus | None = None
         self.listeners: list[Callable] = []
         self.job_listeners: list[Callable] = []  # those that want job events too
         self.max_wait: float | None = None
         self.count = 0  # events delivered, to tell when the pool was quiet
+        self.on_main = True  # listeners are called on the main rank only
 
     def add(self, listener: Callable, max_wait: float | None) -> None:
         if not callable(listener):
@@ -3011,9 +3139,10 @@ class _Events:
         self.listeners.append(listener)
         if getattr(listener, "_wants_job_events", True):
             self.job_listeners.append(listener)
-            self.pool._graph.emit = self.emit
+            self.graph.emit = self.emit
 
-    def open(self) -> None:
+    def open(self, on_main: bool) -> None:
+        self.on_main = on_main
         for listener in self.listeners:
             if hasattr(listener, "__enter__"):
                 listener.__enter__()  # type: ignore[attr-defined]  # pyright: ignore[reportFunctionMemberAccess]
@@ -3031,7 +3160,7 @@ class _Events:
     def emit(self, reason: PoolProgressReason, status: Any, old: Any, job: Job | None) -> bool:
         """Tell the listeners; True if one of them handled the event (a FAILED job's)."""
         listeners = self.listeners if job is None else self.job_listeners
-        if not listeners or self.pool._rank != 0:
+        if not listeners or not self.on_main:
             return False
         progress = _make_progress(PoolProgress, (self.pool, reason, status, old, job))
         self.count += 1
@@ -3043,14 +3172,14 @@ class _Events:
             except Exception as error:
                 report = JobPoolError(f"Listener {listener!r} raised {_describe(error)}")
                 report.__cause__ = error
-                self.pool._failures.other(report)
+                self.failures.other(report)
         return handled
 
     def quiet_timer(self) -> _QuietTimer:
         return _QuietTimer(self)
 
     def start_pinger(self) -> _Pinger | None:
-        return _Pinger(self) if self.max_wait is not None else None
+        return _Pinger(self, self.graph) if self.max_wait is not None else None
 
 
 class _QuietTimer:
@@ -3078,18 +3207,16 @@ class _Pinger:
     lock once when a job returns: never two listener calls at once.
     """
 
-    def __init__(self, events: _Events):
+    def __init__(self, events: _Events, graph: _Graph):
         self.lock, self.stopped = threading.Lock(), threading.Event()
-        self.timer = _QuietTimer(events)
-        self.running_here = None
+        self.timer, self.graph = _QuietTimer(events), graph
         threading.Thread(target=self._ping_while_a_job_runs, args=(events.max_wait,),
                          name="bsb_mini-pinger", daemon=True).start()
 
     def _ping_while_a_job_runs(self, max_wait: float) -> None:
-        graph = self.timer.events.pool._graph
         while not self.stopped.wait(max_wait / 8):
             with self.lock:
-                if graph.active and not self.stopped.is_set():
+                if self.graph.active and not self.stopped.is_set():
                     self.timer.ping_if_due()
 
     def job_returned(self) -> None:
@@ -3252,7 +3379,12 @@ register_service("MPI", MPI := MPIService())
 register_service("MPILock", MPILock := _MPILockService(MPI))
 register_service("JobPool", JobPool)
 
-# --- 8. Command line ------------------------------------------------------------------
+# --- 8. Command line: selftest and bench ---------------------------------------------
+#
+# selftest: a list of small checks, each run on every rank; bench: the pool's own overhead
+# (no-op jobs, a DAG, map()) against the floor of a plain loop or a bare mpi4py loop. The
+# comparison lab (peers, --against, payloads, the journal, scaling) is lab.py in the
+# repository, beside the tests: vendoring users do not carry it.
 
 
 def _selftest_whoami(owner: Any, value: Any) -> tuple[int, Any]:
@@ -3286,144 +3418,151 @@ def _check(condition: bool, message: str) -> None:
         raise AssertionError(message)
 
 
-def _selftest_checks() -> list[tuple[str, Callable[[], None]]]:
-    rank, size = MPI.get_rank(), MPI.get_size()
+def _check_provider_fallback(rank: int, size: int) -> None:
+    _check(provide("json", None) is sys.modules["json"], "provide() did not import json")
+    marker = object()
+    _check(provide("bsb_mini_no_such_package", marker) is marker, "provide() did not fall back")
+    missing = ErrorModule("install it")
+    try:
+        missing.anything  # noqa: B018 (the access itself must raise)
+    except DependencyError as error:
+        _check("install it" in str(error), "ErrorModule lost its message")
+    else:
+        raise AssertionError("ErrorModule did not raise on use")
+    _check(isinstance(pickle.loads(pickle.dumps(missing)), ErrorModule), "ErrorModule did not pickle")
 
-    def provider_fallback():
-        _check(provide("json", None) is sys.modules["json"], "provide() did not import json")
-        marker = object()
-        _check(provide("bsb_mini_no_such_package", marker) is marker, "provide() did not fall back")
-        missing = ErrorModule("install it")
+
+def _check_registry(rank: int, size: int) -> None:
+    _check(get_service("MPI") is MPI and get_service("JobPool") is JobPool, "built-ins not registered")
+    _check(isinstance(get_service("no-such-service"), ErrorModule), "unknown service is not an ErrorModule")
+
+
+def _check_collectives(rank: int, size: int) -> None:
+    _check(MPI.bcast(rank * 10 + 7) == 7, "bcast")
+    gathered = MPI.gather(rank)
+    _check(gathered == list(range(size)) if rank == 0 else gathered is None, "gather")
+    _check(MPI.allgather(rank) == list(range(size)), "allgather")
+    _check(MPI.scatter([i * i for i in range(size)] if rank == 0 else None) == rank * rank, "scatter")
+    MPI.barrier()
+
+
+def _check_try_all_and_try_main(rank: int, size: int) -> None:
+    try:
+        with MPI.try_all():
+            if rank == size - 1:
+                raise KeyError("last rank")
+    except KeyError:
+        _check(rank == size - 1, "try_all: the wrong rank raised its own error")
+    except RuntimeError:
+        _check(rank != size - 1, "try_all: the failing rank lost its error")
+    else:
+        raise AssertionError("try_all did not raise on every rank")
+    try:
+        with MPI.try_main():
+            if rank == 0:
+                raise ValueError("main")
+    except ValueError as error:
+        _check(str(error) == "main", "try_main sent the wrong error")
+    else:
+        raise AssertionError("try_main did not raise on every rank")
+
+
+def _check_locks(rank: int, size: int) -> None:
+    passed = False
+    with MPILock.sync() as lock:
+        with lock.read():
+            pass
+        with lock.write():
+            pass
+        with lock.single_write() as fence:
+            fence.guard()  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
+            passed = True
+    writers = MPI.allgather(passed)
+    _check(sum(writers) == 1 and writers[0], f"single_write let {sum(writers)} rank(s) write")
+
+
+def _check_job_graph(rank: int, size: int) -> None:
+    with JobPool(f"owner of rank {rank}") as pool:
+        a = pool.submit(_selftest_add, (1, 2))
+        b = pool.submit(_selftest_add, (3,), deps=[a])
+        where = [pool.submit(_selftest_whoami, (i,)) for i in range(4 * size)]
+        c = pool.submit(_selftest_add, (4, 5), deps=[a, b] + where)
+        results = pool.execute(return_results=True)
+    if rank == 0:
+        _check(results is not None and results[c] == 9 and b.result == 3, "wrong results")
+        ranks = {job.result[0] for job in where}
+        expected = set(range(1, size)) if size > 1 else {0}
+        _check(bool(ranks) and ranks <= expected, f"jobs ran on ranks {ranks}, expected within {expected}")
+
+
+def _check_failures_reach_every_rank(rank: int, size: int) -> None:
+    with JobPool() as pool:
+        bad = pool.submit(_selftest_fail, ("on purpose",))
+        downstream = pool.submit(_selftest_add, (1,), deps=[bad])
+        fine = pool.submit(_selftest_add, (2,))
         try:
-            missing.anything  # noqa: B018 (the access itself must raise)
-        except DependencyError as error:
-            _check("install it" in str(error), "ErrorModule lost its message")
+            pool.execute()
+        except WorkflowError as error:
+            _check("on purpose" in str(error), "the report lost the job's message")
         else:
-            raise AssertionError("ErrorModule did not raise on use")
-        _check(isinstance(pickle.loads(pickle.dumps(missing)), ErrorModule), "ErrorModule did not pickle")
+            raise AssertionError("no WorkflowError on this rank")
+    if rank == 0:
+        _check(downstream.status is JobStatus.CANCELLED and fine.result == 2, "cascade wrong")
 
-    def registry():
-        _check(get_service("MPI") is MPI and get_service("JobPool") is JobPool, "built-ins not registered")
-        _check(isinstance(get_service("no-such-service"), ErrorModule), "unknown service is not an ErrorModule")
 
-    def collectives():
-        _check(MPI.bcast(rank * 10 + 7) == 7, "bcast")
-        gathered = MPI.gather(rank)
-        _check(gathered == list(range(size)) if rank == 0 else gathered is None, "gather")
-        _check(MPI.allgather(rank) == list(range(size)), "allgather")
-        _check(MPI.scatter([i * i for i in range(size)] if rank == 0 else None) == rank * rank, "scatter")
-        MPI.barrier()
-
-    def try_all_and_try_main():
+def _check_node_scheduling(rank: int, size: int) -> None:
+    a = _SelftestNode("a")
+    broken = _SelftestNode("broken", [a], fail=True)
+    after_broken = _SelftestNode("after-broken", [broken])
+    c = _SelftestNode("c", [a])
+    with JobPool() as pool:
+        pool.schedule([a, broken, after_broken, c])
         try:
-            with MPI.try_all():
-                if rank == size - 1:
-                    raise KeyError("last rank")
-        except KeyError:
-            _check(rank == size - 1, "try_all: the wrong rank raised its own error")
-        except RuntimeError:
-            _check(rank != size - 1, "try_all: the failing rank lost its error")
+            pool.execute()
+        except WorkflowError as error:
+            texts = [str(e) for e in error.exceptions]
+            _check(len(texts) == 2 and "after-broken" in texts[1], f"unexpected report {texts}")
         else:
-            raise AssertionError("try_all did not raise on every rank")
+            raise AssertionError("a failed node was not reported")
+    if rank == 0:
+        names = sorted(job.name for job in pool.jobs if job.status is JobStatus.SUCCESS)
+        _check(names == ["a", "c"], f"scheduled {names}")
+
+
+def _check_listeners(rank: int, size: int) -> None:
+    seen = []
+    with create_job_pool(listeners=[lambda p: seen.append((p.reason, p.status))], quiet=True) as pool:
+        job = pool.submit(_selftest_add, (41, 1))
+    if rank == 0:
+        _check(job.result == 42, "the job gave the wrong result")
+        statuses = [s for r, s in seen if r is PoolProgressReason.POOL_STATUS_CHANGE]
+        _check(statuses == [PoolStatus.SCHEDULING, PoolStatus.EXECUTING, PoolStatus.CLOSING],
+               f"pool statuses {statuses}")
+        job_statuses = [s for r, s in seen if r is PoolProgressReason.JOB_STATUS_CHANGE]
+        _check(job_statuses == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCESS],
+               f"job statuses {job_statuses}")
+
+
+def _check_lambda_jobs(rank: int, size: int) -> None:
+    """Lambdas run when they need not cross ranks or cloudpickle is there; else a clear refusal."""
+    can_send = size == 1 or _optional("cloudpickle") is not None
+    with JobPool() as pool:
+        job = pool.submit(lambda owner, x: x * 2, (21,))
         try:
-            with MPI.try_main():
-                if rank == 0:
-                    raise ValueError("main")
-        except ValueError as error:
-            _check(str(error) == "main", "try_main sent the wrong error")
-        else:
-            raise AssertionError("try_main did not raise on every rank")
+            pool.execute()
+        except WorkflowError as error:
+            _check(not can_send and "install cloudpickle" in str(error), f"unexpected {error.message}")
+    if rank == 0:
+        _check(job.result == 42 if can_send else job.status is JobStatus.FAILED, f"lambda job {job!r}")
 
-    def locks():
-        with MPILock.sync() as lock:
-            with lock.read():
-                pass
-            with lock.write():
-                pass
-            with lock.single_write() as fence:
-                fence.guard()  # type: ignore[union-attr]  # pyright: ignore[reportOptionalMemberAccess]
-                passed = True
-            passed = locals().get("passed", False)
-        writers = MPI.allgather(bool(passed))
-        _check(sum(writers) == 1 and writers[0], f"single_write let {sum(writers)} rank(s) write")
 
-    def job_graph():
-        with JobPool(f"owner of rank {rank}") as pool:
-            a = pool.submit(_selftest_add, (1, 2))
-            b = pool.submit(_selftest_add, (3,), deps=[a])
-            where = [pool.submit(_selftest_whoami, (i,)) for i in range(4 * size)]
-            c = pool.submit(_selftest_add, (4, 5), deps=[a, b] + where)
-            results = pool.execute(return_results=True)
-        if rank == 0:
-            _check(results is not None and results[c] == 9 and b.result == 3, "wrong results")
-            ranks = {job.result[0] for job in where}
-            expected = set(range(1, size)) if size > 1 else {0}
-            _check(bool(ranks) and ranks <= expected, f"jobs ran on ranks {ranks}, expected within {expected}")
-
-    def failures_reach_every_rank():
-        with JobPool() as pool:
-            bad = pool.submit(_selftest_fail, ("on purpose",))
-            downstream = pool.submit(_selftest_add, (1,), deps=[bad])
-            fine = pool.submit(_selftest_add, (2,))
-            try:
-                pool.execute()
-            except WorkflowError as error:
-                _check("on purpose" in str(error), "the report lost the job's message")
-            else:
-                raise AssertionError("no WorkflowError on this rank")
-        if rank == 0:
-            _check(downstream.status is JobStatus.CANCELLED and fine.result == 2, "cascade wrong")
-
-    def node_scheduling():
-        a = _SelftestNode("a")
-        broken = _SelftestNode("broken", [a], fail=True)
-        after_broken = _SelftestNode("after-broken", [broken])
-        c = _SelftestNode("c", [a])
-        with JobPool() as pool:
-            pool.schedule([a, broken, after_broken, c])
-            try:
-                pool.execute()
-            except WorkflowError as error:
-                texts = [str(e) for e in error.exceptions]
-                _check(len(texts) == 2 and "after-broken" in texts[1], f"unexpected report {texts}")
-            else:
-                raise AssertionError("a failed node was not reported")
-        if rank == 0:
-            names = sorted(job.name for job in pool.jobs if job.status is JobStatus.SUCCESS)
-            _check(names == ["a", "c"], f"scheduled {names}")
-
-    def listeners():
-        seen = []
-        with create_job_pool(listeners=[lambda p: seen.append((p.reason, p.status))], quiet=True) as pool:
-            job = pool.submit(_selftest_add, (41, 1))
-        if rank == 0:
-            _check(job.result == 42, "the job gave the wrong result")
-            statuses = [s for r, s in seen if r is PoolProgressReason.POOL_STATUS_CHANGE]
-            _check(statuses == [PoolStatus.SCHEDULING, PoolStatus.EXECUTING, PoolStatus.CLOSING],
-                   f"pool statuses {statuses}")
-            job_statuses = [s for r, s in seen if r is PoolProgressReason.JOB_STATUS_CHANGE]
-            _check(job_statuses == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCESS],
-                   f"job statuses {job_statuses}")
-
-    def lambda_jobs():
-        """Lambdas run when they need not cross ranks or cloudpickle is there; else a clear refusal."""
-        can_send = size == 1 or _optional("cloudpickle") is not None
-        with JobPool() as pool:
-            job = pool.submit(lambda owner, x: x * 2, (21,))
-            try:
-                pool.execute()
-            except WorkflowError as error:
-                _check(not can_send and "install cloudpickle" in str(error), f"unexpected {error.message}")
-        if rank == 0:
-            _check(job.result == 42 if can_send else job.status is JobStatus.FAILED, f"lambda job {job!r}")
-
-    return [
-        ("provider fallback", provider_fallback), ("service registry", registry),
-        ("MPI collectives", collectives), ("try_all / try_main", try_all_and_try_main),
-        ("MPILock", locks), ("JobPool graph", job_graph),
-        ("failure on every rank", failures_reach_every_rank), ("schedule() nodes", node_scheduling),
-        ("listeners", listeners), ("lambda jobs", lambda_jobs),
-    ]
+_SELFTEST_CHECKS: list[tuple[str, Callable[[int, int], None]]] = [
+    ("provider fallback", _check_provider_fallback), ("service registry", _check_registry),
+    ("MPI collectives", _check_collectives), ("try_all / try_main", _check_try_all_and_try_main),
+    ("MPILock", _check_locks), ("JobPool graph", _check_job_graph),
+    ("failure on every rank", _check_failures_reach_every_rank), ("schedule() nodes", _check_node_scheduling),
+    ("listeners", _check_listeners), ("lambda jobs", _check_lambda_jobs),
+]
 
 
 def _selftest() -> int:
@@ -3436,10 +3575,9 @@ def _selftest() -> int:
     failed = 0
     if rank == 0:
         print(f"bsb_mini {__version__} selftest: {context}", flush=True)
-    checks = _selftest_checks()
-    for name, check in checks:
+    for name, check in _SELFTEST_CHECKS:
         try:
-            check()
+            check(rank, size)
             outcome = None
         except Exception as error:
             outcome = _describe(error).splitlines()[0]
@@ -3454,7 +3592,7 @@ def _selftest() -> int:
             for text, ranks in ranks_by_outcome.items():
                 print(f"        rank(s) {', '.join(map(str, ranks))}: {text}", flush=True)
     failed = MPI.bcast(failed)
-    total = len(checks)
+    total = len(_SELFTEST_CHECKS)
     if rank == 0:
         print(f"selftest: {total - failed} passed, {failed} failed ({context})", flush=True)
     return 1 if failed else 0
@@ -3464,12 +3602,8 @@ def _noop(owner: Any, *args: Any) -> None:
     return None
 
 
-def _timed_job(owner: Any, seconds: float) -> None:
-    """Take ``seconds`` exactly: sleep most of it (time.sleep overshoots), spin the rest."""
-    deadline = time.perf_counter() + seconds
-    time.sleep(max(0.0, seconds - 0.0005))
-    while time.perf_counter() < deadline:
-        pass
+def _map_noop(item: Any) -> None:
+    return None
 
 
 def _random_dag(count: int, seed: int = 7, max_deps: int = 3, window: int | None = None) -> list[tuple[int, ...]]:
@@ -3486,76 +3620,39 @@ def _random_dag(count: int, seed: int = 7, max_deps: int = 3, window: int | None
     ]
 
 
-def _time_pool(
-    count: int, dag: list | None, listener: Callable | None = None, collect_garbage: bool = True,
-    pool_class: Any = None, **pool_kwargs
-) -> float:
+def _time_pool(count: int, dag: list | None, listener: Callable | None = None, collect_garbage: bool = True,
+               pool_class: Any = None, **pool_kwargs: Any) -> float:
     """Seconds for a whole pool (open, submit, execute, close) of ``count`` no-op jobs.
 
     ``collect_garbage=False`` turns CPython's cyclic GC off while timing, as timeit does;
-    ``pool_class`` is another version's JobPool (bench --against).
+    ``pool_class`` is another version's JobPool (the lab's --against).
     """
-    import gc
-
     gc.collect()
     if not collect_garbage:
         gc.disable()
     try:
-        return _time_pool_once(count, dag, listener, pool_class or JobPool, **pool_kwargs)
+        started = time.perf_counter()
+        with (pool_class or JobPool)(**pool_kwargs) as pool:
+            if listener is not None:
+                pool.add_listener(listener)
+            if pool.is_main():
+                jobs: list[Job] = []
+                submit = pool.submit
+                for i in range(count):
+                    jobs.append(submit(_noop, (i,), deps=[jobs[d] for d in dag[i]] if dag else None))
+            pool.execute()
+        return time.perf_counter() - started
     finally:
         gc.enable()
 
 
-def _time_pool_once(count: int, dag: list | None, listener: Callable | None, pool_class: Any,
-                    **pool_kwargs) -> float:
+def _time_pool_map(count: int, pool_class: Any = None) -> float:
+    """``pool.map`` of ``count`` no-op calls on the main rank, the workers serving in execute()."""
     started = time.perf_counter()
-    with pool_class(**pool_kwargs) as pool:
-        if listener is not None:
-            pool.add_listener(listener)
+    with (pool_class or JobPool)() as pool:
         if pool.is_main():
-            jobs: list[Job] = []
-            submit = pool.submit
-            for i in range(count):
-                jobs.append(submit(_noop, (i,), deps=[jobs[d] for d in dag[i]] if dag else None))
+            pool.map(_map_noop, range(count))
         pool.execute()
-    return time.perf_counter() - started
-
-
-def _bench_against(path: str, count: int, runs: int) -> list[dict]:
-    """This version against another one (a copy of bsb_mini.py), loaded side by side in this
-    process and timed interleaved, min of ``runs``: the way to judge a change of the hot path."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bsb_mini_before", path)
-    if spec is None or spec.loader is None or not os.path.isfile(path):
-        raise SystemExit(f"bench --against: {path!r} is not a bsb_mini.py to compare with")
-    before = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(before)
-    dag, where = _random_dag(count), "MPI" if MPI.get_size() > 1 else "serial"
-    timings: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
-    _time_pool(100, None, pool_class=before.JobPool)  # warm up both
-    _time_pool(100, None)
-    for _ in range(runs):
-        for label, graph in (("independent", None), ("DAG <=3 deps", dag)):
-            timings[(label, "before")].append(_time_pool(count, graph, pool_class=before.JobPool))
-            timings[(label, "this")].append(_time_pool(count, graph))
-    rows = []
-    for label in ("independent", "DAG <=3 deps"):
-        old, new = min(timings[(label, "before")]), min(timings[(label, "this")])
-        rows.append(_bench_row(f"{where} {label}: {os.path.basename(path)}", count, old, old))
-        rows.append(_bench_row(f"{where} {label}: this version", count, new, old,
-                               f"{new / old:.3f}x the other, min of {runs} interleaved"))
-    return rows
-
-
-def _time_thread_pool(count: int) -> float:
-    """A peer for scale: the standard library's ThreadPoolExecutor with 2 threads."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    started = time.perf_counter()
-    with ThreadPoolExecutor(2) as executor:
-        for future in [executor.submit(_noop, None, i) for i in range(count)]:
-            future.result()
     return time.perf_counter() - started
 
 
@@ -3566,129 +3663,9 @@ def _time_plain_loop(count: int) -> float:
     return time.perf_counter() - started
 
 
-def _median_of(runs: int, measure: Callable[[], float]) -> float:
-    return sorted(measure() for _ in range(runs))[runs // 2]
-
-
-def _bench_row(workload: str, count: int, seconds: float, floor: float | None, efficiency: str = "") -> dict:
-    return {
-        "workload": workload, "jobs": count, "us_per_job": seconds / count * 1e6,
-        "jobs_per_s": count / seconds, "ratio_to_floor": seconds / floor if floor else None,
-        "efficiency": efficiency,
-    }
-
-
-def _bench_serial(count: int, runs: int, scaling: list[int]) -> list[dict]:
-    dag = _random_dag(count)
-    _time_pool(100, dag)  # warm up: the first pool imports mpi4py, if installed
-    floor = _median_of(runs, lambda: _time_plain_loop(count))
-    rows = [_bench_row("plain Python loop (the floor)", count, floor, floor)]
-    peer = _median_of(runs, lambda: _time_thread_pool(count))
-    rows.append(_bench_row("peer: ThreadPoolExecutor(2)", count, peer, floor))
-    rows.append(_bench_row("serial, independent", count, _median_of(runs, lambda: _time_pool(count, None)), floor))
-    rows.append(_bench_row("serial, DAG <=3 deps", count, _median_of(runs, lambda: _time_pool(count, dag)), floor))
-    rows.append(_bench_row("serial, DAG + 1 listener", count,
-                           _median_of(runs, lambda: _time_pool(count, dag, lambda progress: None)), floor))
-    quiet_report = _ProgressReport(stream=_NullStream())
-    rows.append(_bench_row("serial, DAG + progress report", count,
-                           _median_of(runs, lambda: _time_pool(count, dag, quiet_report)), floor))
-    rows += _bench_journal(count, dag, max(runs, 5))
-    rows += _bench_scaling(scaling)
-    return rows
-
-
-def _bench_journal(count: int, dag: list, runs: int) -> list[dict]:
-    """A DAG with a journal (recording), then again (all restored), against none; interleaved, min of runs."""
-    import tempfile
-
-    plain, recording, resuming = [], [], []
-    with tempfile.TemporaryDirectory(prefix="bsb_mini_bench_") as folder:
-        for run in range(runs):
-            path = os.path.join(folder, f"run{run}.journal")
-            plain.append(_time_pool(count, dag))
-            recording.append(_time_pool(count, dag, journal=path))
-            resuming.append(_time_pool(count, dag, journal=path))
-    base = min(plain)
-    return [_bench_row(f"journal: DAG, recording every job (min of {runs})", count, min(recording), base,
-                       f"+{(min(recording) - base) / count * 1e6:.2f} us/job over no journal "
-                       f"({base / count * 1e6:.2f})"),
-            _bench_row(f"journal: same DAG again, all restored (min of {runs})", count, min(resuming), base,
-                       f"+{(min(resuming) - base) / count * 1e6:.2f} us/job over running them without one")]
-
-
-def _bench_scaling(sizes: list[int]) -> list[dict]:
-    """Per-job cost as the graph grows, relative to the smallest size.
-
-    "local" graphs draw dependencies from the last 1,000 jobs, "uniform" ones from all
-    earlier jobs (which adds cache misses); "GC off" times without CPython's cyclic GC,
-    as timeit does, to show what the GC costs.
-    """
-    rows = []
-    variants = (
-        ("local deps, GC on", 1000, True),
-        ("uniform deps, GC off", None, False),
-        ("uniform deps, GC on", None, True),
-    )
-    for label, window, collect_garbage in variants:
-        base = None
-        for size in sizes:
-            dag = _random_dag(size, window=window)
-            runs = 3 if size <= 100_000 else 1  # the small sizes are the baseline: steady them
-            seconds = _median_of(runs, functools.partial(_time_pool, size, dag, collect_garbage=collect_garbage))
-            base = base or seconds / size
-            rows.append(_bench_row(f"scaling: DAG {size:,} jobs, {label}", size, seconds, None,
-                                   f"{seconds / size / base:.2f}x the per-job cost at {sizes[0]:,}"))
-    return rows + [_bench_journal_open(sizes[-1])] if sizes else rows
-
-
-def _bench_journal_open(count: int) -> dict:
-    """Open a journal of ``count`` records (None, small numbers, and one in 1,000 a 100 kB result)."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="bsb_mini_bench_") as folder:
-        path = os.path.join(folder, "big.journal")
-        journal = _Journal(path)
-        for index in range(count):
-            result = None if index % 3 else index if index % 1000 else bytes(100_000)
-            journal.record(f"bsb_mini._noop:({index},)", result)
-            if index % 100_000 == 99_999:
-                journal.write()
-        journal.close()
-        size = os.path.getsize(path)
-        started = time.perf_counter()
-        reopened = _Journal(path)
-        seconds = time.perf_counter() - started
-        found = len(reopened.index)
-        reopened.close()
-    return _bench_row(f"journal: open {count:,} records ({size / 2**20:,.0f} MiB)", count, seconds, None,
-                      f"{seconds:.2f} s to open" if found == count else f"BROKEN: {found:,} records found")
-
-
-class _NullStream:
-    def write(self, text: str) -> None:
-        pass
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
-
-
-def _bench_memory(count: int) -> dict:
-    """Bytes per job that a pool of ``count`` DAG jobs holds at its peak (tracemalloc)."""
-    import tracemalloc
-
-    dag = _random_dag(count)
-    tracemalloc.start()
-    _time_pool(count, dag)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return {"workload": f"memory: serial DAG, {count:,} jobs", "jobs": count, "bytes_per_job": peak / count}
-
-
-def _bench_bare_mpi_loop(comm: Any, count: int) -> float | None:
-    """The baseline: main sends one job per message to idle workers, mpi4py send/recv."""
+def _time_bare_mpi_loop(count: int) -> float:
+    """The MPI floor: the main rank sends one job per message to idle workers (mpi4py send/recv)."""
+    comm = MPI.get_communicator()
     rank, size = comm.Get_rank(), comm.Get_size()
     comm.Barrier()
     started = time.perf_counter()
@@ -3713,265 +3690,40 @@ def _bench_bare_mpi_loop(comm: Any, count: int) -> float | None:
             comm.send(fn(None, *args), dest=0, tag=2)
     elapsed = time.perf_counter() - started
     comm.Barrier()
-    return elapsed if rank == 0 else None
-
-
-def _map_noop(item: Any) -> None:
-    return None
-
-
-def _time_pool_map(count: int) -> float:
-    """``pool.map`` of ``count`` no-op calls on the main rank, the workers serving in execute()."""
-    started = time.perf_counter()
-    with JobPool() as pool:
-        if pool.is_main():
-            pool.map(_map_noop, range(count))
-        pool.execute()
-    return time.perf_counter() - started
-
-
-def _time_executor_map(count: int, chunksize: int) -> float | None:
-    """The peer: mpi4py.futures' MPICommExecutor.map over the same calls (None without it)."""
-    futures = _optional("mpi4py.futures")
-    if futures is None:
-        return None
-    comm = MPI.get_communicator()
-    comm.Barrier()
-    started = time.perf_counter()
-    with futures.MPICommExecutor(comm, root=0) as executor:
-        if executor is not None:
-            list(executor.map(_map_noop, range(count), chunksize=chunksize))
-    elapsed = time.perf_counter() - started
-    comm.Barrier()
     return elapsed
 
 
-def _time_executor_map_or_zero(count: int, chunksize: int) -> float:
-    return _time_executor_map(count, chunksize) or 0.0
+def _median_of(runs: int, measure: Callable[[], float]) -> float:
+    return sorted(measure() for _ in range(runs))[runs // 2]
 
 
-def _greedy_makespan(durations: list[float], workers: int) -> float:
-    """The makespan when each job, in order, goes to the first worker to be free."""
-    free_at = [0.0] * workers
-    for seconds in durations:
-        first = free_at.index(min(free_at))
-        free_at[first] += seconds
-    return max(free_at)
+def _bench_row(workload: str, count: int, seconds: float, floor: float | None, efficiency: str = "") -> dict:
+    return {
+        "workload": workload, "jobs": count, "us_per_job": seconds / count * 1e6,
+        "jobs_per_s": count / seconds, "ratio_to_floor": seconds / floor if floor else None,
+        "efficiency": efficiency,
+    }
 
 
-def _time_jobs_of(durations: list[float]) -> float:
-    started = time.perf_counter()
-    with JobPool() as pool:
-        if pool.is_main():
-            for seconds in durations:
-                pool.submit(_timed_job, (seconds,))
-    return time.perf_counter() - started
-
-
-def _bench_coarse(workers: int, scale: float) -> list[tuple[str, int, float, float]]:
-    """Few long jobs: one per worker, and 12 of 0.1-1.2 s (seeded) against the greedy makespan."""
-    import random
-
-    one_each = [1.0 * scale] * workers
-    mixed = [round(random.Random(12).uniform(0.1, 1.2), 2) * scale for _ in range(12)]
-    return [
-        (f"coarse: {workers} x {one_each[0]:g} s on {workers} workers", workers,
-         _time_jobs_of(one_each), one_each[0]),
-        (f"coarse: 12 jobs of {0.1 * scale:g}-{1.2 * scale:g} s", 12,
-         _time_jobs_of(mixed), _greedy_makespan(mixed, workers)),
-    ]
-
-
-def _bench_mpi(count: int, runs: int, coarse_scale: float = 1.0) -> list[dict]:
-    """MPI rows: throughput against a bare mpi4py loop, and load balance, for each way to wait."""
-    global _SPIN_POLLS
-    comm = MPI.get_communicator()
-    rank, size = MPI.get_rank(), MPI.get_size()
-    workers = size - 1
+def _bench_rows(count: int, runs: int) -> list[dict]:
+    """The pool's own overhead here: no-op jobs, a DAG of them, and map(), against the floor."""
+    size = MPI.get_size()
     dag = _random_dag(count)
-    _time_pool(100, None)  # warm up
-    bare = _median_of(runs, lambda: _bench_bare_mpi_loop(comm, count) or 0.0)
-    measured = []
-    tasks, seconds = 400, 0.005
-    ideal = tasks * seconds / workers
-    default_polls = _SPIN_POLLS
-    for strategy, polls in (("poll, then sleep", default_polls), ("spin", 10**15)):
-        _SPIN_POLLS = polls
-        try:
-            independent = _median_of(runs, lambda: _time_pool(count, None))
-            graph = _median_of(runs, lambda: _time_pool(count, dag))
-            balance = _median_of(runs, lambda: _time_timed_jobs(tasks, seconds))
-        finally:
-            _SPIN_POLLS = default_polls
-        measured.append((strategy, independent, graph, balance))
-    mapped = _median_of(runs, lambda: _time_pool_map(count))
-    peers = [(f"peer: MPICommExecutor.map{label}",
-              _median_of(runs, functools.partial(_time_executor_map_or_zero, count, size)))
-             for label, size in (("", 1), (", chunksize=100", 100))]
-    coarse = _bench_coarse(workers, coarse_scale)
-    payloads = _bench_payloads(comm, *((8, 1 << 20) if coarse_scale < 1 else (64, 16 << 20)), runs)
-    if rank != 0:  # only the main rank's clock counts
-        return []
-    rows = [_bench_row(f"bare mpi4py send/recv loop, {workers} workers", count, bare, bare)]
-    for strategy, independent, graph, balance in measured:
-        rows += [
-            _bench_row(f"MPI {strategy}: independent", count, independent, bare),
-            _bench_row(f"MPI {strategy}: DAG <=3 deps", count, graph, bare),
-            _bench_row(f"MPI {strategy}: {tasks} x {seconds * 1000:.0f} ms jobs", tasks, balance, None,
-                       f"{ideal / balance:.1%} of ideal {ideal:.2f} s"),
-        ]
-    rows.append(_bench_row("MPI pool.map, no-op calls", count, mapped, bare))
-    rows += [_bench_row(label, count, seconds, bare) for label, seconds in peers if seconds]
-    for workload, jobs, elapsed, target in coarse:
-        rows.append(_bench_row(workload, jobs, elapsed, None,
-                               f"{elapsed / target:.3f}x the ideal {target:.2f} s (greedy, first free worker)"))
-    return rows + payloads
-
-
-@functools.cache
-def _payload_array(nbytes: int) -> Any:
-    """The float64 array payload jobs return: made once per rank, so jobs only move it."""
-    return _optional("numpy").ones(nbytes // 8)
-
-
-def _return_payload(owner: Any, nbytes: int) -> Any:
-    return _payload_array(nbytes)
-
-
-def _take_payload(owner: Any, array: Any) -> int:
-    return array.nbytes
-
-
-def _time_payload_jobs(jobs: int, nbytes: int, returning: bool) -> float:
-    """``jobs`` jobs that each return (or receive) an array of ``nbytes``."""
-    array = _payload_array(nbytes)
-    started = time.perf_counter()
-    with JobPool() as pool:
-        if pool.is_main():
-            for _ in range(jobs):
-                if returning:
-                    pool.submit(_return_payload, (nbytes,))
-                else:
-                    pool.submit(_take_payload, (array,))
-    return time.perf_counter() - started
-
-
-def _time_bare_payloads(comm: Any, jobs: int, nbytes: int, returning: bool, keep: bool) -> float:
-    """The floor: the same arrays moved by bare ``comm.Send``/``Recv`` into new arrays, which the
-    main rank keeps (as a pool keeps results) when ``keep``, else lets go (so memory is reused)."""
-    numpy, mpi = _optional("numpy"), _optional("mpi4py.MPI")
-    rank, workers = comm.Get_rank(), comm.Get_size() - 1
-    array = _payload_array(nbytes)
-    kept = []
-    comm.Barrier()
-    started = time.perf_counter()
-    if rank == 0:
-        for index in range(jobs):
-            if returning:
-                kept.append(numpy.empty(nbytes // 8))
-                comm.Recv([kept[-1] if keep else kept.pop(), mpi.DOUBLE], source=mpi.ANY_SOURCE, tag=3)
-            else:
-                comm.Send([array, mpi.DOUBLE], dest=1 + index % workers, tag=3)
+    _time_pool(100, dag)  # warm up: the first pool imports mpi4py, if installed
+    where = "serial" if size == 1 else f"MPI, {size - 1} worker(s)"
+    if size == 1:
+        floor, label = _median_of(runs, lambda: _time_plain_loop(count)), "plain Python loop (the floor)"
     else:
-        for _ in range(rank - 1, jobs, workers):
-            if returning:
-                comm.Send([array, mpi.DOUBLE], dest=0, tag=3)
-            else:
-                comm.Recv([numpy.empty(nbytes // 8), mpi.DOUBLE], source=0, tag=3)
-    elapsed = time.perf_counter() - started
-    comm.Barrier()
-    return elapsed
+        floor, label = _median_of(runs, lambda: _time_bare_mpi_loop(count)), "bare mpi4py send/recv loop (the floor)"
+    timed = [(f"{where}, independent", _median_of(runs, lambda: _time_pool(count, None))),
+             (f"{where}, DAG <=3 deps", _median_of(runs, lambda: _time_pool(count, dag))),
+             (f"{where}, pool.map", _median_of(runs, lambda: _time_pool_map(count)))]
+    return [_bench_row(label, count, floor, floor)] + [_bench_row(name, count, seconds, floor)
+                                                        for name, seconds in timed]
 
 
-def _main_peak_per_result_byte(jobs: int, nbytes: int) -> float | None:
-    """The main rank's peak resident memory above its baseline while results arrive, per byte of
-    result (Linux: VmHWM after resetting it; None elsewhere)."""
-    import re
-
-    def kib(field: str) -> int:
-        with open("/proc/self/status") as status:
-            found = re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE)
-        assert found is not None
-        return int(found.group(1))
-
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")  # resets VmHWM to the current resident size
-        baseline = kib("VmRSS")
-    except (OSError, AssertionError):
-        _time_payload_jobs(jobs, nbytes, returning=True)
-        return None
-    _time_payload_jobs(jobs, nbytes, returning=True)
-    return (kib("VmHWM") - baseline) * 1024 / (jobs * nbytes)
-
-
-def _bench_payloads(comm: Any, jobs: int, nbytes: int, runs: int) -> list[dict]:
-    """Payload rows: arrays moved by jobs against bare uppercase Send/Recv, and the main rank's memory."""
-    if _optional("numpy") is None:
-        return [_bench_row("payload rows skipped: they need numpy", 1, 1.0, None)]
-    size = f"{jobs} x {nbytes / 2**20:g} MiB float64"
-    rows = []
-    for returning, what in ((True, "returned by jobs"), (False, "sent to jobs")):
-        _time_payload_jobs(2, nbytes, returning)  # warm up
-        times: list[list[float]] = [[], [], []]
-        for _ in range(max(runs, 5)):  # interleaved: fresh memory costs what the machine says at the moment
-            times[0].append(_time_payload_jobs(jobs, nbytes, returning))
-            times[1].append(_time_bare_payloads(comm, jobs, nbytes, returning, True))
-            times[2].append(_time_bare_payloads(comm, jobs, nbytes, returning, False))
-        pool, bare, reused = (min(each) for each in times)
-        rate = [jobs * nbytes / seconds / 1e9 for seconds in (pool, bare, reused)]
-        kept = ", the main rank keeping them" if returning else ""
-        rows.append(_bench_row(f"payload: {size} {what} (min of {max(runs, 5)})", jobs, pool, bare,
-                               f"{rate[0]:.2f} GB/s = {rate[0] / rate[1]:.2f}x bare Send/Recv{kept} "
-                               f"({rate[1]:.2f} GB/s); bare into reused memory {rate[2]:.2f} GB/s"))
-    peak = _main_peak_per_result_byte(jobs, nbytes)
-    rows.append(_bench_row(f"memory: main rank peak, {size} results", jobs, 1.0, None,
-                           "not measured (needs Linux)" if peak is None else
-                           f"{peak:.3f}x the results' size above baseline (peak resident size)"))
-    return rows
-
-
-def _time_timed_jobs(tasks: int, seconds: float) -> float:
-    started = time.perf_counter()
-    with JobPool() as pool:
-        if pool.is_main():
-            for _ in range(tasks):
-                pool.submit(_timed_job, (seconds,))
-    return time.perf_counter() - started
-
-
-def _bench(argv: list[str]) -> int:
-    import argparse
-    import json
-    import platform
-
-    parser = argparse.ArgumentParser(prog="python -m bsb_mini bench", description="Measure the pool's own overhead.")
-    parser.add_argument("--jobs", type=int, default=10_000, help="jobs per workload (default 10,000)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per workload; the median is shown")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to prove the bench works")
-    parser.add_argument("--no-scaling", action="store_true", help="skip the 100k and 1M scaling rows")
-    parser.add_argument("--against", metavar="FILE",
-                        help="only compare with another version's bsb_mini.py, side by side in this process")
-    options = parser.parse_args(argv)
-    count, runs = (200, 1) if options.smoke else (options.jobs, options.runs)
-    scaling = [] if options.no_scaling else [2_000, 20_000] if options.smoke else [10_000, 100_000, 1_000_000]
-    rank, size = MPI.get_rank(), MPI.get_size()
-    if options.against:
-        rows = _bench_against(options.against, count, runs)
-    elif size > 1:
-        rows = _bench_mpi(count, runs, coarse_scale=0.1 if options.smoke else 1.0)
-    else:
-        rows = _bench_serial(count, runs, scaling)
-        rows.append(_bench_memory(min(count * 10, 100_000)))
-    if rank != 0:
-        return 0
-    machine = f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, {size} rank(s)"
-    if options.json:
-        print(json.dumps({"machine": machine, "rows": rows}, indent=2))
-        return 0
-    how = f"min of {runs} interleaved run(s)" if options.against else f"median of {runs} run(s)"
-    print(f"bsb_mini bench ({machine}); {how}")
+def _print_rows(title: str, rows: list[dict]) -> None:
+    print(title)
     print(f"{'workload':44} {'jobs':>9} {'us/job':>9} {'jobs/s':>11} {'x floor':>8}  efficiency")
     for row in rows:
         if "bytes_per_job" in row:
@@ -3980,6 +3732,36 @@ def _bench(argv: list[str]) -> int:
         ratio = f"{row['ratio_to_floor']:.1f}" if row["ratio_to_floor"] else "-"
         print(f"{row['workload']:44} {row['jobs']:>9,} {row['us_per_job']:>9.2f} {row['jobs_per_s']:>11,.0f} "
               f"{ratio:>8}  {row['efficiency']}")
+
+
+def _machine() -> str:
+    import platform
+
+    return (f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} cores, "
+            f"{MPI.get_size()} rank(s)")
+
+
+def _bench(argv: list[str]) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m bsb_mini bench", description="Measure the pool's own overhead: no-op jobs, a DAG of "
+        "them and map(), serially or under mpiexec. The comparison lab (peers, other versions, payloads, the "
+        "journal, scaling) is lab.py in bsb_mini's repository.")
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs per workload (default 10,000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per workload; the median is shown")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to prove the bench works")
+    options = parser.parse_args(argv)
+    count, runs = (200, 1) if options.smoke else (options.jobs, options.runs)
+    rows = _bench_rows(count, runs)
+    if MPI.get_rank() != 0:
+        return 0
+    if options.json:
+        print(json.dumps({"machine": _machine(), "rows": rows}, indent=2))
+    else:
+        _print_rows(f"bsb_mini bench ({_machine()}); median of {runs} run(s)", rows)
     return 0
 
 

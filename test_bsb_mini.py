@@ -829,28 +829,38 @@ def test_selftest_passes_without_mpi4py(tmp_path):
     assert "emulator" in out.stdout and "10 passed, 0 failed" in out.stdout
 
 
-def test_bench_against_another_version_times_both_side_by_side():
-    done = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke", "--json", "--against",
-                           str(HERE / "bsb_mini.py")], capture_output=True, text=True, cwd=HERE, timeout=120)
+def test_lab_against_another_version_times_both_side_by_side():
+    done = subprocess.run([sys.executable, "lab.py", "--smoke", "--json", "--against", str(HERE / "bsb_mini.py")],
+                          capture_output=True, text=True, cwd=HERE, timeout=120)
     assert done.returncode == 0, done.stderr
     rows = {row["workload"]: row for row in json.loads(done.stdout)["rows"]}
     assert rows["serial independent: this version"]["ratio_to_floor"] > 0
-    assert set(rows) == {f"serial {label}: {who}" for label in ("independent", "DAG <=3 deps")
+    assert set(rows) == {f"serial {label}: {who}" for label in ("independent", "DAG <=3 deps", "pool.map")
                          for who in ("bsb_mini.py", "this version")}
 
 
-def test_bench_smoke_prints_a_table():
+def test_bench_smoke_prints_the_pools_own_overhead_rows():
     out = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke", "--json"], capture_output=True,
                          text=True, cwd=HERE, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {row["workload"]: row for row in json.loads(out.stdout)["rows"]}
+    assert set(rows) == {"plain Python loop (the floor)", "serial, independent", "serial, DAG <=3 deps",
+                         "serial, pool.map"}
+    assert all(row["jobs"] == 200 and row["us_per_job"] > 0 for row in rows.values())
+    table = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke"], capture_output=True,
+                           text=True, cwd=HERE, timeout=300)
+    assert table.returncode == 0 and "serial, DAG <=3 deps" in table.stdout, table.stderr
+
+
+def test_lab_smoke_has_the_journal_and_scaling_rows():
+    out = subprocess.run([sys.executable, "lab.py", "--smoke", "--json"], capture_output=True, text=True,
+                         cwd=HERE, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = {row["workload"]: row for row in json.loads(out.stdout)["rows"]}
     assert rows["serial, independent"]["jobs"] == 200 and rows["serial, independent"]["us_per_job"] > 0
     opened = [row for name, row in rows.items() if name.startswith("journal: open 20,000 records")]
     assert len(opened) == 1 and opened[0]["efficiency"].endswith("s to open")  # else: BROKEN, records lost
     assert any(name.startswith("journal: same DAG again, all restored") for name in rows)
-    out = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke", "--no-scaling", "--json"],
-                         capture_output=True, text=True, cwd=HERE, timeout=300)
-    assert out.returncode == 0, out.stderr
 
 
 def readme_example(tmp_path):
@@ -1176,7 +1186,16 @@ def test_mpi_bench_smoke():
     code, _, out, err = mpiexec(3, "-m", "bsb_mini", "bench", "--smoke", "--json", script=False, timeout=300)
     assert code == 0, err
     rows = {row["workload"]: row for row in json.loads(out)["rows"]}
-    assert rows["MPI poll, then sleep: independent"]["jobs"] == 200
+    assert rows["MPI, 2 worker(s), independent"]["jobs"] == 200
+    assert rows["bare mpi4py send/recv loop (the floor)"]["us_per_job"] > 0
+
+
+@needs_mpi
+def test_mpi_lab_smoke():
+    code, _, out, err = mpiexec(3, str(HERE / "lab.py"), "--smoke", "--json", script=False, timeout=300)
+    assert code == 0, err
+    rows = {row["workload"]: row for row in json.loads(out)["rows"]}
+    assert rows["MPI: independent"]["jobs"] == 200
     if HAVE_NUMPY:  # a test extra; CI installs it, so this runs there
         payloads = [row for name, row in rows.items() if name.startswith("payload: 8 x 1 MiB float64")]
         assert len(payloads) == 2 and all("GB/s" in row["efficiency"] for row in payloads)

@@ -1,0 +1,432 @@
+"""The comparison lab of bsb_mini: its overhead next to the floors and the peers, another
+version side by side, payloads, the journal and scaling. Not part of the vendored file.
+
+    python lab.py                          # serial rows (and the scaling rows)
+    mpiexec -n 3 python lab.py             # MPI rows: bare mpi4py, mpi4py.futures, payloads
+    python lab.py --against OLD.py --runs 15   # this bsb_mini.py against another, interleaved
+    mpiexec -n 3 python lab.py --against OLD.py --runs 9
+
+``python -m bsb_mini bench`` keeps only the pool's own overhead rows; this file measures
+the rest. Ratios are what to quote: the machines are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import os
+import sys
+import time
+from typing import Any
+
+import bsb_mini
+from bsb_mini import (
+    MPI,
+    JobPool,
+    _bench_row,
+    _Journal,
+    _machine,
+    _map_noop,
+    _median_of,
+    _noop,
+    _optional,
+    _print_rows,
+    _ProgressReport,
+    _random_dag,
+    _time_bare_mpi_loop,
+    _time_plain_loop,
+    _time_pool,
+    _time_pool_map,
+)
+
+
+def _timed_job(owner: Any, seconds: float) -> None:
+    """Take ``seconds`` exactly: sleep most of it (time.sleep overshoots), spin the rest."""
+    deadline = time.perf_counter() + seconds
+    time.sleep(max(0.0, seconds - 0.0005))
+    while time.perf_counter() < deadline:
+        pass
+
+
+def _bench_against(path: str, count: int, runs: int) -> list[dict]:
+    """This version against another one (a copy of bsb_mini.py), loaded side by side in this
+    process and timed interleaved, min of ``runs``: the way to judge a change of the hot path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bsb_mini_before", path)
+    if spec is None or spec.loader is None or not os.path.isfile(path):
+        raise SystemExit(f"lab.py --against: {path!r} is not a bsb_mini.py to compare with")
+    before = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(before)
+    dag, where = _random_dag(count), "MPI" if MPI.get_size() > 1 else "serial"
+    timings: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
+    _time_pool(100, None, pool_class=before.JobPool)  # warm up both
+    _time_pool(100, None)
+    workloads = {"independent": functools.partial(_time_pool, count, None),
+                 "DAG <=3 deps": functools.partial(_time_pool, count, dag),
+                 "pool.map": functools.partial(_time_pool_map, count)}
+    for _ in range(runs):
+        for label, measure in workloads.items():
+            timings[(label, "before")].append(measure(pool_class=before.JobPool))
+            timings[(label, "this")].append(measure())
+    rows = []
+    for label in workloads:
+        old, new = min(timings[(label, "before")]), min(timings[(label, "this")])
+        rows.append(_bench_row(f"{where} {label}: {os.path.basename(path)}", count, old, old))
+        rows.append(_bench_row(f"{where} {label}: this version", count, new, old,
+                               f"{new / old:.3f}x the other, min of {runs} interleaved"))
+    return rows
+
+
+def _time_thread_pool(count: int) -> float:
+    """A peer for scale: the standard library's ThreadPoolExecutor with 2 threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(2) as executor:
+        for future in [executor.submit(_noop, None, i) for i in range(count)]:
+            future.result()
+    return time.perf_counter() - started
+
+
+def _bench_serial(count: int, runs: int, scaling: list[int]) -> list[dict]:
+    dag = _random_dag(count)
+    _time_pool(100, dag)  # warm up: the first pool imports mpi4py, if installed
+    floor = _median_of(runs, lambda: _time_plain_loop(count))
+    rows = [_bench_row("plain Python loop (the floor)", count, floor, floor)]
+    peer = _median_of(runs, lambda: _time_thread_pool(count))
+    rows.append(_bench_row("peer: ThreadPoolExecutor(2)", count, peer, floor))
+    rows.append(_bench_row("serial, independent", count, _median_of(runs, lambda: _time_pool(count, None)), floor))
+    rows.append(_bench_row("serial, DAG <=3 deps", count, _median_of(runs, lambda: _time_pool(count, dag)), floor))
+    rows.append(_bench_row("serial, DAG + 1 listener", count,
+                           _median_of(runs, lambda: _time_pool(count, dag, lambda progress: None)), floor))
+    quiet_report = _ProgressReport(stream=_NullStream())
+    rows.append(_bench_row("serial, DAG + progress report", count,
+                           _median_of(runs, lambda: _time_pool(count, dag, quiet_report)), floor))
+    rows += _bench_journal(count, dag, max(runs, 5))
+    rows += _bench_scaling(scaling)
+    return rows
+
+
+def _bench_journal(count: int, dag: list, runs: int) -> list[dict]:
+    """A DAG with a journal (recording), then again (all restored), against none; interleaved, min of runs."""
+    import tempfile
+
+    plain, recording, resuming = [], [], []
+    with tempfile.TemporaryDirectory(prefix="bsb_mini_bench_") as folder:
+        for run in range(runs):
+            path = os.path.join(folder, f"run{run}.journal")
+            plain.append(_time_pool(count, dag))
+            recording.append(_time_pool(count, dag, journal=path))
+            resuming.append(_time_pool(count, dag, journal=path))
+    base = min(plain)
+    return [_bench_row(f"journal: DAG, recording every job (min of {runs})", count, min(recording), base,
+                       f"+{(min(recording) - base) / count * 1e6:.2f} us/job over no journal "
+                       f"({base / count * 1e6:.2f})"),
+            _bench_row(f"journal: same DAG again, all restored (min of {runs})", count, min(resuming), base,
+                       f"+{(min(resuming) - base) / count * 1e6:.2f} us/job over running them without one")]
+
+
+def _bench_scaling(sizes: list[int]) -> list[dict]:
+    """Per-job cost as the graph grows, relative to the smallest size.
+
+    "local" graphs draw dependencies from the last 1,000 jobs, "uniform" ones from all
+    earlier jobs (which adds cache misses); "GC off" times without CPython's cyclic GC,
+    as timeit does, to show what the GC costs.
+    """
+    rows = []
+    variants = (
+        ("local deps, GC on", 1000, True),
+        ("uniform deps, GC off", None, False),
+        ("uniform deps, GC on", None, True),
+    )
+    for label, window, collect_garbage in variants:
+        base = None
+        for size in sizes:
+            dag = _random_dag(size, window=window)
+            runs = 3 if size <= 100_000 else 1  # the small sizes are the baseline: steady them
+            seconds = _median_of(runs, functools.partial(_time_pool, size, dag, collect_garbage=collect_garbage))
+            base = base or seconds / size
+            rows.append(_bench_row(f"scaling: DAG {size:,} jobs, {label}", size, seconds, None,
+                                   f"{seconds / size / base:.2f}x the per-job cost at {sizes[0]:,}"))
+    return rows + [_bench_journal_open(sizes[-1])] if sizes else rows
+
+
+def _bench_journal_open(count: int) -> dict:
+    """Open a journal of ``count`` records (None, small numbers, and one in 1,000 a 100 kB result)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bsb_mini_bench_") as folder:
+        path = os.path.join(folder, "big.journal")
+        journal = _Journal(path)
+        for index in range(count):
+            result = None if index % 3 else index if index % 1000 else bytes(100_000)
+            journal.record(f"bsb_mini._noop:({index},)", result)
+            if index % 100_000 == 99_999:
+                journal.write()
+        journal.close()
+        size = os.path.getsize(path)
+        started = time.perf_counter()
+        reopened = _Journal(path)
+        seconds = time.perf_counter() - started
+        found = len(reopened.index)
+        reopened.close()
+    return _bench_row(f"journal: open {count:,} records ({size / 2**20:,.0f} MiB)", count, seconds, None,
+                      f"{seconds:.2f} s to open" if found == count else f"BROKEN: {found:,} records found")
+
+
+class _NullStream:
+    def write(self, text: str) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _bench_memory(count: int) -> dict:
+    """Bytes per job that a pool of ``count`` DAG jobs holds at its peak (tracemalloc)."""
+    import tracemalloc
+
+    dag = _random_dag(count)
+    tracemalloc.start()
+    _time_pool(count, dag)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {"workload": f"memory: serial DAG, {count:,} jobs", "jobs": count, "bytes_per_job": peak / count}
+
+
+def _time_executor_map(count: int, chunksize: int) -> float | None:
+    """The peer: mpi4py.futures' MPICommExecutor.map over the same calls (None without it)."""
+    futures = _optional("mpi4py.futures")
+    if futures is None:
+        return None
+    comm = MPI.get_communicator()
+    comm.Barrier()
+    started = time.perf_counter()
+    with futures.MPICommExecutor(comm, root=0) as executor:
+        if executor is not None:
+            list(executor.map(_map_noop, range(count), chunksize=chunksize))
+    elapsed = time.perf_counter() - started
+    comm.Barrier()
+    return elapsed
+
+
+def _time_executor_map_or_zero(count: int, chunksize: int) -> float:
+    return _time_executor_map(count, chunksize) or 0.0
+
+
+def _greedy_makespan(durations: list[float], workers: int) -> float:
+    """The makespan when each job, in order, goes to the first worker to be free."""
+    free_at = [0.0] * workers
+    for seconds in durations:
+        first = free_at.index(min(free_at))
+        free_at[first] += seconds
+    return max(free_at)
+
+
+def _time_jobs_of(durations: list[float]) -> float:
+    started = time.perf_counter()
+    with JobPool() as pool:
+        if pool.is_main():
+            for seconds in durations:
+                pool.submit(_timed_job, (seconds,))
+    return time.perf_counter() - started
+
+
+def _bench_coarse(workers: int, scale: float) -> list[tuple[str, int, float, float]]:
+    """Few long jobs: one per worker, and 12 of 0.1-1.2 s (seeded) against the greedy makespan."""
+    import random
+
+    one_each = [1.0 * scale] * workers
+    mixed = [round(random.Random(12).uniform(0.1, 1.2), 2) * scale for _ in range(12)]
+    return [
+        (f"coarse: {workers} x {one_each[0]:g} s on {workers} workers", workers,
+         _time_jobs_of(one_each), one_each[0]),
+        (f"coarse: 12 jobs of {0.1 * scale:g}-{1.2 * scale:g} s", 12,
+         _time_jobs_of(mixed), _greedy_makespan(mixed, workers)),
+    ]
+
+
+def _bench_mpi(count: int, runs: int, coarse_scale: float = 1.0) -> list[dict]:
+    """MPI rows: throughput against a bare mpi4py loop and mpi4py.futures, load balance, coarse jobs, payloads."""
+    comm = MPI.get_communicator()
+    rank, size = MPI.get_rank(), MPI.get_size()
+    workers = size - 1
+    dag = _random_dag(count)
+    _time_pool(100, None)  # warm up
+    bare = _median_of(runs, lambda: _time_bare_mpi_loop(count))
+    tasks, seconds = 400, 0.005
+    ideal = tasks * seconds / workers
+    independent = _median_of(runs, lambda: _time_pool(count, None))
+    graph = _median_of(runs, lambda: _time_pool(count, dag))
+    balance = _median_of(runs, lambda: _time_timed_jobs(tasks, seconds))
+    mapped = _median_of(runs, lambda: _time_pool_map(count))
+    peers = [(f"peer: MPICommExecutor.map{label}",
+              _median_of(runs, functools.partial(_time_executor_map_or_zero, count, chunks)))
+             for label, chunks in (("", 1), (", chunksize=100", 100))]
+    coarse = _bench_coarse(workers, coarse_scale)
+    payloads = _bench_payloads(comm, *((8, 1 << 20) if coarse_scale < 1 else (64, 16 << 20)), runs)
+    if rank != 0:  # only the main rank's clock counts
+        return []
+    rows = [_bench_row(f"bare mpi4py send/recv loop, {workers} workers", count, bare, bare),
+            _bench_row("MPI: independent", count, independent, bare),
+            _bench_row("MPI: DAG <=3 deps", count, graph, bare),
+            _bench_row(f"MPI: {tasks} x {seconds * 1000:.0f} ms jobs", tasks, balance, None,
+                       f"{ideal / balance:.1%} of ideal {ideal:.2f} s"),
+            _bench_row("MPI pool.map, no-op calls", count, mapped, bare)]
+    rows += [_bench_row(label, count, seconds, bare) for label, seconds in peers if seconds]
+    for workload, jobs, elapsed, target in coarse:
+        rows.append(_bench_row(workload, jobs, elapsed, None,
+                               f"{elapsed / target:.3f}x the ideal {target:.2f} s (greedy, first free worker)"))
+    return rows + payloads
+
+
+@functools.cache
+def _payload_array(nbytes: int) -> Any:
+    """The float64 array payload jobs return: made once per rank, so jobs only move it."""
+    return _optional("numpy").ones(nbytes // 8)
+
+
+def _return_payload(owner: Any, nbytes: int) -> Any:
+    return _payload_array(nbytes)
+
+
+def _take_payload(owner: Any, array: Any) -> int:
+    return array.nbytes
+
+
+def _time_payload_jobs(jobs: int, nbytes: int, returning: bool) -> float:
+    """``jobs`` jobs that each return (or receive) an array of ``nbytes``."""
+    array = _payload_array(nbytes)
+    started = time.perf_counter()
+    with JobPool() as pool:
+        if pool.is_main():
+            for _ in range(jobs):
+                if returning:
+                    pool.submit(_return_payload, (nbytes,))
+                else:
+                    pool.submit(_take_payload, (array,))
+    return time.perf_counter() - started
+
+
+def _time_bare_payloads(comm: Any, jobs: int, nbytes: int, returning: bool, keep: bool) -> float:
+    """The floor: the same arrays moved by bare ``comm.Send``/``Recv`` into new arrays, which the
+    main rank keeps (as a pool keeps results) when ``keep``, else lets go (so memory is reused)."""
+    numpy, mpi = _optional("numpy"), _optional("mpi4py.MPI")
+    rank, workers = comm.Get_rank(), comm.Get_size() - 1
+    array = _payload_array(nbytes)
+    kept = []
+    comm.Barrier()
+    started = time.perf_counter()
+    if rank == 0:
+        for index in range(jobs):
+            if returning:
+                kept.append(numpy.empty(nbytes // 8))
+                comm.Recv([kept[-1] if keep else kept.pop(), mpi.DOUBLE], source=mpi.ANY_SOURCE, tag=3)
+            else:
+                comm.Send([array, mpi.DOUBLE], dest=1 + index % workers, tag=3)
+    else:
+        for _ in range(rank - 1, jobs, workers):
+            if returning:
+                comm.Send([array, mpi.DOUBLE], dest=0, tag=3)
+            else:
+                comm.Recv([numpy.empty(nbytes // 8), mpi.DOUBLE], source=0, tag=3)
+    elapsed = time.perf_counter() - started
+    comm.Barrier()
+    return elapsed
+
+
+def _main_peak_per_result_byte(jobs: int, nbytes: int) -> float | None:
+    """The main rank's peak resident memory above its baseline while results arrive, per byte of
+    result (Linux: VmHWM after resetting it; None elsewhere)."""
+    import re
+
+    def kib(field: str) -> int:
+        with open("/proc/self/status") as status:
+            found = re.search(rf"^{field}:\s+(\d+) kB", status.read(), re.MULTILINE)
+        assert found is not None
+        return int(found.group(1))
+
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets VmHWM to the current resident size
+        baseline = kib("VmRSS")
+    except (OSError, AssertionError):
+        _time_payload_jobs(jobs, nbytes, returning=True)
+        return None
+    _time_payload_jobs(jobs, nbytes, returning=True)
+    return (kib("VmHWM") - baseline) * 1024 / (jobs * nbytes)
+
+
+def _bench_payloads(comm: Any, jobs: int, nbytes: int, runs: int) -> list[dict]:
+    """Payload rows: arrays moved by jobs against bare uppercase Send/Recv, and the main rank's memory."""
+    if _optional("numpy") is None:
+        return [_bench_row("payload rows skipped: they need numpy", 1, 1.0, None)]
+    size = f"{jobs} x {nbytes / 2**20:g} MiB float64"
+    rows = []
+    for returning, what in ((True, "returned by jobs"), (False, "sent to jobs")):
+        _time_payload_jobs(2, nbytes, returning)  # warm up
+        times: list[list[float]] = [[], [], []]
+        for _ in range(max(runs, 5)):  # interleaved: fresh memory costs what the machine says at the moment
+            times[0].append(_time_payload_jobs(jobs, nbytes, returning))
+            times[1].append(_time_bare_payloads(comm, jobs, nbytes, returning, True))
+            times[2].append(_time_bare_payloads(comm, jobs, nbytes, returning, False))
+        pool, bare, reused = (min(each) for each in times)
+        rate = [jobs * nbytes / seconds / 1e9 for seconds in (pool, bare, reused)]
+        kept = ", the main rank keeping them" if returning else ""
+        rows.append(_bench_row(f"payload: {size} {what} (min of {max(runs, 5)})", jobs, pool, bare,
+                               f"{rate[0]:.2f} GB/s = {rate[0] / rate[1]:.2f}x bare Send/Recv{kept} "
+                               f"({rate[1]:.2f} GB/s); bare into reused memory {rate[2]:.2f} GB/s"))
+    peak = _main_peak_per_result_byte(jobs, nbytes)
+    rows.append(_bench_row(f"memory: main rank peak, {size} results", jobs, 1.0, None,
+                           "not measured (needs Linux)" if peak is None else
+                           f"{peak:.3f}x the results' size above baseline (peak resident size)"))
+    return rows
+
+
+def _time_timed_jobs(tasks: int, seconds: float) -> float:
+    started = time.perf_counter()
+    with JobPool() as pool:
+        if pool.is_main():
+            for _ in range(tasks):
+                pool.submit(_timed_job, (seconds,))
+    return time.perf_counter() - started
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python lab.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=10_000, help="jobs per workload (default 10,000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per workload (median; min with --against)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, to prove the lab works")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the 100k and 1M scaling rows")
+    parser.add_argument("--against", metavar="FILE",
+                        help="only compare with another version's bsb_mini.py, side by side in this process")
+    options = parser.parse_args(argv)
+    count, runs = (200, 1) if options.smoke else (options.jobs, options.runs)
+    scaling = [] if options.no_scaling else [2_000, 20_000] if options.smoke else [10_000, 100_000, 1_000_000]
+    if options.against:
+        rows = _bench_against(options.against, count, runs)
+    elif MPI.get_size() > 1:
+        rows = _bench_mpi(count, runs, coarse_scale=0.1 if options.smoke else 1.0)
+    else:
+        rows = _bench_serial(count, runs, scaling)
+        rows.append(_bench_memory(min(count * 10, 100_000)))
+    if MPI.get_rank() != 0:
+        return 0
+    if options.json:
+        print(json.dumps({"machine": _machine(), "bsb_mini": bsb_mini.__file__, "rows": rows}, indent=2))
+        return 0
+    how = f"min of {runs} interleaved run(s)" if options.against else f"median of {runs} run(s)"
+    _print_rows(f"bsb_mini lab ({_machine()}); {how}", rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
