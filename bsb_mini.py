@@ -511,22 +511,7 @@ class Job:
         "_graph", "_index", "_fn", "_args", "_kwargs", "deps", "_name", "_status",
         "_result", "error", "_waiting", "_dependents", "rank", "_context", "_extras", "_key",
     )
-    _graph: _Graph
-    _index: int
-    _fn: Callable
-    _args: tuple
-    _kwargs: dict
-    deps: tuple[Job, ...]
-    _name: str | None
-    _status: JobStatus
-    _result: Any
-    error: BaseException | None
-    _waiting: int
-    _dependents: list[Job] | None
-    rank: int | None
-    _context: dict | None
-    _extras: _JobExtras | None
-    _key: str | None
+    _result: Any  # set when it succeeds or is restored
 
     def __init__(self, graph: _Graph, index: int, fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...],
                  name: str | None, context: dict):
@@ -536,15 +521,15 @@ class Job:
         self._args = args
         self._kwargs = kwargs
         self.deps = deps
-        self._name = name
-        self._status = _PENDING
-        self.error = None
+        self._name: str | None = name
+        self._status: JobStatus | _OnWorker = _PENDING
+        self.error: BaseException | None = None
         self._waiting = 0
-        self._dependents = None
-        self.rank = None  # the rank that runs it: set when it is started or handed to a worker
-        self._context = context or None
-        self._extras = None  # see _JobExtras; None keeps the common job small and its path short
-        self._key = None  # its name across runs, in a pool with a journal (or given to submit())
+        self._dependents: list[Job] | None = None
+        self.rank: int | None = None  # the rank that runs it: set when it is started or handed to a worker
+        self._context: dict | None = context or None
+        self._extras: _JobExtras | None = None  # see _JobExtras; None keeps the common job small and fast
+        self._key: str | None = None  # its name across runs, in a pool with a journal (or given to submit())
 
     @property
     def name(self) -> str:
@@ -668,8 +653,8 @@ class _Graph:
     turns the jobs it holds RESTORED instead of QUEUED.
     """
 
-    def __init__(self, inbox: _Inbox) -> None:
-        self.inbox = inbox
+    def __init__(self) -> None:
+        self.inbox: _Schedules | None = None  # where other threads post calls for the main thread
         self.jobs: list[Job] = []  # in submission order; appended from any thread
         self.ready: collections.deque[Job] = collections.deque()
         self.held: list[Job] = []
@@ -814,6 +799,7 @@ class _Graph:
     # -- cancellation and the journal --
 
     def cancel_by_user(self, job: Job, reason: str | None) -> None:
+        assert self.inbox is not None
         self.inbox.call(self._cascade, job, None, reason or "cancelled by the user")
 
     def stop(self, reason: str) -> None:
@@ -1442,8 +1428,8 @@ class JobPool:
 
     The public surface and the lifecycle. It wires the owners together: the ``_Graph``
     (job states), the ``_FailureLog``, ``_Events`` (listeners), the ``_Policy`` (timeouts and
-    retries), ``_Schedules`` (schedule()'s walker) and the ``_Inbox`` of calls from other
-    threads; opening the pool picks the role's runner once: ``_SerialRunner``, or under MPI
+    retries) and ``_Schedules`` (schedule()'s walker, with the inbox of calls it posts to
+    the main thread); opening the pool picks the role's runner once: ``_SerialRunner``, or under MPI
     the ``_MainSide`` on rank 0 and a ``_WorkerSide`` elsewhere.
     """
 
@@ -1454,12 +1440,11 @@ class JobPool:
         self._keys: set[str] = set()  # explicit keys given so far
         self._key_names: dict[Callable, str | None] = {}  # for derived keys
         self._mpi = _as_service(comm, get_service("MPI"))
-        self._inbox = _Inbox()
-        self._graph = graph = _Graph(self._inbox)
+        self._graph = graph = _Graph()
         self._policy = _Policy(*_checked_policy(None, timeout, retries))
         self._failures = _FailureLog(graph, self._policy, fail_fast)
         self._events = _Events(self, graph, self._failures)
-        self._schedules = _Schedules(self, graph, self._inbox, self._failures)
+        self._schedules = graph.inbox = _Schedules(self, graph, self._failures)
         self._runner: _SerialRunner | _WorkerSide | None = None  # the role's, from __enter__ on
         self._runs_jobs = True  # False on worker ranks: their submissions stay PENDING
         self._opened = self._closed = False
@@ -1527,8 +1512,10 @@ class JobPool:
             args = _checked_args(fn, args)
         if kwargs is not None and type(kwargs) is not dict:
             kwargs = _checked_kwargs(fn, args, kwargs)
-        if self._closed or not callable(fn):
-            _check_submission(fn, self._closed)
+        if self._closed:
+            raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
+        if not callable(fn):
+            raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
         takes_results = False
         holders = _MAY_HOLD_JOBS
         for arg in args:
@@ -1565,7 +1552,7 @@ class JobPool:
         graph.jobs.append(job)
         if not self._runs_jobs:
             return job
-        inbox = self._inbox
+        inbox = self._schedules
         if inbox.walking and threading.get_ident() != inbox.main_thread:
             inbox.post(self._add, job)  # from schedule()'s walker: the graph is the main thread's
         elif graph.emit is not None or job._index >= self._gc.next_at:
@@ -1645,15 +1632,14 @@ class JobPool:
         _refuse_inside_a_job("opening a JobPool")
         comm = self._mpi.get_communicator()
         rank, size = self._rank, self._size = self._mpi.get_rank(), self._mpi.get_size()
-        self._inbox.main_thread = threading.get_ident()
-        parts = dict(graph=self._graph, failures=self._failures, events=self._events, schedules=self._schedules,
-                     inbox=self._inbox, policy=self._policy, owner=self.owner, rank=rank)
+        self._schedules.main_thread = threading.get_ident()
+        parts: dict[str, Any] = dict(graph=self._graph, failures=self._failures, events=self._events,
+                                     schedules=self._schedules, policy=self._policy, owner=self.owner, rank=rank)
         if comm is None or size == 1:
             self._runner = _SerialRunner(**parts)
-        elif rank == 0:
-            self._runner = _MainSide(self._duplicate(comm), size, **parts)
         else:
-            self._runner = _WorkerSide(self._duplicate(comm), self.owner)
+            self._comm = comm.Dup()
+            self._runner = _MainSide(self._comm, size, **parts) if rank == 0 else _WorkerSide(self._comm, self.owner)
         self._runs_jobs = rank == 0
         self._opened = True
         self._events.open(rank == 0)
@@ -1666,10 +1652,6 @@ class JobPool:
             self._graph.journal = journal
             self._graph.restorable = journal if journal.index else None
         return self
-
-    def _duplicate(self, comm: Any) -> Any:
-        self._comm = comm.Dup()
-        return self._comm
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
@@ -1687,14 +1669,6 @@ class JobPool:
             if graph.journal is not None:
                 journal, graph.journal, graph.restorable = graph.journal, None, None
                 journal.close()
-
-
-def _check_submission(fn: Callable, closed: bool) -> None:
-    """submit()'s checks off the hot path: a closed pool, a function that is not one."""
-    if closed:
-        raise JobPoolContextError(f"Cannot submit {fn!r}: the pool is closed; submit inside its `with` block.")
-    if not callable(fn):
-        raise JobPoolError(f"Cannot submit {fn!r}: it is not callable; pass a function to run.")
 
 
 def _checked_deps(graph: _Graph, fn: Callable, args: tuple, kwargs: dict | None, deps: Any) -> tuple:
@@ -1752,14 +1726,52 @@ def _checked_jobs(graph: _Graph, jobs: Iterable[Job], what: str) -> tuple[Job, .
     return jobs
 
 
-class _Inbox:
-    """Calls for the pool's main thread, posted by schedule()'s walker while it walks (the graph
-    is the main thread's alone); the runners drain it between jobs."""
+class _Schedules:
+    """schedule()'s node arrays: kept until the pool executes, then walked in a thread of the main rank.
 
-    def __init__(self) -> None:
-        self.calls: collections.deque[tuple[Callable, tuple]] = collections.deque()
+    It skips nodes downstream of a node that failed to schedule. The graph is the main
+    thread's alone, so while it walks, the walker posts every submission and failure to
+    the inbox (``calls``), which the runners drain between jobs. Serially it takes turns
+    with the jobs (``take_turn``): no job runs while a node is scheduled.
+    """
+
+    def __init__(self, pool: JobPool, graph: _Graph, failures: _FailureLog):
+        self.pool = pool  # what the nodes queue their jobs into (node.queue(pool)): its public API only
+        self.graph, self.failures = graph, failures
+        self.calls: collections.deque[tuple[Callable, tuple]] = collections.deque()  # the inbox
         self.main_thread = 0
-        self.walking = False  # another thread may post
+        self.walking = False  # the walker may post
+        self.pending: list[tuple[list, Callable | None]] = []
+        self.thread: threading.Thread | None = None
+        self.done = True  # nothing is being walked
+        self.cancelled = False
+        self.turns: tuple[threading.Semaphore, threading.Semaphore] | None = None
+
+    def start(self, take_turns: bool) -> None:
+        """Walk what schedule() was given, unless a walk is under way."""
+        if self.thread is not None or not self.pending:
+            return
+        arrays, self.pending = self.pending, []
+        self.done = self.cancelled = False
+        self.turns = (threading.Semaphore(0), threading.Semaphore(0)) if take_turns else None
+        self.walking = True  # before the thread submits anything
+        self.thread = threading.Thread(target=self._walk, args=(arrays,), name="bsb_mini-scheduler", daemon=True)
+        self.thread.start()
+
+    def reap(self) -> None:
+        """Forget a walk that has ended (what it posted is in the inbox)."""
+        if self.thread is not None and self.done:
+            self.thread = None
+            self.walking = False
+
+    def take_turn(self) -> bool:
+        """Serially: let the walker schedule one node, and wait for it. False when all are done."""
+        if self.done or self.turns is None:
+            return False
+        walker_turn, main_turn = self.turns
+        walker_turn.release()
+        main_turn.acquire()
+        return True
 
     def post(self, call: Callable, *args: Any) -> None:
         self.calls.append((call, args))
@@ -1776,50 +1788,6 @@ class _Inbox:
         while calls:
             call, args = calls.popleft()
             call(*args)
-
-
-class _Schedules:
-    """schedule()'s node arrays: kept until the pool executes, then walked in a thread of the main rank.
-
-    It skips nodes downstream of a node that failed to schedule, and hands every submission
-    and failure to the main thread through the inbox. Serially it takes turns with the jobs
-    (``take_turn``): no job runs while a node is scheduled.
-    """
-
-    def __init__(self, pool: JobPool, graph: _Graph, inbox: _Inbox, failures: _FailureLog):
-        self.pool = pool  # what the nodes queue their jobs into (node.queue(pool)): its public API only
-        self.graph, self.inbox, self.failures = graph, inbox, failures
-        self.pending: list[tuple[list, Callable | None]] = []
-        self.thread: threading.Thread | None = None
-        self.done = True  # nothing is being walked
-        self.cancelled = False
-        self.turns: tuple[threading.Semaphore, threading.Semaphore] | None = None
-
-    def start(self, take_turns: bool) -> None:
-        """Walk what schedule() was given, unless a walk is under way."""
-        if self.thread is not None or not self.pending:
-            return
-        arrays, self.pending = self.pending, []
-        self.done = self.cancelled = False
-        self.turns = (threading.Semaphore(0), threading.Semaphore(0)) if take_turns else None
-        self.inbox.walking = True  # before the thread submits anything
-        self.thread = threading.Thread(target=self._walk, args=(arrays,), name="bsb_mini-scheduler", daemon=True)
-        self.thread.start()
-
-    def reap(self) -> None:
-        """Forget a walk that has ended (what it posted is in the inbox)."""
-        if self.thread is not None and self.done:
-            self.thread = None
-            self.inbox.walking = False
-
-    def take_turn(self) -> bool:
-        """Serially: let the walker schedule one node, and wait for it. False when all are done."""
-        if self.done or self.turns is None:
-            return False
-        walker_turn, main_turn = self.turns
-        walker_turn.release()
-        main_turn.acquire()
-        return True
 
     def finish(self) -> None:
         """The pool was interrupted or closes: stop after this node, and wait a moment for it."""
@@ -1845,7 +1813,7 @@ class _Schedules:
                         if self.turns is not None:
                             self.turns[1].release()
         except BaseException as error:  # noqa: B036 (a bug here must reach the user, not vanish)
-            self.inbox.post(self.failures.other, JobSchedulingError(f"schedule() stopped: {_describe(error)}"))
+            self.post(self.failures.other, JobSchedulingError(f"schedule() stopped: {_describe(error)}"))
         finally:
             self.done = True
             if self.turns is not None:
@@ -1858,7 +1826,7 @@ class _Schedules:
             error = JobSchedulingError(
                 f"{node!r} was not scheduled because its dependency {blocked[0]!r} failed to schedule."
             )
-            self.inbox.post(self.failures.other, error)
+            self.post(self.failures.other, error)
             return
         try:
             scheduler(node) if scheduler is not None else node.queue(self.pool)
@@ -1866,7 +1834,7 @@ class _Schedules:
             skipped.add(id(node))
             error = JobSchedulingError(f"Scheduling {node!r} failed: {_describe(cause)}")
             error.__cause__ = cause
-            self.inbox.post(self.failures.other, error)
+            self.post(self.failures.other, error)
 
 
 class _TimeUp(BaseException):
@@ -2066,9 +2034,9 @@ class _SerialRunner:
     takes_turns = True  # schedule()'s walker takes turns with the jobs: no job runs while a node is scheduled
 
     def __init__(self, graph: _Graph, failures: _FailureLog, events: _Events, schedules: _Schedules,
-                 inbox: _Inbox, policy: _Policy, owner: Any, rank: int):
+                 policy: _Policy, owner: Any, rank: int):
         self.graph, self.failures, self.events, self.schedules = graph, failures, events, schedules
-        self.inbox, self.policy, self.owner, self.rank = inbox, policy, owner, rank
+        self.policy, self.owner, self.rank = policy, owner, rank
         self.busy = False  # running jobs: execute(), as_completed() and map() are not entered again
         self.depth = 0  # begin()s not yet ended: an as_completed() loop may call map()
         self.pinger: _Pinger | None = None
@@ -2089,7 +2057,7 @@ class _SerialRunner:
                 self.end()
         finally:
             self.busy = False
-        self.inbox.drain()
+        self.schedules.drain()
         self.events.set_status(PoolStatus.CLOSING)
         if graph.n_cancelled:
             _settle_blame(graph.jobs)
@@ -2225,12 +2193,13 @@ class _SerialRunner:
     def run_here(self, finished: collections.deque | None = None) -> bool:
         """Run ready jobs in this thread, taking turns with schedule()'s walker: True when nothing
         is left; False as soon as ``finished`` holds a job (as_completed())."""
-        graph, ready, inbox, schedules = self.graph, self.graph.ready, self.inbox.calls, self.schedules
+        graph, ready, schedules = self.graph, self.graph.ready, self.schedules
+        inbox = schedules.calls
         owner, rank, pinger, failures = self.owner, self.rank, self.pinger, self.failures
         started, succeeded, plain = graph.started, graph.succeeded, self.policy.timeout is None
         while True:
             if inbox:
-                self.inbox.drain()
+                schedules.drain()
             while ready:
                 job = ready.popleft()
                 if job._status is not _QUEUED:
@@ -2560,7 +2529,96 @@ def _mpi_status():
     return _optional("mpi4py.MPI").Status()
 
 
-# Both loops: the main rank's (``_MainSide.loop``) and a worker's (``_WorkerSide.serve``).
+# The two ends: a worker's (``_WorkerSide``, its loop ``serve`` last) and the main rank's
+# (``_MainSide``, its loop first); then each kind of message with its sender and its handler.
+
+
+class _WorkerSide:
+    """A worker's end: runs the batches the main rank sends, until END (its execute()) or CLOSE
+    (its block's end); its own code raising sends LEFT."""
+
+    def __init__(self, comm: Any, owner: Any):
+        self.comm, self.owner, self.rank = comm, owner, comm.Get_rank()
+        self.joined = self.closed = self.busy = False
+        self.herald: _Herald | None = None
+        self.policy = _Policy()  # the interrupt only: limits come with each batch
+        self.raised: bytes | None = None  # the last report an execute() raised
+
+    def execute(self, return_results: bool) -> None:
+        """A worker's execute(): serve until the main rank's execute() ends (or it closes the pool)."""
+        self.may_run("execute()")
+        report = self.raised = self.serve(until_end=True)
+        if report is not None:
+            raise _unpack_report(report)
+
+    def close(self, exc: BaseException | None) -> None:
+        """Leaving the block: serve until the main rank leaves its own; or, after an exception of
+        this rank's own, send LEFT (it runs nothing more) and wait for CLOSE."""
+        if self.closed:
+            return
+        if exc is None:
+            report = self.serve(until_end=False)
+            if report is not None and report != self.raised:  # not raised by an execute() already
+                raise _unpack_report(report)
+            return
+        _send_left(self.comm, exc)
+        while _wait_for_message(self.comm, 0, _TO_WORKER)[0] != _CLOSE:
+            pass  # batches were put back by the main rank; ENDs are for those who serve
+        self.say_bye()
+
+    def may_run(self, what: str) -> None:
+        if self.busy:
+            raise JobPoolError(f"{what} was called while this pool is already running jobs (from a job).")
+
+    def as_completed(self, wanted: Any) -> Iterator[Job]:
+        raise self.for_the_main_rank("as_completed()")
+
+    def map(self, fn: Callable, items: list, submit: Callable) -> list:
+        raise self.for_the_main_rank("map()")
+
+    @staticmethod
+    def for_the_main_rank(what: str) -> JobPoolContextError:
+        return JobPoolContextError(f"{what} is for the main rank (pool.is_main()); workers serve in execute() "
+                                   "or when they leave the pool's `with` block.")
+
+    def longest_running(self) -> None:
+        return None
+
+    def say_bye(self) -> None:
+        self.comm.send((_BYE,), dest=0, tag=_TO_MAIN)
+        self.closed = True
+        self.policy.release()
+        if self.herald is not None:
+            self.herald.stop()
+
+    def serve(self, until_end: bool) -> bytes | None:
+        """Say READY once, then run batches until END (``until_end``) or CLOSE; return the report
+        that came with it."""
+        if self.closed:
+            return None
+        comm = self.comm
+        if not self.joined:
+            _send_ready(comm)
+            self.joined = True
+            self.herald = _Herald.start(comm)
+        self.busy = True
+        try:
+            with _tracebacks_on_crash(), _jobs_run_in_this_thread():
+                while True:
+                    message = _wait_for_message(comm, 0, _TO_WORKER)
+                    kind = message[0]
+                    if kind == _JOBS:
+                        _run_jobs(self, message[1], message[2])
+                    elif kind == _END:
+                        if until_end:
+                            return message[1]
+                    elif kind == _CLOSE:
+                        self.say_bye()
+                        return message[1]
+                    else:
+                        raise _unexpected(message, 0)
+        finally:
+            self.busy = False
 
 
 class _MainSide(_SerialRunner):
@@ -2593,7 +2651,7 @@ class _MainSide(_SerialRunner):
         until ``finished`` holds a job (False)."""
         comm, graph, status, schedules = self.comm, self.graph, self.status, self.schedules
         anyone = _optional("mpi4py.MPI").ANY_SOURCE  # -2 in MPICH, -1 in Open MPI
-        ready, inbox, handlers = graph.ready, self.inbox.calls, _ON_MESSAGE_FROM_WORKER
+        ready, inbox, handlers = graph.ready, schedules.calls, _ON_MESSAGE_FROM_WORKER
         backoff, quiet = _Backoff(), self.events.quiet_timer()
         while True:
             message = comm.improbe(anyone, _TO_MAIN, status)
@@ -2606,7 +2664,7 @@ class _MainSide(_SerialRunner):
                     return False
                 continue
             if inbox:
-                self.inbox.drain()
+                schedules.drain()
                 if finished:
                     return False
             if ready and self.dispatch():
@@ -2626,6 +2684,30 @@ class _MainSide(_SerialRunner):
                                          if job._status is _RUNNING)
             backoff.wait()
 
+    # END and CLOSE (main -> worker), and BYE, the answer to CLOSE: the worker's end is serve() above.
+
+    def release_execute(self, error: WorkflowError | None) -> None:
+        """END: release the workers that serve in execute(), with the same report."""
+        message = (_END, None if error is None else _pack_report(error))
+        for worker in self.batches:
+            if worker not in self.left:
+                self.send(worker, message)
+
+    def release_workers(self, error: WorkflowError | None) -> None:
+        """CLOSE: the pool is over; wait for each worker's BYE, so nothing stays in flight."""
+        message = (_CLOSE, None if error is None else _pack_report(error))
+        for worker in self.batches:
+            self.send(worker, message)
+        waiting, status = set(self.batches), self.status
+        while waiting:
+            reply = _wait_for_message(self.comm, _optional("mpi4py.MPI").ANY_SOURCE, _TO_MAIN, status)
+            if reply[0] == _BYE:
+                waiting.discard(status.Get_source())
+            # anything else is late news of a pool that is over (outcomes of aborted jobs)
+        for request in self.sends:
+            request.Wait()
+        self.sends = []
+
     def dispatch(self) -> bool:
         """Send batches to idle workers (and, for short jobs, a second one to busy workers)."""
         batches, graph = self.batches, self.graph
@@ -2640,16 +2722,13 @@ class _MainSide(_SerialRunner):
                 if graph.ready:
                     continue  # what is left waits for another worker (a retry)
                 break
-            raw: list[memoryview] = []
-            payload = _pack_jobs(self, batch, raw)
-            if payload is None:
+            if not _send_jobs(self, worker, batch):
                 continue
             graph.sent(batch, worker)
             if not batches[worker]:
                 self.running[worker] = (batch[0], time.monotonic())
             batches[worker].append(batch)
             self.in_flight_batches += 1
-            self.send(worker, (_JOBS, payload, _raw_sizes(raw)), raw)
             sent = True
         return sent
 
@@ -2705,128 +2784,26 @@ class _MainSide(_SerialRunner):
                    if job._status is _RUNNING]
         return max(running, key=operator.itemgetter(2), default=None)
 
-    # END and CLOSE (main -> worker), and BYE, the answer to CLOSE: the worker's end is just below.
 
-    def release_execute(self, error: WorkflowError | None) -> None:
-        """END: release the workers that serve in execute(), with the same report."""
-        message = (_END, None if error is None else _pack_report(error))
-        for worker in self.batches:
-            if worker not in self.left:
-                self.send(worker, message)
+# READY (worker -> main, once, from serve()): the worker serves this pool from now on.
 
-    def release_workers(self, error: WorkflowError | None) -> None:
-        """CLOSE: the pool is over; wait for each worker's BYE, so nothing stays in flight."""
-        message = (_CLOSE, None if error is None else _pack_report(error))
-        for worker in self.batches:
-            self.send(worker, message)
-        waiting, status = set(self.batches), self.status
-        while waiting:
-            reply = _wait_for_message(self.comm, _optional("mpi4py.MPI").ANY_SOURCE, _TO_MAIN, status)
-            if reply[0] == _BYE:
-                waiting.discard(status.Get_source())
-            # anything else is late news of a pool that is over (outcomes of aborted jobs)
-        for request in self.sends:
-            request.Wait()
-        self.sends = []
+def _send_ready(comm: Any) -> None:
+    comm.send((_READY,), dest=0, tag=_TO_MAIN)
 
-
-class _WorkerSide:
-    """A worker's end: runs the batches the main rank sends, until END (its execute()) or CLOSE
-    (its block's end); its own code raising sends LEFT."""
-
-    def __init__(self, comm: Any, owner: Any):
-        self.comm, self.owner, self.rank = comm, owner, comm.Get_rank()
-        self.joined = self.closed = self.busy = False
-        self.herald: _Herald | None = None
-        self.policy = _Policy()  # the interrupt only: limits come with each batch
-        self.raised: bytes | None = None  # the last report an execute() raised
-
-    def execute(self, return_results: bool) -> None:
-        """A worker's execute(): serve until the main rank's execute() ends (or it closes the pool)."""
-        self.may_run("execute()")
-        report = self.raised = self.serve(until_end=True)
-        if report is not None:
-            raise _unpack_report(report)
-
-    def close(self, exc: BaseException | None) -> None:
-        """Leaving the block: serve until the main rank leaves its own; or, after an exception of
-        this rank's own, send LEFT (it runs nothing more) and wait for CLOSE."""
-        if self.closed:
-            return
-        if exc is None:
-            report = self.serve(until_end=False)
-            if report is not None and report != self.raised:  # not raised by an execute() already
-                raise _unpack_report(report)
-            return
-        self.comm.send((_LEFT, _describe(exc)), dest=0, tag=_TO_MAIN)
-        while _wait_for_message(self.comm, 0, _TO_WORKER)[0] != _CLOSE:
-            pass  # batches were put back by the main rank; ENDs are for those who serve
-        self.say_bye()
-
-    def serve(self, until_end: bool) -> bytes | None:
-        """Say READY once, then run batches until END (``until_end``) or CLOSE; return the report
-        that came with it."""
-        if self.closed:
-            return None
-        comm = self.comm
-        if not self.joined:
-            comm.send((_READY,), dest=0, tag=_TO_MAIN)
-            self.joined = True
-            self.herald = _Herald.start(comm)
-        self.busy = True
-        try:
-            with _tracebacks_on_crash(), _jobs_run_in_this_thread():
-                while True:
-                    message = _wait_for_message(comm, 0, _TO_WORKER)
-                    kind = message[0]
-                    if kind == _JOBS:
-                        _run_jobs(self, message[1], message[2])
-                    elif kind == _END:
-                        if until_end:
-                            return message[1]
-                    elif kind == _CLOSE:
-                        self.say_bye()
-                        return message[1]
-                    else:
-                        raise _unexpected(message, 0)
-        finally:
-            self.busy = False
-
-    def say_bye(self) -> None:
-        self.comm.send((_BYE,), dest=0, tag=_TO_MAIN)
-        self.closed = True
-        self.policy.release()
-        if self.herald is not None:
-            self.herald.stop()
-
-    def may_run(self, what: str) -> None:
-        if self.busy:
-            raise JobPoolError(f"{what} was called while this pool is already running jobs (from a job).")
-
-    def as_completed(self, wanted: Any) -> Iterator[Job]:
-        raise self.for_the_main_rank("as_completed()")
-
-    def map(self, fn: Callable, items: list, submit: Callable) -> list:
-        raise self.for_the_main_rank("map()")
-
-    @staticmethod
-    def for_the_main_rank(what: str) -> JobPoolContextError:
-        return JobPoolContextError(f"{what} is for the main rank (pool.is_main()); workers serve in execute() "
-                                   "or when they leave the pool's `with` block.")
-
-    def longest_running(self) -> None:
-        return None
-
-
-# READY and LEFT (worker -> main): sent in _WorkerSide.serve and .close just above.
 
 def _on_ready(main: _MainSide, worker: int, message: tuple) -> None:
     if worker not in main.left:
         main.joined.add(worker)
 
 
+# LEFT (worker -> main, from close()): the worker's own code raised; it runs nothing more and waits for CLOSE.
+
+def _send_left(comm: Any, exc: BaseException) -> None:
+    comm.send((_LEFT, _describe(exc)), dest=0, tag=_TO_MAIN)
+
+
 def _on_left(main: _MainSide, worker: int, message: tuple) -> None:
-    """The worker's own code raised: its batches go back to the queue, and the report names it."""
+    """Its batches go back to the queue, and the report names the rank."""
     main.joined.discard(worker)
     main.left.add(worker)
     main.running.pop(worker, None)
@@ -2838,6 +2815,15 @@ def _on_left(main: _MainSide, worker: int, message: tuple) -> None:
 
 
 # JOBS (main -> worker): a batch of calls and their time limits; the worker answers DONE or UNLOADABLE.
+
+def _send_jobs(main: _MainSide, worker: int, batch: list[Job]) -> bool:
+    """Pack a batch and send it without waiting; False when none of its jobs could be packed."""
+    raw: list[memoryview] = []
+    payload = _pack_jobs(main, batch, raw)
+    if payload is not None:
+        main.send(worker, (_JOBS, payload, _raw_sizes(raw)), raw)
+    return payload is not None
+
 
 def _pack_jobs(main: _MainSide, batch: list[Job], raw: list[memoryview]) -> bytes | list | None:
     """Pickle a batch; a job that cannot be pickled fails alone (from QUEUED: it never ran), the rest go."""
@@ -2872,7 +2858,7 @@ def _run_jobs(side: _WorkerSide, payload: bytes | list, received: list) -> None:
     try:
         calls, limits = pickle.loads(payload) if type(payload) is bytes else _unpack(payload, received)
     except Exception as reason:
-        side.comm.send((_UNLOADABLE, _describe(reason)), dest=0, tag=_TO_MAIN)
+        _send_unloadable(side.comm, reason)
         return
     outcomes: list[tuple] = []
     raw: list[memoryview] = []
@@ -2968,7 +2954,12 @@ def _settle_failure(main: _MainSide, job: Job, outcome: int, payload: Any, raw: 
     main.failures.job_failed(job, value, worker, remote_tb)
 
 
-# UNLOADABLE (worker -> main, sent by _run_jobs): the batch goes again job by job, so only the culprit fails.
+# UNLOADABLE (worker -> main, from _run_jobs): the batch did not unpickle on the worker; the main
+# rank sends it again job by job, so that only the culprit fails.
+
+def _send_unloadable(comm: Any, reason: BaseException) -> None:
+    comm.send((_UNLOADABLE, _describe(reason)), dest=0, tag=_TO_MAIN)
+
 
 def _on_unloadable(main: _MainSide, worker: int, message: tuple) -> None:
     main.in_flight_batches -= 1

@@ -1,6 +1,8 @@
 """Tests of bsb_mini: serial behaviour in-process, MPI behaviour under a real mpiexec.
 
-The MPI tests start ``mpiexec -n N python mpi_scenarios.py <scenario>`` with a
+Laid out by SPEC section: the helpers the tests share come first, then one part per
+section (1, 2, 3, 4.1 ... 4.7, 5, 6), each headed ``# --- <number>. <title>``, with the
+serial tests before the MPI ones. The MPI tests start ``mpiexec -n N python mpi_scenarios.py <scenario>`` with a
 timeout (a hang fails the test) and skip only when mpi4py or mpiexec is absent;
 CI installs both, so there they run.
 """
@@ -53,6 +55,8 @@ from bsb_mini import (
 
 HERE = Path(__file__).resolve().parent
 
+# --- Helpers shared by the tests -----------------------------------------------------------------
+
 
 def add(owner, a, b=0):
     return a + b
@@ -80,7 +84,267 @@ class Recorder:
         return [s for r, s, _ in self.events if r is PoolProgressReason.POOL_STATUS_CHANGE]
 
 
-# --- 1. provider fallback and the registry ---------------------------------------
+@pytest.fixture
+def without_mpi4py(monkeypatch):
+    """Make the MPI service believe mpi4py is not installed."""
+    real = bsb_mini._optional
+    monkeypatch.setattr(bsb_mini, "_optional", lambda name: None if name.startswith("mpi4py") else real(name))
+    for name in bsb_mini._LAUNCHER_VARIABLES + ("BSB_IGNORE_PARALLEL",):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def keep(owner, *args, **kwargs):
+    return args, kwargs
+
+
+class Node:
+    def __init__(self, name, depends_on=(), fail=False):
+        self.name, self.depends_on, self.fail = name, list(depends_on), fail
+
+    def queue(self, pool):
+        if self.fail:
+            raise RuntimeError(f"cannot place {self.name}")
+        pool.submit(add, args=(1,), name=self.name)
+
+    def __repr__(self):
+        return f"<Node {self.name}>"
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def slow_jobs(pool, count=6, seconds=0.05):
+    return [pool.submit(lambda owner: time.sleep(seconds), name=f"slow{i}") for i in range(count)]
+
+
+def run_python(code, timeout=60):
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def earlier_indices(index):
+    """Up to 3 distinct positions before ``index``: the dependencies of a random graph."""
+    return st.lists(st.integers(0, index - 1), max_size=3, unique=True) if index else st.just([])
+
+
+@st.composite
+def job_graphs(draw):
+    """(dependencies, fails?) per job; about a quarter of the jobs fail."""
+    count = draw(st.integers(1, 40))
+    return [(draw(earlier_indices(i)), draw(st.booleans()) and draw(st.booleans())) for i in range(count)]
+
+
+def reference_outcome(graph):
+    """Independent computation: which jobs succeed, and their values."""
+    outcome = {}
+    for index, (deps, fails) in enumerate(graph):
+        if any(outcome[d] is None for d in deps) or fails:
+            outcome[index] = None
+        else:
+            outcome[index] = index + sum(outcome[d] for d in deps)
+    return outcome
+
+
+@st.composite
+def node_arrays(draw):
+    """Nodes in topological order; about one in six fails to schedule."""
+    nodes = []
+    for index in range(draw(st.integers(1, 25))):
+        deps = draw(earlier_indices(index))
+        nodes.append(Node(f"n{index}", [nodes[d] for d in deps], fail=draw(st.integers(0, 5)) == 0))
+    return nodes
+
+
+def readme_example(tmp_path):
+    text = (HERE / "README.md").read_text()
+    code = text.split("```python\n# example.py", 1)[1].split("```", 1)[0]
+    path = tmp_path / "example.py"
+    path.write_text("# example.py" + code)
+    return path
+
+
+MPIEXEC = next((str(p) for p in [Path(sys.executable).with_name("mpiexec")] if p.exists()), None) or shutil.which(
+    "mpiexec"
+)
+
+
+try:
+    import mpi4py  # noqa: F401
+
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+
+
+try:
+    import numpy  # noqa: F401
+except ImportError:
+    HAVE_NUMPY = False
+else:
+    HAVE_NUMPY = True
+
+
+needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC), reason="mpi4py and mpiexec are not installed")
+
+
+RANKS = [2, 3, 4]
+
+
+def mpiexec(n, *args, timeout=120, script=True, hide=()):
+    """Run ``mpiexec -n n`` and return (returncode, {rank: outcome}, stdout, stderr); a hang fails.
+
+    Outcomes are the ``rank<r>.json`` files of mpi_scenarios.py; other files the scenario
+    leaves in the folder come back under their names.
+
+    ``hide``: optional packages to make unimportable, as if not installed.
+    """
+    command = [MPIEXEC, "-n", str(n), sys.executable]
+    if args[:1] == ("--faults",):  # fault_scenarios.py run --seed S --pools P
+        command += [str(HERE / "fault_scenarios.py"), "run", "--seed", args[1], "--pools", args[2]]
+    else:
+        command += [str(HERE / "mpi_scenarios.py"), *args] if script else list(args)
+    folder = Path(tempfile.mkdtemp(prefix="bsb_mini_mpi_"))
+    for package in hide:
+        (folder / f"{package}.py").write_text(f"raise ImportError('{package} hidden by the test')\n")
+    path = os.pathsep.join([str(folder)] * bool(hide) + [str(HERE)])
+    env = {**os.environ, "PYTHONPATH": path, "UCX_LOG_LEVEL": "error", "BSB_SCENARIO_OUT": str(folder)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=HERE, start_new_session=True)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"mpiexec -n {n} {' '.join(args)} hung for {timeout} s:\n{out}\n{err}")
+    results = {int(path.stem[4:]): json.loads(path.read_text()) for path in folder.glob("rank*.json")}
+    results.update({path.name: path.read_text() for path in folder.glob("*.txt")})
+    results.update({path.name: path.read_text() for path in folder.glob("faults*.json")})
+    shutil.rmtree(folder, ignore_errors=True)
+    return process.returncode, results, out, err
+
+
+def serial_graph_outcome(seed, count):
+    return mpi_scenarios.run_graph(mpi_scenarios.random_graph(seed, count))
+
+
+def total(owner, values, scale=1):
+    return sum(values) * scale
+
+
+def run_scenario(*args, n=1, seed="0", hide=(), timeout=120):
+    """``mpi_scenarios.py`` run in a new process (under ``mpiexec -n n`` when n > 1); rank 0's outcome."""
+    if n > 1:
+        code, results, out, err = mpiexec(n, *args, hide=hide, timeout=timeout)
+        assert code == 0, err
+        return results[0], err
+    folder = Path(tempfile.mkdtemp(prefix="bsb_mini_serial_"))
+    for package in hide:
+        (folder / f"{package}.py").write_text(f"raise ImportError('{package} hidden by the test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(HERE)]), "PYTHONHASHSEED": seed,
+           "BSB_SCENARIO_OUT": str(folder)}
+    done = subprocess.run([sys.executable, str(HERE / "mpi_scenarios.py"), *args], capture_output=True, text=True,
+                          env=env, cwd=HERE, timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads((folder / "rank0.json").read_text())
+    shutil.rmtree(folder, ignore_errors=True)
+    return outcome, done.stderr
+
+
+def starts(markers):
+    """How many times each tag started, from the markers file that mpi_scenarios.counted() appends to."""
+    counts = {}
+    for line in Path(markers).read_text().splitlines():
+        kind, rest = line.split(" ", 1)
+        if kind == "start":
+            tag = rest.rsplit(" ", 1)[0]
+            counts[tag] = counts.get(tag, 0) + 1
+    return counts
+
+
+def check_record_then_restore(tmp_path, n):
+    journal, markers, flag = tmp_path / "run.journal", tmp_path / "markers.txt", tmp_path / "flag"
+    flag.touch()  # the first run: "flaky" fails, so "after flaky" is cancelled
+    first, _ = run_scenario("journal", str(journal), str(markers), "ab", str(flag), n=n, seed="1", hide=("sqlite3",))
+    flag.unlink()
+    second, _ = run_scenario("journal", str(journal), str(markers), "ba", str(flag), n=n, seed="2",
+                             hide=("sqlite3",))
+    assert first["statuses"]["flaky"] == "FAILED" and first["statuses"]["after flaky"] == "CANCELLED"
+    assert first["restored"] == 0
+    restored = {"plain0", "plain1", "plain2", "plain3", "plain4", "mixed", "total", "explicit", "blob"}
+    assert {name for name, status in second["statuses"].items() if status == "RESTORED"} == restored
+    assert {second["statuses"][name] for name in ("opaque", "flaky", "after flaky")} == {"SUCCESS"}
+    assert second["restored"] == len(restored) == second["events"]  # each one announced as RESTORED
+    assert second["keys"] == first["keys"]  # another hash seed, dicts built in another order: the same keys
+    assert second["keys"]["explicit"] == "my key" and second["keys"]["opaque"] is None
+    for name in restored:
+        assert second["results"][name] == first["results"][name], name
+    assert second["blob_writable"] and second["failure"] is None
+    ran = starts(markers)
+    assert all(ran[f"plain{i}"] == 1 for i in range(5)) and ran["mixed"] == ran["explicit"] == ran["blob"] == 1
+    assert ran["opaque"] == 2 and ran["flaky"] == 2  # no key; failed: not recorded
+    assert ran["after flaky"] == 1  # cancelled the first time, ran the second
+
+
+def keyed(owner, *args, **kwargs):
+    return args
+
+
+plain_data = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
+    | st.binary(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
+    | st.dictionaries(st.text(max_size=3), inner, max_size=4) | st.frozensets(st.integers(), max_size=4),
+    max_leaves=12,
+)
+
+
+def reordered(value):
+    """The same value, with every dict built in the reverse order."""
+    if isinstance(value, dict):
+        return {key: reordered(value[key]) for key in reversed(list(value))}
+    if isinstance(value, (list, tuple)):
+        return type(value)(reordered(item) for item in value)
+    return value
+
+
+def as_plain_data(value):
+    """What equal plain data has in common: types and values, dicts and sets in sorted order."""
+    if isinstance(value, dict):
+        return ("dict", sorted((as_plain_data(key), as_plain_data(item)) for key, item in value.items()))
+    if isinstance(value, (set, frozenset)):
+        return (type(value).__name__, sorted(as_plain_data(item) for item in value))
+    if isinstance(value, (list, tuple)):
+        return (type(value).__name__, [as_plain_data(item) for item in value])
+    return (type(value).__name__, repr(value))
+
+
+def journal_pool(path, values, failing=(), result=lambda value: value * 10):
+    with JobPool(journal=path) as pool:
+        jobs = [pool.submit(mpi_scenarios.square if value not in failing else fail, (value,)) for value in values]
+        try:
+            pool.execute()
+        except WorkflowError:
+            pass
+    return jobs
+
+
+def exits_when_pickled(owner):
+    return fault_scenarios.ExitsWhenPickled()
+
+
+HOLD_JOURNAL = """
+import sys, time, bsb_mini
+with bsb_mini.JobPool(journal=sys.argv[1]) as pool:
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+# --- 1. Services and the provider-fallback helper -------------------------------------------------
 
 
 def test_provide_imports_dotted_modules_and_returns_fallback_untouched():
@@ -130,17 +394,21 @@ def test_registry_has_builtins_and_names_unknown_services():
         bsb_mini._services.pop("Telescope")
 
 
-# --- 2. the MPI service: emulator and environment guard --------------------------
+def test_provide_warns_when_an_installed_package_breaks_on_import(tmp_path, monkeypatch, caplog):
+    (tmp_path / "broken_pkg_for_warning.py").write_text("raise RuntimeError('missing shared library')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
+        fallback = provide("broken_pkg_for_warning", ErrorModule("install broken_pkg_for_warning"))
+    assert "broken_pkg_for_warning" in caplog.text and "missing shared library" in caplog.text
+    with pytest.raises(DependencyError, match="installed but failed to import.*missing shared library"):
+        fallback.anything
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
+        assert provide("surely_not_installed_pkg", None) is None
+    assert caplog.text == ""  # a missing package is not a broken one
 
 
-@pytest.fixture
-def without_mpi4py(monkeypatch):
-    """Make the MPI service believe mpi4py is not installed."""
-    real = bsb_mini._optional
-    monkeypatch.setattr(bsb_mini, "_optional", lambda name: None if name.startswith("mpi4py") else real(name))
-    for name in bsb_mini._LAUNCHER_VARIABLES + ("BSB_IGNORE_PARALLEL",):
-        monkeypatch.delenv(name, raising=False)
-    return monkeypatch
+# --- 2. The MPI service: emulator, environment guard, collectives refused inside jobs -------------
 
 
 def test_emulator_is_one_rank_with_identity_collectives(without_mpi4py):
@@ -232,7 +500,31 @@ def test_guard_fires_on_first_use_not_at_import():
     assert "PMI_RANK, PMI_SIZE" in out.stdout
 
 
-# --- 3. the MPILock mock ---------------------------------------------------------
+def test_collectives_and_pools_inside_a_job_are_refused_serially_too():
+    with JobPool() as pool:
+        collective = pool.submit(mpi_scenarios.collective_job)
+        nested = pool.submit(mpi_scenarios.nested_pool_job)
+        fine = pool.submit(add, (1,))
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert fine.result == 1
+    for job, what in ((collective, "MPI.bcast()"), (nested, "opening a JobPool")):
+        assert job.status is JobStatus.FAILED and isinstance(job.error, JobPoolError)
+        assert what in str(job.error) and "must not call MPI collectives" in str(job.error)
+    assert bsb_mini.MPI.bcast(7) == 7  # outside the pool they work again
+
+
+@needs_mpi
+def test_mpi_collectives_and_pools_inside_jobs_fail_the_job_instead_of_hanging():
+    code, results, out, err = mpiexec(3, "collectives_in_jobs", timeout=60)
+    assert code == 0, err
+    bcast, nested = results[0]["errors"]
+    assert "MPI.bcast()" in bcast and "must not call MPI collectives" in bcast
+    assert "opening a JobPool" in nested
+    assert results[0]["fine"] == 25 and results[1]["size"] == 2
+
+
+# --- 3. The MPILock service -----------------------------------------------------------------------
 
 
 def test_mock_lock_acquires_at_once_and_fences(without_mpi4py):
@@ -254,7 +546,154 @@ def test_mock_lock_acquires_at_once_and_fences(without_mpi4py):
     lock.close()
 
 
-# --- 4. the JobPool --------------------------------------------------------------
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_write_locks_never_overlap(n, tmp_path):
+    pytest.importorskip("mpilock")
+    path = tmp_path / "markers.txt"
+    code, results, out, err = mpiexec(n, "lock", str(path))
+    assert code == 0, err
+    assert {results[r]["kind"] for r in range(n)} == {"WindowController"}
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2 * 20 * n
+    for start, end in zip(lines[::2], lines[1::2], strict=True):
+        assert start.startswith("start ") and end == "end " + start[len("start "):]
+
+
+# --- 4.1 Opening a pool: communicators, sequences of pools, the progress display ------------------
+
+
+def test_huge_pools_keep_their_jobs_out_of_the_gc_and_give_them_back(monkeypatch):
+    import gc
+
+    monkeypatch.setattr(bsb_mini, "_GC_FREEZE_EVERY", 100)
+    assert gc.get_freeze_count() == 0
+    with JobPool() as pool:
+        jobs = [pool.submit(add, args=(i,)) for i in range(250)]
+        assert gc.get_freeze_count() > 0  # frozen after 100 and 200 jobs
+    assert gc.get_freeze_count() == 0  # given back when the pool closed
+    assert [job.result for job in jobs] == list(range(250))
+
+
+def test_an_application_that_froze_the_gc_itself_is_left_alone(monkeypatch):
+    import gc
+
+    monkeypatch.setattr(bsb_mini, "_GC_FREEZE_EVERY", 100)
+    gc.freeze()
+    frozen = gc.get_freeze_count()
+    try:
+        with JobPool() as pool:
+            for i in range(250):
+                pool.submit(add, args=(i,))
+        assert gc.get_freeze_count() == frozen
+    finally:
+        gc.unfreeze()
+
+
+def test_progress_on_a_terminal_is_one_refreshed_line(monkeypatch):
+    terminal = FakeTerminal()
+    report = bsb_mini._ProgressReport(stream=terminal)
+    with create_job_pool(quiet=True) as pool:
+        pool.add_listener(report)
+        slow_jobs(pool, seconds=0.1)  # 0.6 s: several refreshes at 10 a second
+        pool.submit(fail, name="the-bad-one")
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    text = terminal.getvalue()
+    frames = text.split("\r")[1:]
+    assert len(frames) >= 2  # at least one live refresh and the summary
+    assert "/7 done" in frames[0] and "running" in frames[0] and "ETA" in frames[0]
+    assert text.endswith("\n") and text.count("\n") == 1
+    assert "finished with errors: 6/7 succeeded, 1 failed, 0 cancelled" in frames[-1]
+
+
+def test_progress_without_a_terminal_writes_plain_lines_to_stderr():
+    """A batch job that set up no logging still sees the lines, on stderr."""
+    out = run_python("""
+        import time, bsb_mini
+        with bsb_mini.create_job_pool() as pool:
+            for i in range(3):
+                pool.submit(lambda owner: time.sleep(0.05))
+    """)
+    err = out.stderr
+    lines = err.splitlines()
+    assert "\r" not in err
+    assert lines[0] == "[bsb_mini] executing 3 job(s) on 1 rank(s)"
+    assert lines[-1].startswith("[bsb_mini] finished: 3/3 succeeded, 0 failed, 0 cancelled in 0:00")
+    assert len(lines) == 2  # never a line per job
+
+
+def test_progress_goes_through_logging_when_the_application_configured_it(capsys, caplog):
+    caplog.set_level(logging.INFO, logger="bsb_mini")
+    with create_job_pool() as pool:
+        slow_jobs(pool, count=2, seconds=0)
+    messages = [r.getMessage() for r in caplog.records if r.name == "bsb_mini"]
+    assert messages[0] == "executing 2 job(s) on 1 rank(s)" and messages[-1].startswith("finished: 2/2")
+    assert "bsb_mini" not in capsys.readouterr().err  # not printed a second time
+
+
+def test_progress_logs_on_each_ping_in_a_batch_job():
+    out = run_python("""
+        import time, bsb_mini
+        with bsb_mini.create_job_pool(max_wait=0.1) as pool:
+            pool.submit(lambda owner: time.sleep(0.5))
+    """)
+    lines = out.stderr.splitlines()
+    assert any("0/1 done, 1 running" in line for line in lines[1:-1]), out.stderr
+
+
+def test_snapshot_counts_what_a_progress_display_shows():
+    with JobPool() as pool:
+        bad = pool.submit(fail)
+        pool.submit(add, (1,), deps=[bad])
+        pool.submit(add, (2,))
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    counts = pool.snapshot()
+    assert (counts.total, counts.done, counts.running, counts.succeeded, counts.failed, counts.cancelled) == (
+        3, 3, 0, 1, 1, 1)
+
+
+def test_progress_names_the_longest_running_job(monkeypatch):
+    monkeypatch.setattr(bsb_mini._ProgressReport, "LONG_JOB", 0.3)
+    terminal = FakeTerminal()
+    with create_job_pool(quiet=True) as pool:
+        pool.add_listener(bsb_mini._ProgressReport(stream=terminal))
+        pool.submit(mpi_scenarios.sleeper, (1.0,), name="slow one")
+    assert "longest: slow one on rank 0, 0:00" in terminal.getvalue()
+    assert pool.snapshot().longest is None  # nothing runs any more
+
+
+@needs_mpi
+def test_mpi_pool_on_a_split_communicator():
+    code, results, out, err = mpiexec(4, "split_comm")
+    assert code == 0, err
+    statuses, values, _, _ = serial_graph_outcome(5, 50)
+    assert results[0]["results"] == values and results[1]["results"] == values
+    assert all(results[r]["ok"] for r in range(4))
+
+
+@needs_mpi
+def test_mpi_five_pools_in_a_row_after_the_main_rank_raised_in_the_first():
+    code, results, out, err = mpiexec(4, "five_pools")
+    assert code == 0, err
+    assert results[0]["outcomes"][0] == "KeyError"
+    assert results[0]["outcomes"][1:] == [[(10 * n + i) ** 2 for i in range(6)] for n in range(1, 5)]
+    for rank in (1, 2, 3):
+        assert results[rank]["outcomes"][0].startswith("WorkflowError: The pool was aborted: the main rank raised")
+        assert results[rank]["outcomes"][1:] == ["ok"] * 4
+
+
+@needs_mpi
+def test_mpi_a_worker_that_catches_the_abort_leaves_its_block_and_the_next_pool_works():
+    code, results, out, err = mpiexec(4, "worker_catches_abort", timeout=60)
+    assert code == 0, err
+    assert results[0] == {"caught": "KeyError", "after": 16}
+    for rank in (1, 2, 3):
+        assert results[rank]["caught"].startswith("The pool was aborted: the main rank raised KeyError")
+
+
+# --- 4.2 Jobs: submit(), statuses, dependencies, results along them, payloads ---------------------
 
 
 def test_jobs_get_the_owner_args_and_kwargs_and_results_survive_close():
@@ -302,25 +741,6 @@ def test_a_failure_cancels_its_whole_downstream_and_nothing_else():
     assert isinstance(entry.__cause__, ValueError) and "disk full" in str(entry)
 
 
-def test_workflow_error_report_and_traceback_point_at_the_job():
-    with JobPool() as pool:
-        pool.submit(fail, args=("first",), name="loader")
-        downstream = pool.submit(add, args=(1,), deps=[pool.submit(fail, args=("second",), name="mesher")])
-        with pytest.raises(WorkflowError) as raised:
-            pool.execute()
-    message = raised.value.message
-    assert message.startswith("2 of 3 job(s) failed, 1 cancelled")
-    assert "'loader' failed on rank 0: ValueError: first" in message
-    assert "'mesher' failed on rank 0: ValueError: second" in message
-    text = "".join(traceback.format_exception(raised.value))
-    assert 'raise ValueError(message)' in text and "rank 0" in text
-    assert downstream.status is JobStatus.CANCELLED
-
-
-def keep(owner, *args, **kwargs):
-    return args, kwargs
-
-
 def test_default_job_names_show_function_and_short_arguments():
     with JobPool() as pool:
         plain = pool.submit(add, args=(1, 2))
@@ -332,16 +752,6 @@ def test_default_job_names_show_function_and_short_arguments():
     assert long.name.startswith("keep('xxxx") and len(long.name) < 80 and "b=[1, 2, 3, ...]" in long.name
     assert many.name == "keep(1, 2, 3, …)"
     assert named.name == "custom"
-
-
-def test_fail_fast_cancels_what_has_not_run():
-    ran = []
-    with JobPool(fail_fast=True) as pool:
-        pool.submit(fail)
-        later = [pool.submit(lambda o, i: ran.append(i), args=(i,)) for i in range(5)]
-        with pytest.raises(WorkflowError):
-            pool.execute()
-    assert ran == [] and {job.status for job in later} == {JobStatus.CANCELLED}
 
 
 def test_cancel_a_pending_job_and_its_dependents():
@@ -369,6 +779,241 @@ def test_deps_on_jobs_that_finished_in_an_earlier_execute():
     assert after_done.result == 2 and after_bad.status is JobStatus.CANCELLED
 
 
+@pytest.mark.parametrize(
+    "bad_dep, match",
+    [("not a job", "not a Job"), (None, "not a Job")],
+)
+def test_bad_dependencies_are_refused_at_submit(bad_dep, match):
+    with JobPool() as pool:
+        with pytest.raises(JobPoolError, match=match):
+            pool.submit(add, args=(1,), deps=[bad_dep])
+
+
+def test_a_dependency_from_another_pool_is_refused():
+    with JobPool() as other:
+        foreign = other.submit(add, args=(1,))
+    with JobPool() as pool:
+        with pytest.raises(JobPoolError, match="another pool"):
+            pool.submit(add, args=(1,), deps=[foreign])
+
+
+def test_a_job_that_calls_sys_exit_is_a_failed_job():
+    with JobPool() as pool:
+        quitter = pool.submit(lambda owner: sys.exit(4))
+        after = pool.submit(add, args=(1,))
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert quitter.status is JobStatus.FAILED and after.result == 1
+
+
+def test_jobs_run_in_the_thread_that_called_execute():
+    with JobPool() as pool:
+        job = pool.submit(lambda owner: threading.current_thread() is threading.main_thread())
+    assert job.result is True
+
+
+def test_jobs_stay_pending_until_the_pool_executes():
+    recorder = Recorder()
+    with JobPool() as pool:
+        pool.add_listener(recorder)
+        job = pool.submit(add, (1, 2), name="early")
+        assert job.status is JobStatus.PENDING
+        assert recorder.job_statuses("early") == []
+        pool.execute()
+        assert job.status is JobStatus.SUCCESS
+    added = [(r, s) for r, s, n in recorder.events if n == "early" and r is PoolProgressReason.JOB_ADDED]
+    assert added == [(PoolProgressReason.JOB_ADDED, PoolStatus.SCHEDULING)]  # the pool's status, never None
+    assert recorder.job_statuses("early") == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCESS]
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"args": "cortex"}, r"args='cortex' is not a tuple or list.*args=\('cortex',\)"),
+    ({"args": 5}, r"args=5 is not a tuple or list"),
+    ({"args": b"raw"}, r"is not a tuple or list"),
+    ({"kwargs": [("a", 1)]}, r"kwargs=.* is not a dict"),
+    ({"deps": 5}, r"deps=5 is not a list of Jobs"),
+])
+def test_submit_refuses_wrong_arguments_and_says_what_to_pass(kwargs, match):
+    with JobPool() as pool:
+        with pytest.raises(JobPoolError, match=match):
+            pool.submit(add, **kwargs)
+        single = pool.submit(add, (1,))
+        with pytest.raises(JobPoolError, match="is not a list of Jobs"):
+            pool.submit(add, (1,), deps=single)
+    assert pool.jobs == [single]
+
+
+def test_extra_keyword_arguments_are_the_jobs_context():
+    with JobPool() as pool:
+        job = pool.submit(keep, ("x",), submitter="placement", region="cortex")
+        plain = pool.submit(keep, ("y",))
+    assert job.context == {"submitter": "placement", "region": "cortex"}
+    assert job.result == (("x",), {})  # not passed to the job
+    assert plain.context == {}
+    assert pool.size == 1 and job.attempts == 1
+
+
+def test_a_job_interrupted_by_ctrl_c_is_aborted_and_nothing_else_runs():
+    def interrupt(owner):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with JobPool() as pool:
+            first = pool.submit(interrupt)
+            later = pool.submit(add, (1,))
+            pool.execute()
+    assert first.status is JobStatus.ABORTED
+    assert later.status in (JobStatus.CANCELLED, JobStatus.PENDING)
+    assert pool.snapshot().aborted == 1
+
+
+def test_the_pickler_falls_back_to_dill_without_cloudpickle(monkeypatch):
+    class FakeDill:
+        @staticmethod
+        def dumps(obj, protocol=None, buffer_callback=None):
+            return b"dill:" + repr(obj).encode()
+
+    real = bsb_mini._optional
+    monkeypatch.setattr(bsb_mini, "_optional",
+                        lambda name: None if name == "cloudpickle" else FakeDill if name == "dill" else real(name))
+    assert bsb_mini._dumps(lambda: 1).startswith(b"dill:")
+    assert pickle.loads(bsb_mini._dumps([1, 2])) == [1, 2]  # plain pickle first
+
+
+def test_jobs_given_as_arguments_are_dependencies_and_pass_their_results():
+    with JobPool() as pool:
+        a = pool.submit(add, (1, 2))
+        b = pool.submit(add, (a, 10))
+        c = pool.submit(total, ([a, b, 5],), {"scale": a})
+        d = pool.submit(keep, ((a, "x"),), {"tag": "plain"})
+        assert set(b.deps) == {a} and set(c.deps) == {a, b} and d.deps == (a,)
+        pool.execute()
+    assert (b.result, c.result) == (13, (3 + 13 + 5) * 3)
+    assert d.result == (((3, "x"),), {"tag": "plain"})
+    assert b.name == "add(add(1, 2), 10)"
+
+
+def test_jobs_of_another_pool_as_arguments_are_refused_like_deps():
+    with JobPool() as other:
+        foreign = other.submit(add, (1,))
+    with JobPool() as pool:
+        with pytest.raises(JobPoolError, match="a Job of another pool"):
+            pool.submit(add, (foreign, 1))
+        mine = pool.submit(add, (1,))
+        with pytest.raises(JobPoolError, match="deps=5 is not a list of Jobs"):
+            pool.submit(add, (mine, 1), deps=5)
+    assert pool.jobs == [mine]
+
+
+def test_a_failed_job_given_as_an_argument_cancels_its_consumer():
+    with JobPool() as pool:
+        bad = pool.submit(fail)
+        consumer = pool.submit(add, (bad, 1))
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert consumer.status is JobStatus.CANCELLED
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_jobs_run_on_workers_with_their_own_owner(n):
+    code, results, out, err = mpiexec(n, "where")
+    assert code == 0, err
+    ran_on = results[0]["ran_on"]
+    assert [value for _, _, value in ran_on] == list(range(40))
+    assert {rank for rank, _, _ in ran_on} <= set(range(1, n))
+    assert all(owner == f"owner-{rank}" for rank, owner, _ in ran_on)
+    assert results[0]["lam"][1:] == [f"owner-{results[0]['lam'][0]}", 42]  # a lambda, via cloudpickle
+    assert all(results[r] == {"statuses": ["PENDING"], "results": None} for r in range(1, n))
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_large_arguments_and_results_arrive_whole(n):
+    code, results, out, err = mpiexec(n, "big_payloads")
+    assert code == 0, err
+    assert results[0]["sizes"] == [2_000_000] * 12 and results[0]["back"] == [400_000] * 12
+    assert set(results[0]["ranks"]) <= set(range(1, n))
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_arrays_and_bytes_likes_cross_bit_for_bit_both_ways(n):
+    pytest.importorskip("numpy")  # a test extra; CI installs it, so this runs there
+    code, results, out, err = mpiexec(n, "arrays")
+    assert code == 0, err
+    arrived, returned = results[0]["arrived"], results[0]["returned"]
+    assert len(arrived) == mpi_scenarios.PAYLOADS and all(arrived), arrived  # checked on the worker
+    assert all(returned), returned  # checked on the main rank
+    status, error = results[0]["bad"]
+    assert status == "FAILED" and "'returns a lock'" in error and "cannot be sent back" in error
+
+
+@needs_mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["array", "bytearray"])
+def test_mpi_a_payload_above_2_gib_goes_to_a_worker_and_back(kind):
+    if kind == "array":
+        pytest.importorskip("numpy")  # a test extra; CI installs it, so this runs there
+    code, results, out, err = mpiexec(2, "huge", kind, timeout=240)
+    assert code == 0, err
+    assert results[0] == {"status": "SUCCESS", "type": "ndarray" if kind == "array" else "bytearray",
+                          "size": 2**31 + 4099, "same": True}
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_unpicklable_jobs_fail_alone(n):
+    code, results, out, err = mpiexec(n, "unpicklable")
+    assert code == 0, err
+    assert results[0]["bad"] == ["FAILED", "FAILED"] and set(results[0]["fine"]) == {"SUCCESS"}
+    parts = results[0]["parts"]
+    assert "cannot be sent to a worker" in parts[0] and "where(" in parts[0]
+    assert "give_lock()" in parts[1] and "cannot be sent back" in parts[1]
+    assert all(results[r]["parts"] == parts for r in range(n))
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_code_that_submits_on_every_rank_runs_each_job_once(n):
+    code, results, out, err = mpiexec(n, "every_rank_submits")
+    assert code == 0, err
+    assert results[0]["statuses"] == ["SUCCESS"] and set(results[0]["ran_on"]) <= set(range(1, n))
+    assert all(results[r]["statuses"] == ["PENDING"] for r in range(1, n))
+
+
+@needs_mpi
+def test_mpi_a_long_job_is_running_while_it_runs_and_cancel_keeps_its_result():
+    code, results, out, err = mpiexec(3, "running_while_it_runs", timeout=60)
+    assert code == 0, err
+    main = results[0]
+    assert main["statuses"] == ["QUEUED", "RUNNING", "SUCCESS"]
+    assert main["total"] - main["running_at"] > 0.5  # announced well before it ended
+    assert main["final"] == "SUCCESS" and main["result_rank"] in (1, 2)
+
+
+@needs_mpi
+def test_mpi_jobs_on_workers_when_the_main_rank_is_interrupted_end_aborted():
+    code, results, out, err = mpiexec(3, "interrupted_while_on_a_worker", timeout=60)
+    assert code == 0, err
+    assert results[0] == {"outcome": "KeyboardInterrupt", "statuses": ["ABORTED", "CANCELLED"], "after": 36}
+    for rank in (1, 2):
+        assert results[rank]["outcome"] == "The pool was aborted: the main rank raised KeyboardInterrupt."
+
+
+# --- 4.3 Running: execute(), the block's end, fail_fast, schedule(), ranks that fail --------------
+
+
+def test_fail_fast_cancels_what_has_not_run():
+    ran = []
+    with JobPool(fail_fast=True) as pool:
+        pool.submit(fail)
+        later = [pool.submit(lambda o, i: ran.append(i), args=(i,)) for i in range(5)]
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert ran == [] and {job.status for job in later} == {JobStatus.CANCELLED}
+
+
 def test_leaving_the_block_executes_and_an_exception_runs_nothing():
     with JobPool() as pool:
         job = pool.submit(add, args=(1,))
@@ -389,24 +1034,6 @@ def test_execute_then_leaving_the_block_announces_nothing_new():
     assert len(recorder.events) == count
 
 
-@pytest.mark.parametrize(
-    "bad_dep, match",
-    [("not a job", "not a Job"), (None, "not a Job")],
-)
-def test_bad_dependencies_are_refused_at_submit(bad_dep, match):
-    with JobPool() as pool:
-        with pytest.raises(JobPoolError, match=match):
-            pool.submit(add, args=(1,), deps=[bad_dep])
-
-
-def test_a_dependency_from_another_pool_is_refused():
-    with JobPool() as other:
-        foreign = other.submit(add, args=(1,))
-    with JobPool() as pool:
-        with pytest.raises(JobPoolError, match="another pool"):
-            pool.submit(add, args=(1,), deps=[foreign])
-
-
 def test_misuse_gets_a_clear_error():
     pool = JobPool()
     with pytest.raises(JobPoolError, match="not callable"):
@@ -419,64 +1046,6 @@ def test_misuse_gets_a_clear_error():
         pool.submit(add, args=(1,))
     with pytest.raises(JobPoolContextError):
         pool.execute()
-
-
-def test_a_job_that_calls_sys_exit_is_a_failed_job():
-    with JobPool() as pool:
-        quitter = pool.submit(lambda owner: sys.exit(4))
-        after = pool.submit(add, args=(1,))
-        with pytest.raises(WorkflowError):
-            pool.execute()
-    assert quitter.status is JobStatus.FAILED and after.result == 1
-
-
-def test_jobs_run_in_the_thread_that_called_execute():
-    with JobPool() as pool:
-        job = pool.submit(lambda owner: threading.current_thread() is threading.main_thread())
-    assert job.result is True
-
-
-def test_huge_pools_keep_their_jobs_out_of_the_gc_and_give_them_back(monkeypatch):
-    import gc
-
-    monkeypatch.setattr(bsb_mini, "_GC_FREEZE_EVERY", 100)
-    assert gc.get_freeze_count() == 0
-    with JobPool() as pool:
-        jobs = [pool.submit(add, args=(i,)) for i in range(250)]
-        assert gc.get_freeze_count() > 0  # frozen after 100 and 200 jobs
-    assert gc.get_freeze_count() == 0  # given back when the pool closed
-    assert [job.result for job in jobs] == list(range(250))
-
-
-def test_an_application_that_froze_the_gc_itself_is_left_alone(monkeypatch):
-    import gc
-
-    monkeypatch.setattr(bsb_mini, "_GC_FREEZE_EVERY", 100)
-    gc.freeze()
-    frozen = gc.get_freeze_count()
-    try:
-        with JobPool() as pool:
-            for i in range(250):
-                pool.submit(add, args=(i,))
-        assert gc.get_freeze_count() == frozen
-    finally:
-        gc.unfreeze()
-
-
-# --- schedule() and node-level depends_on ---
-
-
-class Node:
-    def __init__(self, name, depends_on=(), fail=False):
-        self.name, self.depends_on, self.fail = name, list(depends_on), fail
-
-    def queue(self, pool):
-        if self.fail:
-            raise RuntimeError(f"cannot place {self.name}")
-        pool.submit(add, args=(1,), name=self.name)
-
-    def __repr__(self):
-        return f"<Node {self.name}>"
 
 
 def test_schedule_skips_nodes_downstream_of_a_failed_node():
@@ -558,176 +1127,6 @@ def test_serial_schedule_takes_turns_with_the_jobs():
     assert [job.status for job in pool.jobs] == [JobStatus.SUCCESS] * 60
 
 
-# --- 5. listeners ---
-
-
-def test_the_seed_example_prints_elapsed_time(capsys):
-    from bsb_mini import PoolProgressReason, PoolStatus  # noqa: F401 (the example's own names)
-
-    _t = None
-
-    def report_time_elapsed(progress):
-        nonlocal _t
-        if progress.reason == PoolProgressReason.POOL_STATUS_CHANGE:
-            if progress.status == PoolStatus.SCHEDULING:
-                _t = time.time()
-            elif progress.status == PoolStatus.CLOSING:
-                print(f"Pool execution finished. {time.time() - _t:.0f} seconds elapsed.")
-
-    with create_job_pool(listeners=[report_time_elapsed]) as pool:
-        pool.submit(lambda owner: time.sleep(2))
-    assert capsys.readouterr().out == "Pool execution finished. 2 seconds elapsed.\n"
-
-
-def test_a_listener_can_handle_a_failure():
-    with create_job_pool(listeners=[Recorder(handle_failures=True)], quiet=True) as pool:
-        bad = pool.submit(fail)
-        dependent = pool.submit(add, args=(1,), deps=[bad])
-        pool.execute()  # no WorkflowError: handled
-    assert bad.status is JobStatus.FAILED and dependent.status is JobStatus.CANCELLED
-
-
-def test_a_raising_listener_does_not_stop_the_jobs():
-    def grumpy(progress):
-        if progress.reason is PoolProgressReason.JOB_STATUS_CHANGE and progress.status is JobStatus.SUCCESS:
-            raise OSError("listener disk full")
-
-    with create_job_pool(listeners=[grumpy], quiet=True) as pool:
-        jobs = [pool.submit(add, args=(i,)) for i in range(3)]
-        with pytest.raises(WorkflowError) as raised:
-            pool.execute()
-    assert [job.result for job in jobs] == [0, 1, 2]
-    assert len(raised.value.exceptions) == 3
-    assert all(isinstance(e.__cause__, OSError) for e in raised.value.exceptions)
-
-
-def test_context_manager_listeners_wrap_all_events():
-    log = []
-
-    class Wrapping:
-        def __enter__(self):
-            log.append("enter")
-
-        def __exit__(self, *exc):
-            log.append("exit")
-
-        def __call__(self, progress):
-            if progress.reason is PoolProgressReason.POOL_STATUS_CHANGE:
-                log.append(progress.status.name)
-
-    with create_job_pool(listeners=[Wrapping()], quiet=True) as pool:
-        pool.submit(add, args=(1,))
-    assert log == ["enter", "SCHEDULING", "EXECUTING", "CLOSING", "exit"]
-
-
-def test_max_wait_pings_arrive_while_a_long_job_runs():
-    pings = []
-
-    def listener(progress):
-        if progress.reason is PoolProgressReason.MAX_TIMEOUT_PING:
-            pings.append(progress.status)
-
-    with create_job_pool(listeners=[listener], max_wait=0.05, quiet=True) as pool:
-        pool.submit(lambda owner: time.sleep(0.6))
-    assert len(pings) >= 2 and set(pings) == {PoolStatus.EXECUTING}
-
-
-# --- progress people can watch ---
-
-
-class FakeTerminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def slow_jobs(pool, count=6, seconds=0.05):
-    return [pool.submit(lambda owner: time.sleep(seconds), name=f"slow{i}") for i in range(count)]
-
-
-def test_progress_on_a_terminal_is_one_refreshed_line(monkeypatch):
-    terminal = FakeTerminal()
-    report = bsb_mini._ProgressReport(stream=terminal)
-    with create_job_pool(quiet=True) as pool:
-        pool.add_listener(report)
-        slow_jobs(pool, seconds=0.1)  # 0.6 s: several refreshes at 10 a second
-        pool.submit(fail, name="the-bad-one")
-        with pytest.raises(WorkflowError):
-            pool.execute()
-    text = terminal.getvalue()
-    frames = text.split("\r")[1:]
-    assert len(frames) >= 2  # at least one live refresh and the summary
-    assert "/7 done" in frames[0] and "running" in frames[0] and "ETA" in frames[0]
-    assert text.endswith("\n") and text.count("\n") == 1
-    assert "finished with errors: 6/7 succeeded, 1 failed, 0 cancelled" in frames[-1]
-
-
-def run_python(code, timeout=60):
-    env = {**os.environ, "PYTHONPATH": str(HERE)}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          env=env, timeout=timeout)
-
-
-def test_progress_without_a_terminal_writes_plain_lines_to_stderr():
-    """A batch job that set up no logging still sees the lines, on stderr."""
-    out = run_python("""
-        import time, bsb_mini
-        with bsb_mini.create_job_pool() as pool:
-            for i in range(3):
-                pool.submit(lambda owner: time.sleep(0.05))
-    """)
-    err = out.stderr
-    lines = err.splitlines()
-    assert "\r" not in err
-    assert lines[0] == "[bsb_mini] executing 3 job(s) on 1 rank(s)"
-    assert lines[-1].startswith("[bsb_mini] finished: 3/3 succeeded, 0 failed, 0 cancelled in 0:00")
-    assert len(lines) == 2  # never a line per job
-
-
-def test_progress_goes_through_logging_when_the_application_configured_it(capsys, caplog):
-    caplog.set_level(logging.INFO, logger="bsb_mini")
-    with create_job_pool() as pool:
-        slow_jobs(pool, count=2, seconds=0)
-    messages = [r.getMessage() for r in caplog.records if r.name == "bsb_mini"]
-    assert messages[0] == "executing 2 job(s) on 1 rank(s)" and messages[-1].startswith("finished: 2/2")
-    assert "bsb_mini" not in capsys.readouterr().err  # not printed a second time
-
-
-def test_progress_logs_on_each_ping_in_a_batch_job():
-    out = run_python("""
-        import time, bsb_mini
-        with bsb_mini.create_job_pool(max_wait=0.1) as pool:
-            pool.submit(lambda owner: time.sleep(0.5))
-    """)
-    lines = out.stderr.splitlines()
-    assert any("0/1 done, 1 running" in line for line in lines[1:-1]), out.stderr
-
-
-# --- hypothesis: random graphs ---
-
-
-def earlier_indices(index):
-    """Up to 3 distinct positions before ``index``: the dependencies of a random graph."""
-    return st.lists(st.integers(0, index - 1), max_size=3, unique=True) if index else st.just([])
-
-
-@st.composite
-def job_graphs(draw):
-    """(dependencies, fails?) per job; about a quarter of the jobs fail."""
-    count = draw(st.integers(1, 40))
-    return [(draw(earlier_indices(i)), draw(st.booleans()) and draw(st.booleans())) for i in range(count)]
-
-
-def reference_outcome(graph):
-    """Independent computation: which jobs succeed, and their values."""
-    outcome = {}
-    for index, (deps, fails) in enumerate(graph):
-        if any(outcome[d] is None for d in deps) or fails:
-            outcome[index] = None
-        else:
-            outcome[index] = index + sum(outcome[d] for d in deps)
-    return outcome
-
-
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(job_graphs())
 def test_random_graphs_match_the_reference(graph):
@@ -766,16 +1165,6 @@ def test_random_graphs_match_the_reference(graph):
             assert job.status is JobStatus.CANCELLED and index not in started
 
 
-@st.composite
-def node_arrays(draw):
-    """Nodes in topological order; about one in six fails to schedule."""
-    nodes = []
-    for index in range(draw(st.integers(1, 25))):
-        deps = draw(earlier_indices(index))
-        nodes.append(Node(f"n{index}", [nodes[d] for d in deps], fail=draw(st.integers(0, 5)) == 0))
-    return nodes
-
-
 @settings(max_examples=100, deadline=None)
 @given(node_arrays(), st.randoms(use_true_random=False))
 def test_random_node_arrays_respect_depends_on(nodes, rng):
@@ -809,132 +1198,13 @@ def test_random_node_arrays_respect_depends_on(nodes, rng):
         assert pool.jobs == []
 
 
-# --- the command line ---
-
-
-def test_selftest_passes_in_this_context():
-    out = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest"], capture_output=True, text=True,
-                         cwd=HERE, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.strip().splitlines()[-1].startswith("selftest: 10 passed, 0 failed")
-
-
-def test_selftest_passes_without_mpi4py(tmp_path):
-    """The emulator path, in a fresh interpreter where mpi4py cannot be imported."""
-    (tmp_path / "mpi4py.py").write_text("raise ImportError('hidden for this test')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(HERE)])}
-    out = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest"], capture_output=True, text=True,
-                         env=env, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    assert "emulator" in out.stdout and "10 passed, 0 failed" in out.stdout
-
-
-def test_lab_against_another_version_times_both_side_by_side():
-    done = subprocess.run([sys.executable, "lab.py", "--smoke", "--json", "--against", str(HERE / "bsb_mini.py")],
-                          capture_output=True, text=True, cwd=HERE, timeout=120)
-    assert done.returncode == 0, done.stderr
-    rows = {row["workload"]: row for row in json.loads(done.stdout)["rows"]}
-    assert rows["serial independent: this version"]["ratio_to_floor"] > 0
-    assert set(rows) == {f"serial {label}: {who}" for label in ("independent", "DAG <=3 deps", "pool.map")
-                         for who in ("bsb_mini.py", "this version")}
-
-
-def test_bench_smoke_prints_the_pools_own_overhead_rows():
-    out = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke", "--json"], capture_output=True,
-                         text=True, cwd=HERE, timeout=300)
-    assert out.returncode == 0, out.stderr
-    rows = {row["workload"]: row for row in json.loads(out.stdout)["rows"]}
-    assert set(rows) == {"plain Python loop (the floor)", "serial, independent", "serial, DAG <=3 deps",
-                         "serial, pool.map"}
-    assert all(row["jobs"] == 200 and row["us_per_job"] > 0 for row in rows.values())
-    table = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke"], capture_output=True,
-                           text=True, cwd=HERE, timeout=300)
-    assert table.returncode == 0 and "serial, DAG <=3 deps" in table.stdout, table.stderr
-
-
-def test_lab_smoke_has_the_journal_and_scaling_rows():
-    out = subprocess.run([sys.executable, "lab.py", "--smoke", "--json"], capture_output=True, text=True,
-                         cwd=HERE, timeout=300)
-    assert out.returncode == 0, out.stderr
-    rows = {row["workload"]: row for row in json.loads(out.stdout)["rows"]}
-    assert rows["serial, independent"]["jobs"] == 200 and rows["serial, independent"]["us_per_job"] > 0
-    opened = [row for name, row in rows.items() if name.startswith("journal: open 20,000 records")]
-    assert len(opened) == 1 and opened[0]["efficiency"].endswith("s to open")  # else: BROKEN, records lost
-    assert any(name.startswith("journal: same DAG again, all restored") for name in rows)
-
-
-def readme_example(tmp_path):
-    text = (HERE / "README.md").read_text()
-    code = text.split("```python\n# example.py", 1)[1].split("```", 1)[0]
-    path = tmp_path / "example.py"
-    path.write_text("# example.py" + code)
-    return path
-
-
-def test_the_readme_example_runs_as_written(tmp_path):
-    out = subprocess.run([sys.executable, str(readme_example(tmp_path))], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=60)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout == "my scaffold placed cortex at density 2.0\n" \
-                         "my scaffold placed thalamus at density 2.0 SUCCESS on rank 0\n"
-
-
-# --- under a real mpiexec ---
-
-MPIEXEC = next((str(p) for p in [Path(sys.executable).with_name("mpiexec")] if p.exists()), None) or shutil.which(
-    "mpiexec"
-)
-try:
-    import mpi4py  # noqa: F401
-
-    HAVE_MPI4PY = True
-except ImportError:
-    HAVE_MPI4PY = False
-try:
-    import numpy  # noqa: F401
-except ImportError:
-    HAVE_NUMPY = False
-else:
-    HAVE_NUMPY = True
-needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIEXEC), reason="mpi4py and mpiexec are not installed")
-RANKS = [2, 3, 4]
-
-
-def mpiexec(n, *args, timeout=120, script=True, hide=()):
-    """Run ``mpiexec -n n`` and return (returncode, {rank: outcome}, stdout, stderr); a hang fails.
-
-    Outcomes are the ``rank<r>.json`` files of mpi_scenarios.py; other files the scenario
-    leaves in the folder come back under their names.
-
-    ``hide``: optional packages to make unimportable, as if not installed.
-    """
-    command = [MPIEXEC, "-n", str(n), sys.executable]
-    if args[:1] == ("--faults",):  # fault_scenarios.py run --seed S --pools P
-        command += [str(HERE / "fault_scenarios.py"), "run", "--seed", args[1], "--pools", args[2]]
-    else:
-        command += [str(HERE / "mpi_scenarios.py"), *args] if script else list(args)
-    folder = Path(tempfile.mkdtemp(prefix="bsb_mini_mpi_"))
-    for package in hide:
-        (folder / f"{package}.py").write_text(f"raise ImportError('{package} hidden by the test')\n")
-    path = os.pathsep.join([str(folder)] * bool(hide) + [str(HERE)])
-    env = {**os.environ, "PYTHONPATH": path, "UCX_LOG_LEVEL": "error", "BSB_SCENARIO_OUT": str(folder)}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               cwd=HERE, start_new_session=True)
-    try:
-        out, err = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        out, err = process.communicate()
-        pytest.fail(f"mpiexec -n {n} {' '.join(args)} hung for {timeout} s:\n{out}\n{err}")
-    results = {int(path.stem[4:]): json.loads(path.read_text()) for path in folder.glob("rank*.json")}
-    results.update({path.name: path.read_text() for path in folder.glob("*.txt")})
-    results.update({path.name: path.read_text() for path in folder.glob("faults*.json")})
-    shutil.rmtree(folder, ignore_errors=True)
-    return process.returncode, results, out, err
-
-
-def serial_graph_outcome(seed, count):
-    return mpi_scenarios.run_graph(mpi_scenarios.random_graph(seed, count))
+def test_failures_left_unraised_by_an_exception_in_the_block_are_logged(caplog):
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"), pytest.raises(KeyError):
+        with JobPool() as pool:
+            pool.submit(fail, name="bad")
+            list(pool.as_completed())
+            raise KeyError("my own trouble")
+    assert "KeyError" in caplog.text and "Job 'bad' failed" in caplog.text
 
 
 @needs_mpi
@@ -954,19 +1224,6 @@ def test_mpi_random_graph_matches_the_serial_run(n, seed):
 
 @needs_mpi
 @pytest.mark.parametrize("n", RANKS)
-def test_mpi_jobs_run_on_workers_with_their_own_owner(n):
-    code, results, out, err = mpiexec(n, "where")
-    assert code == 0, err
-    ran_on = results[0]["ran_on"]
-    assert [value for _, _, value in ran_on] == list(range(40))
-    assert {rank for rank, _, _ in ran_on} <= set(range(1, n))
-    assert all(owner == f"owner-{rank}" for rank, owner, _ in ran_on)
-    assert results[0]["lam"][1:] == [f"owner-{results[0]['lam'][0]}", 42]  # a lambda, via cloudpickle
-    assert all(results[r] == {"statuses": ["PENDING"], "results": None} for r in range(1, n))
-
-
-@needs_mpi
-@pytest.mark.parametrize("n", RANKS)
 def test_mpi_failure_is_raised_on_every_rank_with_the_same_report(n):
     code, results, out, err = mpiexec(n, "failure")
     assert code == 0, err
@@ -982,77 +1239,11 @@ def test_mpi_failure_is_raised_on_every_rank_with_the_same_report(n):
 
 @needs_mpi
 @pytest.mark.parametrize("n", RANKS)
-def test_mpi_large_arguments_and_results_arrive_whole(n):
-    code, results, out, err = mpiexec(n, "big_payloads")
-    assert code == 0, err
-    assert results[0]["sizes"] == [2_000_000] * 12 and results[0]["back"] == [400_000] * 12
-    assert set(results[0]["ranks"]) <= set(range(1, n))
-
-
-@needs_mpi
-@pytest.mark.parametrize("n", RANKS)
-def test_mpi_arrays_and_bytes_likes_cross_bit_for_bit_both_ways(n):
-    pytest.importorskip("numpy")  # a test extra; CI installs it, so this runs there
-    code, results, out, err = mpiexec(n, "arrays")
-    assert code == 0, err
-    arrived, returned = results[0]["arrived"], results[0]["returned"]
-    assert len(arrived) == mpi_scenarios.PAYLOADS and all(arrived), arrived  # checked on the worker
-    assert all(returned), returned  # checked on the main rank
-    status, error = results[0]["bad"]
-    assert status == "FAILED" and "'returns a lock'" in error and "cannot be sent back" in error
-
-
-@needs_mpi
-@pytest.mark.slow
-@pytest.mark.parametrize("kind", ["array", "bytearray"])
-def test_mpi_a_payload_above_2_gib_goes_to_a_worker_and_back(kind):
-    if kind == "array":
-        pytest.importorskip("numpy")  # a test extra; CI installs it, so this runs there
-    code, results, out, err = mpiexec(2, "huge", kind, timeout=240)
-    assert code == 0, err
-    assert results[0] == {"status": "SUCCESS", "type": "ndarray" if kind == "array" else "bytearray",
-                          "size": 2**31 + 4099, "same": True}
-
-
-@needs_mpi
-@pytest.mark.parametrize("n", RANKS)
-def test_mpi_unpicklable_jobs_fail_alone(n):
-    code, results, out, err = mpiexec(n, "unpicklable")
-    assert code == 0, err
-    assert results[0]["bad"] == ["FAILED", "FAILED"] and set(results[0]["fine"]) == {"SUCCESS"}
-    parts = results[0]["parts"]
-    assert "cannot be sent to a worker" in parts[0] and "where(" in parts[0]
-    assert "give_lock()" in parts[1] and "cannot be sent back" in parts[1]
-    assert all(results[r]["parts"] == parts for r in range(n))
-
-
-@needs_mpi
-@pytest.mark.parametrize("n", RANKS)
 def test_mpi_schedule_overlaps_execution(n):
     code, results, out, err = mpiexec(n, "overlap")
     assert code == 0, err
     assert results[0]["seen"] == {"first finished before last was scheduled": True}
     assert results[0]["statuses"] == {"first": "SUCCESS", "last": "SUCCESS"}
-
-
-@needs_mpi
-def test_mpi_seed_example_prints_once():
-    code, results, out, err = mpiexec(3, "seed")
-    assert code == 0, err
-    assert out.count("Pool execution finished. 2 seconds elapsed.") == 1
-    assert len(results) == 3
-
-
-@needs_mpi
-@pytest.mark.parametrize("n", RANKS)
-def test_mpi_listeners_get_pings_and_a_raising_listener_stops_nothing(n):
-    code, results, out, err = mpiexec(n, "listeners")
-    assert code == 0, err
-    assert results[0]["pings"] >= 3 and results[0]["ping_statuses"] == ["EXECUTING"]
-    assert results[0]["statuses"] == ["SUCCESS"] * 4
-    outcomes = [results[r]["outcome"] for r in range(n)]
-    assert all(o == outcomes[0] for o in outcomes) and len(outcomes[0]) == 4
-    assert all("OSError: listener cannot log" in text for text in outcomes[0])
 
 
 @needs_mpi
@@ -1076,46 +1267,6 @@ def test_mpi_fail_fast_stops_every_rank(n):
 
 @needs_mpi
 @pytest.mark.parametrize("n", RANKS)
-def test_mpi_code_that_submits_on_every_rank_runs_each_job_once(n):
-    code, results, out, err = mpiexec(n, "every_rank_submits")
-    assert code == 0, err
-    assert results[0]["statuses"] == ["SUCCESS"] and set(results[0]["ran_on"]) <= set(range(1, n))
-    assert all(results[r]["statuses"] == ["PENDING"] for r in range(1, n))
-
-
-@needs_mpi
-def test_mpi_pool_on_a_split_communicator():
-    code, results, out, err = mpiexec(4, "split_comm")
-    assert code == 0, err
-    statuses, values, _, _ = serial_graph_outcome(5, 50)
-    assert results[0]["results"] == values and results[1]["results"] == values
-    assert all(results[r]["ok"] for r in range(4))
-
-
-@needs_mpi
-@pytest.mark.parametrize("n", RANKS)
-def test_mpi_write_locks_never_overlap(n, tmp_path):
-    pytest.importorskip("mpilock")
-    path = tmp_path / "markers.txt"
-    code, results, out, err = mpiexec(n, "lock", str(path))
-    assert code == 0, err
-    assert {results[r]["kind"] for r in range(n)} == {"WindowController"}
-    lines = path.read_text().splitlines()
-    assert len(lines) == 2 * 20 * n
-    for start, end in zip(lines[::2], lines[1::2], strict=True):
-        assert start.startswith("start ") and end == "end " + start[len("start "):]
-
-
-@needs_mpi
-@pytest.mark.parametrize("n", RANKS)
-def test_mpi_selftest(n):
-    code, _, out, err = mpiexec(n, "-m", "bsb_mini", "selftest", script=False)
-    assert code == 0, out + err
-    assert f"selftest: 10 passed, 0 failed (MPI, {n} rank(s))" in out
-
-
-@needs_mpi
-@pytest.mark.parametrize("n", RANKS)
 def test_mpi_a_worker_that_raises_in_its_own_code_does_not_strand_the_others(n):
     code, results, out, err = mpiexec(n, "worker_raises")
     assert code == 0, err
@@ -1123,18 +1274,6 @@ def test_mpi_a_worker_that_raises_in_its_own_code_does_not_strand_the_others(n):
     assert "Rank 1 left the pool: RuntimeError: rank 1 could not read its input" in results[0]["outcome"]
     assert results[0]["statuses"] == ["SUCCESS"]  # its jobs ran elsewhere
     assert len(results) == n
-
-
-@needs_mpi
-def test_mpi_with_only_mpi4py_installed_selftest_and_readme_example_pass(tmp_path):
-    """`pip install mpi4py mpich` and nothing else: no cloudpickle, no mpilock."""
-    hidden = ("cloudpickle", "mpilock")
-    code, _, out, err = mpiexec(4, "-m", "bsb_mini", "selftest", script=False, hide=hidden)
-    assert code == 0, out + err
-    assert "selftest: 10 passed, 0 failed (MPI, 4 rank(s))" in out
-    code, _, out, err = mpiexec(4, str(readme_example(tmp_path)), script=False, hide=hidden)
-    assert code == 0, err
-    assert out.splitlines()[0] == "my scaffold placed cortex at density 2.0"
 
 
 @needs_mpi
@@ -1172,212 +1311,23 @@ def test_mpi_ctrl_c_on_the_launcher_ends_every_rank():
 
 
 @needs_mpi
-def test_mpi_the_readme_example_runs_as_written(tmp_path):
-    code, _, out, err = mpiexec(4, str(readme_example(tmp_path)), script=False)
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_ranks_may_call_execute_a_different_number_of_times(n):
+    code, results, out, err = mpiexec(n, "uneven_executes", timeout=60)
     assert code == 0, err
-    lines = out.splitlines()
-    assert lines[0] == "my scaffold placed cortex at density 2.0"
-    assert re.fullmatch(r"my scaffold placed thalamus at density 2.0 SUCCESS on rank [123]", lines[1])
-    assert len(lines) == 2  # printed once, by the main rank
+    assert results[0]["results"] == [i * i for i in range(13)]
+    assert len(results) == n
 
 
 @needs_mpi
-def test_mpi_bench_smoke():
-    code, _, out, err = mpiexec(3, "-m", "bsb_mini", "bench", "--smoke", "--json", script=False, timeout=300)
+@pytest.mark.parametrize(("n", "jobs"), [(5, 4), (3, 2)])
+def test_mpi_few_long_jobs_go_one_to_each_worker(n, jobs):
+    code, results, out, err = mpiexec(n, "balance", str(jobs), "0.5", timeout=60)
     assert code == 0, err
-    rows = {row["workload"]: row for row in json.loads(out)["rows"]}
-    assert rows["MPI, 2 worker(s), independent"]["jobs"] == 200
-    assert rows["bare mpi4py send/recv loop (the floor)"]["us_per_job"] > 0
+    assert results[0]["ranks"] == list(range(1, jobs + 1))  # no worker got two while another had none
 
 
-@needs_mpi
-def test_mpi_lab_smoke():
-    code, _, out, err = mpiexec(3, str(HERE / "lab.py"), "--smoke", "--json", script=False, timeout=300)
-    assert code == 0, err
-    rows = {row["workload"]: row for row in json.loads(out)["rows"]}
-    assert rows["MPI: independent"]["jobs"] == 200
-    if HAVE_NUMPY:  # a test extra; CI installs it, so this runs there
-        payloads = [row for name, row in rows.items() if name.startswith("payload: 8 x 1 MiB float64")]
-        assert len(payloads) == 2 and all("GB/s" in row["efficiency"] for row in payloads)
-
-
-# --- SPEC v2 semantics, serially ---
-
-
-def test_jobs_stay_pending_until_the_pool_executes():
-    recorder = Recorder()
-    with JobPool() as pool:
-        pool.add_listener(recorder)
-        job = pool.submit(add, (1, 2), name="early")
-        assert job.status is JobStatus.PENDING
-        assert recorder.job_statuses("early") == []
-        pool.execute()
-        assert job.status is JobStatus.SUCCESS
-    added = [(r, s) for r, s, n in recorder.events if n == "early" and r is PoolProgressReason.JOB_ADDED]
-    assert added == [(PoolProgressReason.JOB_ADDED, PoolStatus.SCHEDULING)]  # the pool's status, never None
-    assert recorder.job_statuses("early") == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCESS]
-
-
-def test_collectives_and_pools_inside_a_job_are_refused_serially_too():
-    with JobPool() as pool:
-        collective = pool.submit(mpi_scenarios.collective_job)
-        nested = pool.submit(mpi_scenarios.nested_pool_job)
-        fine = pool.submit(add, (1,))
-        with pytest.raises(WorkflowError):
-            pool.execute()
-    assert fine.result == 1
-    for job, what in ((collective, "MPI.bcast()"), (nested, "opening a JobPool")):
-        assert job.status is JobStatus.FAILED and isinstance(job.error, JobPoolError)
-        assert what in str(job.error) and "must not call MPI collectives" in str(job.error)
-    assert bsb_mini.MPI.bcast(7) == 7  # outside the pool they work again
-
-
-@pytest.mark.parametrize(("kwargs", "match"), [
-    ({"args": "cortex"}, r"args='cortex' is not a tuple or list.*args=\('cortex',\)"),
-    ({"args": 5}, r"args=5 is not a tuple or list"),
-    ({"args": b"raw"}, r"is not a tuple or list"),
-    ({"kwargs": [("a", 1)]}, r"kwargs=.* is not a dict"),
-    ({"deps": 5}, r"deps=5 is not a list of Jobs"),
-])
-def test_submit_refuses_wrong_arguments_and_says_what_to_pass(kwargs, match):
-    with JobPool() as pool:
-        with pytest.raises(JobPoolError, match=match):
-            pool.submit(add, **kwargs)
-        single = pool.submit(add, (1,))
-        with pytest.raises(JobPoolError, match="is not a list of Jobs"):
-            pool.submit(add, (1,), deps=single)
-    assert pool.jobs == [single]
-
-
-def test_extra_keyword_arguments_are_the_jobs_context():
-    with JobPool() as pool:
-        job = pool.submit(keep, ("x",), submitter="placement", region="cortex")
-        plain = pool.submit(keep, ("y",))
-    assert job.context == {"submitter": "placement", "region": "cortex"}
-    assert job.result == (("x",), {})  # not passed to the job
-    assert plain.context == {}
-    assert pool.size == 1 and job.attempts == 1
-
-
-def test_provide_warns_when_an_installed_package_breaks_on_import(tmp_path, monkeypatch, caplog):
-    (tmp_path / "broken_pkg_for_warning.py").write_text("raise RuntimeError('missing shared library')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
-        fallback = provide("broken_pkg_for_warning", ErrorModule("install broken_pkg_for_warning"))
-    assert "broken_pkg_for_warning" in caplog.text and "missing shared library" in caplog.text
-    with pytest.raises(DependencyError, match="installed but failed to import.*missing shared library"):
-        fallback.anything
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
-        assert provide("surely_not_installed_pkg", None) is None
-    assert caplog.text == ""  # a missing package is not a broken one
-
-
-def test_a_job_interrupted_by_ctrl_c_is_aborted_and_nothing_else_runs():
-    def interrupt(owner):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        with JobPool() as pool:
-            first = pool.submit(interrupt)
-            later = pool.submit(add, (1,))
-            pool.execute()
-    assert first.status is JobStatus.ABORTED
-    assert later.status in (JobStatus.CANCELLED, JobStatus.PENDING)
-    assert pool.snapshot().aborted == 1
-
-
-def test_blame_does_not_depend_on_whether_a_listener_handled_the_failure():
-    def run(handle):
-        with JobPool() as pool:
-            pool.add_listener(Recorder(handle_failures=handle))
-            late = pool.submit(fail, ("late",), name="late")
-            early = pool.submit(fail, ("early",), name="early")
-            both = pool.submit(add, (1,), deps=[late, early], name="both")
-            try:
-                pool.execute()
-            except WorkflowError:
-                pass
-        return str(both.error)
-
-    assert run(handle=True) == run(handle=False)
-    assert "'late'" in run(handle=True)  # the earliest-submitted failed dependency is to blame
-
-
-def test_snapshot_counts_what_a_progress_display_shows():
-    with JobPool() as pool:
-        bad = pool.submit(fail)
-        pool.submit(add, (1,), deps=[bad])
-        pool.submit(add, (2,))
-        with pytest.raises(WorkflowError):
-            pool.execute()
-    counts = pool.snapshot()
-    assert (counts.total, counts.done, counts.running, counts.succeeded, counts.failed, counts.cancelled) == (
-        3, 3, 0, 1, 1, 1)
-
-
-def test_the_pickler_falls_back_to_dill_without_cloudpickle(monkeypatch):
-    class FakeDill:
-        @staticmethod
-        def dumps(obj, protocol=None, buffer_callback=None):
-            return b"dill:" + repr(obj).encode()
-
-    real = bsb_mini._optional
-    monkeypatch.setattr(bsb_mini, "_optional",
-                        lambda name: None if name == "cloudpickle" else FakeDill if name == "dill" else real(name))
-    assert bsb_mini._dumps(lambda: 1).startswith(b"dill:")
-    assert pickle.loads(bsb_mini._dumps([1, 2])) == [1, 2]  # plain pickle first
-
-
-def test_command_line_help_and_unknown_commands():
-    done = subprocess.run([sys.executable, "-m", "bsb_mini", "--help"], capture_output=True, text=True, cwd=HERE)
-    assert done.returncode == 0 and "selftest" in done.stdout and "bench" in done.stdout
-    done = subprocess.run([sys.executable, "-m", "bsb_mini", "frobnicate"], capture_output=True, text=True, cwd=HERE)
-    assert done.returncode == 2 and "frobnicate" in done.stderr and "usage" in done.stderr
-    done = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest", "--fast"], capture_output=True, text=True,
-                          cwd=HERE)
-    assert done.returncode == 2 and "--fast" in done.stderr
-
-
-# --- dynamic work: results along dependencies, as_completed(), map() ---
-
-
-def total(owner, values, scale=1):
-    return sum(values) * scale
-
-
-def test_jobs_given_as_arguments_are_dependencies_and_pass_their_results():
-    with JobPool() as pool:
-        a = pool.submit(add, (1, 2))
-        b = pool.submit(add, (a, 10))
-        c = pool.submit(total, ([a, b, 5],), {"scale": a})
-        d = pool.submit(keep, ((a, "x"),), {"tag": "plain"})
-        assert set(b.deps) == {a} and set(c.deps) == {a, b} and d.deps == (a,)
-        pool.execute()
-    assert (b.result, c.result) == (13, (3 + 13 + 5) * 3)
-    assert d.result == (((3, "x"),), {"tag": "plain"})
-    assert b.name == "add(add(1, 2), 10)"
-
-
-def test_jobs_of_another_pool_as_arguments_are_refused_like_deps():
-    with JobPool() as other:
-        foreign = other.submit(add, (1,))
-    with JobPool() as pool:
-        with pytest.raises(JobPoolError, match="a Job of another pool"):
-            pool.submit(add, (foreign, 1))
-        mine = pool.submit(add, (1,))
-        with pytest.raises(JobPoolError, match="deps=5 is not a list of Jobs"):
-            pool.submit(add, (mine, 1), deps=5)
-    assert pool.jobs == [mine]
-
-
-def test_a_failed_job_given_as_an_argument_cancels_its_consumer():
-    with JobPool() as pool:
-        bad = pool.submit(fail)
-        consumer = pool.submit(add, (bad, 1))
-        with pytest.raises(WorkflowError):
-            pool.execute()
-    assert consumer.status is JobStatus.CANCELLED
+# --- 4.4 Dynamic work: submitting while running, as_completed(), map() ----------------------------
 
 
 def test_as_completed_yields_each_job_once_in_the_order_they_finish_and_accepts_new_work():
@@ -1445,15 +1395,6 @@ def test_failures_seen_only_by_as_completed_are_raised_when_the_block_ends():
     assert recorder.pool_statuses()[-1] is PoolStatus.CLOSING
 
 
-def test_failures_left_unraised_by_an_exception_in_the_block_are_logged(caplog):
-    with caplog.at_level(logging.WARNING, logger="bsb_mini"), pytest.raises(KeyError):
-        with JobPool() as pool:
-            pool.submit(fail, name="bad")
-            list(pool.as_completed())
-            raise KeyError("my own trouble")
-    assert "KeyError" in caplog.text and "Job 'bad' failed" in caplog.text
-
-
 def test_map_and_as_completed_outside_the_block_are_refused():
     pool = JobPool()
     with pytest.raises(JobPoolContextError, match="inside the pool's `with` block"):
@@ -1509,7 +1450,208 @@ def test_mpi_emcee_driven_by_the_pool_gives_the_same_chain():
     assert results[0]["ranks"] == [1, 2, 3]  # the walkers' log-probabilities ran on the workers
 
 
-# --- timeouts and retries ---
+# --- 4.5 The journal: resume after a crash or a walltime kill -------------------------------------
+
+
+def test_a_journal_restores_successes_in_a_new_process_with_another_hash_seed(tmp_path):
+    check_record_then_restore(tmp_path, n=1)
+
+
+def test_derived_keys_name_equal_calls_alike_and_others_apart(tmp_path):
+    class Thing:
+        def method(self, owner):
+            return 1
+
+    with JobPool(journal=tmp_path / "keys.journal") as pool:
+        one = pool.submit(keyed, ({"a": 1, "b": {2, 3}}, [None, 1.5, b"x"]), {"k": frozenset({"p", "q"})})
+        same = pool.submit(keyed, ({"b": {3, 2}, "a": 1}, [None, 1.5, b"x"]), {"k": frozenset({"q", "p"})})
+        other = pool.submit(keyed, ({"a": 1, "b": {2, 4}}, [None, 1.5, b"x"]), {"k": frozenset({"p", "q"})})
+        on_one = pool.submit(keyed, (one,))
+        on_other = pool.submit(keyed, (other,))
+        no_keys = [pool.submit(lambda owner: 1), pool.submit(Thing().method), pool.submit(keyed, (Thing(),)),
+                   pool.submit(keyed, deps=[pool.submit(keyed, (object(),))])]
+    assert one.key == same.key and one.key != other.key and one.key.startswith("test_bsb_mini.keyed:")
+    assert on_one.key != on_other.key  # a key includes its dependencies' keys
+    assert [job.key for job in no_keys] == [None] * 4
+    with JobPool() as pool:
+        assert pool.submit(keyed, (1,)).key is None  # no journal, no derived key
+        assert pool.submit(keyed, (1,), key="mine").key == "mine"
+
+
+@settings(max_examples=100, deadline=None)
+@given(plain_data, plain_data)
+def test_derived_keys_are_equal_exactly_for_equal_plain_data(first, second):
+    path = Path(tempfile.mkdtemp()) / "keys.journal"
+    with JobPool(journal=path) as pool:
+        a, b, c = (pool.submit(keyed, (value,)) for value in (first, reordered(first), second))
+    assert a.key is not None and a.key == b.key
+    assert (a.key == c.key) == (as_plain_data(first) == as_plain_data(second))
+
+
+def test_explicit_keys_must_be_strings_and_unique_in_a_pool(tmp_path):
+    with JobPool(journal=tmp_path / "j") as pool:
+        pool.submit(keyed, key="cells")
+        with pytest.raises(JobPoolError, match="key='cells' was given to another job"):
+            pool.submit(keyed, (2,), key="cells")
+        with pytest.raises(JobPoolError, match="key=7 is a int; pass a str"):
+            pool.submit(keyed, key=7)
+        pool.submit(keyed, (1,))
+        pool.submit(keyed, (1,))  # equal derived keys are fine
+
+
+def test_a_torn_journal_is_read_up_to_its_last_intact_frame(tmp_path, caplog):
+    path = tmp_path / "torn.journal"
+    journal_pool(path, [1, 2, 3])
+    intact = path.stat().st_size
+    journal_pool(path, [4, 5])  # a second frame
+    with open(path, "r+b") as file:
+        file.truncate(path.stat().st_size - 3)  # the kill tore the second frame
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
+        jobs = journal_pool(path, [1, 2, 3, 4, 5])
+    assert [job.status.name for job in jobs] == ["RESTORED"] * 3 + ["SUCCESS"] * 2
+    assert [job.result for job in jobs] == [1, 4, 9, 16, 25]
+    assert "cut short" in caplog.text and str(path) in caplog.text
+    with open(path, "ab") as file:
+        file.write(b"\x02garbage that is not a frame")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
+        jobs = journal_pool(path, [1, 4, 6])
+    assert [job.status.name for job in jobs] == ["RESTORED", "RESTORED", "SUCCESS"]
+    assert "Journal" in caplog.text and path.stat().st_size > intact
+
+
+def test_failures_and_unpicklable_results_are_not_recorded(tmp_path):
+    path = tmp_path / "j"
+    journal_pool(path, [1, 2], failing=[2])
+    with JobPool(journal=path) as pool:
+        lock = pool.submit(mpi_scenarios.give_lock)
+        exits = pool.submit(exits_when_pickled)  # its pickling raises SystemExit: not recorded, nothing stops
+    jobs = journal_pool(path, [1, 2])
+    assert [job.status.name for job in jobs] == ["RESTORED", "SUCCESS"]
+    with JobPool(journal=path) as pool:
+        again = [pool.submit(mpi_scenarios.give_lock), pool.submit(exits_when_pickled)]
+    assert {lock.status, exits.status, *(job.status for job in again)} == {JobStatus.SUCCESS}  # ran twice
+
+
+def test_a_file_that_is_not_a_journal_is_refused_by_name(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("my precious notes\n")
+    with pytest.raises(JobPoolError, match=f"{re.escape(str(path))} is not a bsb_mini journal"):
+        with JobPool(journal=path):
+            pass
+    assert path.read_text() == "my precious notes\n"
+
+
+def test_a_journal_that_cannot_be_opened_is_a_clear_error(tmp_path):
+    missing = tmp_path / "no such folder" / "run.journal"
+    with pytest.raises(JobPoolError, match=r"cannot be opened: FileNotFoundError.*a folder that exists"):
+        with JobPool(journal=missing):
+            pass
+    folder = tmp_path / "a folder"
+    folder.mkdir()
+    with pytest.raises(JobPoolError, match="cannot be opened: IsADirectoryError"):
+        with JobPool(journal=folder):
+            pass
+
+
+def test_as_completed_yields_restored_jobs(tmp_path):
+    path = tmp_path / "j"
+    journal_pool(path, [1, 2])
+    with JobPool(journal=path) as pool:
+        jobs = [pool.submit(mpi_scenarios.square, (value,)) for value in (1, 2, 3)]
+        finished = {job.result: job.status.name for job in pool.as_completed()}
+    assert finished == {1: "RESTORED", 4: "RESTORED", 9: "SUCCESS"} and len(jobs) == 3
+
+
+def test_one_pool_at_a_time_per_journal_and_a_killed_holder_leaves_it_usable(tmp_path):
+    path = tmp_path / "shared.journal"
+    with JobPool(journal=path):
+        with pytest.raises(JobPoolError, match="in use by another pool of this process"):
+            with JobPool(journal=path):
+                pass
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_JOURNAL, str(path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(HERE)})
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(JobPoolError, match=f"is in use by process {holder.pid} on "):
+            with JobPool(journal=path):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind
+        holder.wait()
+    assert Path(str(path) + ".lock").exists()
+    jobs = journal_pool(path, [3])  # usable at once
+    assert jobs[0].result == 9
+
+
+def test_the_summary_and_the_report_count_restored_jobs(tmp_path):
+    path = tmp_path / "j"
+    journal_pool(path, [1, 2])
+    terminal = io.StringIO()
+    with create_job_pool(journal=path, listeners=[bsb_mini._ProgressReport(stream=terminal)], quiet=True) as pool:
+        pool.submit(mpi_scenarios.square, (1,))
+        pool.submit(mpi_scenarios.square, (2,))
+        pool.submit(fail, ("new",))
+        with pytest.raises(WorkflowError, match=r"\(2 restored from the journal\)"):
+            pool.execute()
+    assert "2 restored from the journal" in terminal.getvalue()
+    assert pool.snapshot().restored == 2 and pool.snapshot().done == 3
+
+
+def test_restored_arrays_are_equal_and_writable(tmp_path):
+    numpy = pytest.importorskip("numpy")  # a test extra; CI installs it, so this runs there
+    path = tmp_path / "arrays.journal"
+    for _ in range(2):
+        with JobPool(journal=path) as pool:
+            job = pool.submit(mpi_scenarios.make_payload, (1,))
+    assert job.status is JobStatus.RESTORED
+    expected = mpi_scenarios.payload(1)
+    assert mpi_scenarios.same(expected, job.result) and job.result.flags.writeable
+    job.result[0, 0] = 5.0
+    assert isinstance(job.result, numpy.ndarray)
+
+
+@needs_mpi
+def test_mpi_a_journal_restores_successes_in_a_new_run(tmp_path):
+    check_record_then_restore(tmp_path, n=3)
+
+
+@needs_mpi
+def test_mpi_a_run_killed_with_sigkill_resumes_where_it_was(tmp_path):
+    journal, markers = tmp_path / "long.journal", tmp_path / "markers.txt"
+    command = [MPIEXEC, "-n", "3", sys.executable, str(HERE / "mpi_scenarios.py"), "long_run", str(journal),
+               str(markers), "120", "0.1"]
+    env = {**os.environ, "PYTHONPATH": str(HERE), "UCX_LOG_LEVEL": "error", "BSB_SCENARIO_OUT": str(tmp_path)}
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=HERE,
+                           start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not markers.exists() or markers.read_text().count("end") < 60):
+        time.sleep(0.05)
+    killed_at = time.time()
+    os.killpg(run.pid, signal.SIGKILL)  # the whole mpiexec: launcher and every rank
+    run.communicate()
+    finished_before = {line.split()[1] for line in markers.read_text().splitlines()
+                       if line.startswith("end ") and float(line.split()[2]) < killed_at - 1.5}
+    assert len(finished_before) >= 15
+    outcome, err = run_scenario("long_run", str(journal), str(markers), "120", "0.1", n=3, timeout=180)
+    assert outcome["total"] == sum(i * i for i in range(120)) and set(outcome["statuses"]) <= {"SUCCESS", "RESTORED"}
+    ran = starts(markers)
+    assert len(ran) == 120 and max(ran.values()) <= 2  # every job ran, none more than twice
+    assert all(ran[tag] == 1 for tag in finished_before)  # what finished a second before the kill was restored
+    assert outcome["restored"] >= len(finished_before)
+
+
+@needs_mpi
+def test_mpi_a_journal_in_use_is_an_error_on_every_rank_not_a_hang(tmp_path):
+    path = tmp_path / "busy.journal"
+    with JobPool(journal=path):  # this process holds it
+        code, results, out, err = mpiexec(3, "journal_in_use", str(path))
+    assert code == 0, err
+    assert results[0]["error"] == "JobPoolError" and "is in use by process" in results[0]["message"]
+    assert all(results[rank]["error"] in ("WorkflowError", "JobPoolError") for rank in (1, 2))
+
+
+# --- 4.6 Timeouts and retries ---------------------------------------------------------------------
 
 
 def test_timeouts_interrupt_sleeping_and_busy_jobs_serially():
@@ -1629,16 +1771,6 @@ def test_a_job_stuck_past_its_timeout_is_reported_by_name_while_it_runs(monkeypa
     assert isinstance(job.error, bsb_mini.JobTimeoutError)  # interrupted as soon as it let the signal in
 
 
-def test_progress_names_the_longest_running_job(monkeypatch):
-    monkeypatch.setattr(bsb_mini._ProgressReport, "LONG_JOB", 0.3)
-    terminal = FakeTerminal()
-    with create_job_pool(quiet=True) as pool:
-        pool.add_listener(bsb_mini._ProgressReport(stream=terminal))
-        pool.submit(mpi_scenarios.sleeper, (1.0,), name="slow one")
-    assert "longest: slow one on rank 0, 0:00" in terminal.getvalue()
-    assert pool.snapshot().longest is None  # nothing runs any more
-
-
 @needs_mpi
 def test_mpi_timeouts_interrupt_jobs_on_workers_and_retries_move_to_another_worker(tmp_path):
     code, results, out, err = mpiexec(3, "timeouts", str(tmp_path), timeout=60)
@@ -1672,7 +1804,258 @@ def test_mpi_a_stuck_job_is_reported_by_name_rank_and_time_while_the_pool_goes_o
     assert results[0]["status"] == "FAILED" and "timeout" in results[0]["error"]
 
 
-# --- randomized fault tests (fault_scenarios.py; its long mode is documented in the README) ---
+# --- 4.7 Errors: the WorkflowError report ---------------------------------------------------------
+
+
+def test_workflow_error_report_and_traceback_point_at_the_job():
+    with JobPool() as pool:
+        pool.submit(fail, args=("first",), name="loader")
+        downstream = pool.submit(add, args=(1,), deps=[pool.submit(fail, args=("second",), name="mesher")])
+        with pytest.raises(WorkflowError) as raised:
+            pool.execute()
+    message = raised.value.message
+    assert message.startswith("2 of 3 job(s) failed, 1 cancelled")
+    assert "'loader' failed on rank 0: ValueError: first" in message
+    assert "'mesher' failed on rank 0: ValueError: second" in message
+    text = "".join(traceback.format_exception(raised.value))
+    assert 'raise ValueError(message)' in text and "rank 0" in text
+    assert downstream.status is JobStatus.CANCELLED
+
+
+def test_blame_does_not_depend_on_whether_a_listener_handled_the_failure():
+    def run(handle):
+        with JobPool() as pool:
+            pool.add_listener(Recorder(handle_failures=handle))
+            late = pool.submit(fail, ("late",), name="late")
+            early = pool.submit(fail, ("early",), name="early")
+            both = pool.submit(add, (1,), deps=[late, early], name="both")
+            try:
+                pool.execute()
+            except WorkflowError:
+                pass
+        return str(both.error)
+
+    assert run(handle=True) == run(handle=False)
+    assert "'late'" in run(handle=True)  # the earliest-submitted failed dependency is to blame
+
+
+# --- 5. Listeners ---------------------------------------------------------------------------------
+
+
+def test_the_seed_example_prints_elapsed_time(capsys):
+    from bsb_mini import PoolProgressReason, PoolStatus  # noqa: F401 (the example's own names)
+
+    _t = None
+
+    def report_time_elapsed(progress):
+        nonlocal _t
+        if progress.reason == PoolProgressReason.POOL_STATUS_CHANGE:
+            if progress.status == PoolStatus.SCHEDULING:
+                _t = time.time()
+            elif progress.status == PoolStatus.CLOSING:
+                print(f"Pool execution finished. {time.time() - _t:.0f} seconds elapsed.")
+
+    with create_job_pool(listeners=[report_time_elapsed]) as pool:
+        pool.submit(lambda owner: time.sleep(2))
+    assert capsys.readouterr().out == "Pool execution finished. 2 seconds elapsed.\n"
+
+
+def test_a_listener_can_handle_a_failure():
+    with create_job_pool(listeners=[Recorder(handle_failures=True)], quiet=True) as pool:
+        bad = pool.submit(fail)
+        dependent = pool.submit(add, args=(1,), deps=[bad])
+        pool.execute()  # no WorkflowError: handled
+    assert bad.status is JobStatus.FAILED and dependent.status is JobStatus.CANCELLED
+
+
+def test_a_raising_listener_does_not_stop_the_jobs():
+    def grumpy(progress):
+        if progress.reason is PoolProgressReason.JOB_STATUS_CHANGE and progress.status is JobStatus.SUCCESS:
+            raise OSError("listener disk full")
+
+    with create_job_pool(listeners=[grumpy], quiet=True) as pool:
+        jobs = [pool.submit(add, args=(i,)) for i in range(3)]
+        with pytest.raises(WorkflowError) as raised:
+            pool.execute()
+    assert [job.result for job in jobs] == [0, 1, 2]
+    assert len(raised.value.exceptions) == 3
+    assert all(isinstance(e.__cause__, OSError) for e in raised.value.exceptions)
+
+
+def test_context_manager_listeners_wrap_all_events():
+    log = []
+
+    class Wrapping:
+        def __enter__(self):
+            log.append("enter")
+
+        def __exit__(self, *exc):
+            log.append("exit")
+
+        def __call__(self, progress):
+            if progress.reason is PoolProgressReason.POOL_STATUS_CHANGE:
+                log.append(progress.status.name)
+
+    with create_job_pool(listeners=[Wrapping()], quiet=True) as pool:
+        pool.submit(add, args=(1,))
+    assert log == ["enter", "SCHEDULING", "EXECUTING", "CLOSING", "exit"]
+
+
+def test_max_wait_pings_arrive_while_a_long_job_runs():
+    pings = []
+
+    def listener(progress):
+        if progress.reason is PoolProgressReason.MAX_TIMEOUT_PING:
+            pings.append(progress.status)
+
+    with create_job_pool(listeners=[listener], max_wait=0.05, quiet=True) as pool:
+        pool.submit(lambda owner: time.sleep(0.6))
+    assert len(pings) >= 2 and set(pings) == {PoolStatus.EXECUTING}
+
+
+@needs_mpi
+def test_mpi_seed_example_prints_once():
+    code, results, out, err = mpiexec(3, "seed")
+    assert code == 0, err
+    assert out.count("Pool execution finished. 2 seconds elapsed.") == 1
+    assert len(results) == 3
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_listeners_get_pings_and_a_raising_listener_stops_nothing(n):
+    code, results, out, err = mpiexec(n, "listeners")
+    assert code == 0, err
+    assert results[0]["pings"] >= 3 and results[0]["ping_statuses"] == ["EXECUTING"]
+    assert results[0]["statuses"] == ["SUCCESS"] * 4
+    outcomes = [results[r]["outcome"] for r in range(n)]
+    assert all(o == outcomes[0] for o in outcomes) and len(outcomes[0]) == 4
+    assert all("OSError: listener cannot log" in text for text in outcomes[0])
+
+
+# --- 6. Command line: selftest, bench, the lab, the README's example ------------------------------
+
+
+def test_selftest_passes_in_this_context():
+    out = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest"], capture_output=True, text=True,
+                         cwd=HERE, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.strip().splitlines()[-1].startswith("selftest: 10 passed, 0 failed")
+
+
+def test_selftest_passes_without_mpi4py(tmp_path):
+    """The emulator path, in a fresh interpreter where mpi4py cannot be imported."""
+    (tmp_path / "mpi4py.py").write_text("raise ImportError('hidden for this test')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(HERE)])}
+    out = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest"], capture_output=True, text=True,
+                         env=env, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "emulator" in out.stdout and "10 passed, 0 failed" in out.stdout
+
+
+def test_lab_against_another_version_times_both_side_by_side():
+    done = subprocess.run([sys.executable, "lab.py", "--smoke", "--json", "--against", str(HERE / "bsb_mini.py")],
+                          capture_output=True, text=True, cwd=HERE, timeout=120)
+    assert done.returncode == 0, done.stderr
+    rows = {row["workload"]: row for row in json.loads(done.stdout)["rows"]}
+    assert rows["serial independent: this version"]["ratio_to_floor"] > 0
+    assert set(rows) == {f"serial {label}: {who}" for label in ("independent", "DAG <=3 deps", "pool.map")
+                         for who in ("bsb_mini.py", "this version")}
+
+
+def test_bench_smoke_prints_the_pools_own_overhead_rows():
+    out = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke", "--json"], capture_output=True,
+                         text=True, cwd=HERE, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {row["workload"]: row for row in json.loads(out.stdout)["rows"]}
+    assert set(rows) == {"plain Python loop (the floor)", "serial, independent", "serial, DAG <=3 deps",
+                         "serial, pool.map"}
+    assert all(row["jobs"] == 200 and row["us_per_job"] > 0 for row in rows.values())
+    table = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke"], capture_output=True,
+                           text=True, cwd=HERE, timeout=300)
+    assert table.returncode == 0 and "serial, DAG <=3 deps" in table.stdout, table.stderr
+
+
+def test_lab_smoke_has_the_journal_and_scaling_rows():
+    out = subprocess.run([sys.executable, "lab.py", "--smoke", "--json"], capture_output=True, text=True,
+                         cwd=HERE, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {row["workload"]: row for row in json.loads(out.stdout)["rows"]}
+    assert rows["serial, independent"]["jobs"] == 200 and rows["serial, independent"]["us_per_job"] > 0
+    opened = [row for name, row in rows.items() if name.startswith("journal: open 20,000 records")]
+    assert len(opened) == 1 and opened[0]["efficiency"].endswith("s to open")  # else: BROKEN, records lost
+    assert any(name.startswith("journal: same DAG again, all restored") for name in rows)
+
+
+def test_the_readme_example_runs_as_written(tmp_path):
+    out = subprocess.run([sys.executable, str(readme_example(tmp_path))], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "my scaffold placed cortex at density 2.0\n" \
+                         "my scaffold placed thalamus at density 2.0 SUCCESS on rank 0\n"
+
+
+def test_command_line_help_and_unknown_commands():
+    done = subprocess.run([sys.executable, "-m", "bsb_mini", "--help"], capture_output=True, text=True, cwd=HERE)
+    assert done.returncode == 0 and "selftest" in done.stdout and "bench" in done.stdout
+    done = subprocess.run([sys.executable, "-m", "bsb_mini", "frobnicate"], capture_output=True, text=True, cwd=HERE)
+    assert done.returncode == 2 and "frobnicate" in done.stderr and "usage" in done.stderr
+    done = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest", "--fast"], capture_output=True, text=True,
+                          cwd=HERE)
+    assert done.returncode == 2 and "--fast" in done.stderr
+
+
+@needs_mpi
+@pytest.mark.parametrize("n", RANKS)
+def test_mpi_selftest(n):
+    code, _, out, err = mpiexec(n, "-m", "bsb_mini", "selftest", script=False)
+    assert code == 0, out + err
+    assert f"selftest: 10 passed, 0 failed (MPI, {n} rank(s))" in out
+
+
+@needs_mpi
+def test_mpi_with_only_mpi4py_installed_selftest_and_readme_example_pass(tmp_path):
+    """`pip install mpi4py mpich` and nothing else: no cloudpickle, no mpilock."""
+    hidden = ("cloudpickle", "mpilock")
+    code, _, out, err = mpiexec(4, "-m", "bsb_mini", "selftest", script=False, hide=hidden)
+    assert code == 0, out + err
+    assert "selftest: 10 passed, 0 failed (MPI, 4 rank(s))" in out
+    code, _, out, err = mpiexec(4, str(readme_example(tmp_path)), script=False, hide=hidden)
+    assert code == 0, err
+    assert out.splitlines()[0] == "my scaffold placed cortex at density 2.0"
+
+
+@needs_mpi
+def test_mpi_the_readme_example_runs_as_written(tmp_path):
+    code, _, out, err = mpiexec(4, str(readme_example(tmp_path)), script=False)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "my scaffold placed cortex at density 2.0"
+    assert re.fullmatch(r"my scaffold placed thalamus at density 2.0 SUCCESS on rank [123]", lines[1])
+    assert len(lines) == 2  # printed once, by the main rank
+
+
+@needs_mpi
+def test_mpi_bench_smoke():
+    code, _, out, err = mpiexec(3, "-m", "bsb_mini", "bench", "--smoke", "--json", script=False, timeout=300)
+    assert code == 0, err
+    rows = {row["workload"]: row for row in json.loads(out)["rows"]}
+    assert rows["MPI, 2 worker(s), independent"]["jobs"] == 200
+    assert rows["bare mpi4py send/recv loop (the floor)"]["us_per_job"] > 0
+
+
+@needs_mpi
+def test_mpi_lab_smoke():
+    code, _, out, err = mpiexec(3, str(HERE / "lab.py"), "--smoke", "--json", script=False, timeout=300)
+    assert code == 0, err
+    rows = {row["workload"]: row for row in json.loads(out)["rows"]}
+    assert rows["MPI: independent"]["jobs"] == 200
+    if HAVE_NUMPY:  # a test extra; CI installs it, so this runs there
+        payloads = [row for name, row in rows.items() if name.startswith("payload: 8 x 1 MiB float64")]
+        assert len(payloads) == 2 and all("GB/s" in row["efficiency"] for row in payloads)
+
+
+# --- Randomized fault tests (fault_scenarios.py; its long mode is documented in the README) -------
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -1692,382 +2075,3 @@ def test_mpi_random_faults_many_pools_in_one_process(n, seed):
     problems = [problem for summary in summaries for problem in json.loads(summary)["problems"]]
     assert problems == [] and code == 0, "\n".join(problems[:5]) + err[-3000:]
     assert {json.loads(summary)["pools"] for summary in summaries} == {150}
-
-
-# --- the issue's reproductions under mpiexec ---
-
-
-@needs_mpi
-def test_mpi_five_pools_in_a_row_after_the_main_rank_raised_in_the_first():
-    code, results, out, err = mpiexec(4, "five_pools")
-    assert code == 0, err
-    assert results[0]["outcomes"][0] == "KeyError"
-    assert results[0]["outcomes"][1:] == [[(10 * n + i) ** 2 for i in range(6)] for n in range(1, 5)]
-    for rank in (1, 2, 3):
-        assert results[rank]["outcomes"][0].startswith("WorkflowError: The pool was aborted: the main rank raised")
-        assert results[rank]["outcomes"][1:] == ["ok"] * 4
-
-
-@needs_mpi
-@pytest.mark.parametrize("n", RANKS)
-def test_mpi_ranks_may_call_execute_a_different_number_of_times(n):
-    code, results, out, err = mpiexec(n, "uneven_executes", timeout=60)
-    assert code == 0, err
-    assert results[0]["results"] == [i * i for i in range(13)]
-    assert len(results) == n
-
-
-@needs_mpi
-def test_mpi_a_worker_that_catches_the_abort_leaves_its_block_and_the_next_pool_works():
-    code, results, out, err = mpiexec(4, "worker_catches_abort", timeout=60)
-    assert code == 0, err
-    assert results[0] == {"caught": "KeyError", "after": 16}
-    for rank in (1, 2, 3):
-        assert results[rank]["caught"].startswith("The pool was aborted: the main rank raised KeyError")
-
-
-@needs_mpi
-def test_mpi_a_long_job_is_running_while_it_runs_and_cancel_keeps_its_result():
-    code, results, out, err = mpiexec(3, "running_while_it_runs", timeout=60)
-    assert code == 0, err
-    main = results[0]
-    assert main["statuses"] == ["QUEUED", "RUNNING", "SUCCESS"]
-    assert main["total"] - main["running_at"] > 0.5  # announced well before it ended
-    assert main["final"] == "SUCCESS" and main["result_rank"] in (1, 2)
-
-
-@needs_mpi
-@pytest.mark.parametrize(("n", "jobs"), [(5, 4), (3, 2)])
-def test_mpi_few_long_jobs_go_one_to_each_worker(n, jobs):
-    code, results, out, err = mpiexec(n, "balance", str(jobs), "0.5", timeout=60)
-    assert code == 0, err
-    assert results[0]["ranks"] == list(range(1, jobs + 1))  # no worker got two while another had none
-
-
-@needs_mpi
-def test_mpi_collectives_and_pools_inside_jobs_fail_the_job_instead_of_hanging():
-    code, results, out, err = mpiexec(3, "collectives_in_jobs", timeout=60)
-    assert code == 0, err
-    bcast, nested = results[0]["errors"]
-    assert "MPI.bcast()" in bcast and "must not call MPI collectives" in bcast
-    assert "opening a JobPool" in nested
-    assert results[0]["fine"] == 25 and results[1]["size"] == 2
-
-
-@needs_mpi
-def test_mpi_jobs_on_workers_when_the_main_rank_is_interrupted_end_aborted():
-    code, results, out, err = mpiexec(3, "interrupted_while_on_a_worker", timeout=60)
-    assert code == 0, err
-    assert results[0] == {"outcome": "KeyboardInterrupt", "statuses": ["ABORTED", "CANCELLED"], "after": 36}
-    for rank in (1, 2):
-        assert results[rank]["outcome"] == "The pool was aborted: the main rank raised KeyboardInterrupt."
-
-
-# --- the journal: resume after a crash or a walltime kill (SPEC 4.5) ---
-
-
-def run_scenario(*args, n=1, seed="0", hide=(), timeout=120):
-    """``mpi_scenarios.py`` run in a new process (under ``mpiexec -n n`` when n > 1); rank 0's outcome."""
-    if n > 1:
-        code, results, out, err = mpiexec(n, *args, hide=hide, timeout=timeout)
-        assert code == 0, err
-        return results[0], err
-    folder = Path(tempfile.mkdtemp(prefix="bsb_mini_serial_"))
-    for package in hide:
-        (folder / f"{package}.py").write_text(f"raise ImportError('{package} hidden by the test')\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(folder), str(HERE)]), "PYTHONHASHSEED": seed,
-           "BSB_SCENARIO_OUT": str(folder)}
-    done = subprocess.run([sys.executable, str(HERE / "mpi_scenarios.py"), *args], capture_output=True, text=True,
-                          env=env, cwd=HERE, timeout=timeout)
-    assert done.returncode == 0, done.stderr
-    outcome = json.loads((folder / "rank0.json").read_text())
-    shutil.rmtree(folder, ignore_errors=True)
-    return outcome, done.stderr
-
-
-def starts(markers):
-    """How many times each tag started, from the markers file that mpi_scenarios.counted() appends to."""
-    counts = {}
-    for line in Path(markers).read_text().splitlines():
-        kind, rest = line.split(" ", 1)
-        if kind == "start":
-            tag = rest.rsplit(" ", 1)[0]
-            counts[tag] = counts.get(tag, 0) + 1
-    return counts
-
-
-def check_record_then_restore(tmp_path, n):
-    journal, markers, flag = tmp_path / "run.journal", tmp_path / "markers.txt", tmp_path / "flag"
-    flag.touch()  # the first run: "flaky" fails, so "after flaky" is cancelled
-    first, _ = run_scenario("journal", str(journal), str(markers), "ab", str(flag), n=n, seed="1", hide=("sqlite3",))
-    flag.unlink()
-    second, _ = run_scenario("journal", str(journal), str(markers), "ba", str(flag), n=n, seed="2",
-                             hide=("sqlite3",))
-    assert first["statuses"]["flaky"] == "FAILED" and first["statuses"]["after flaky"] == "CANCELLED"
-    assert first["restored"] == 0
-    restored = {"plain0", "plain1", "plain2", "plain3", "plain4", "mixed", "total", "explicit", "blob"}
-    assert {name for name, status in second["statuses"].items() if status == "RESTORED"} == restored
-    assert {second["statuses"][name] for name in ("opaque", "flaky", "after flaky")} == {"SUCCESS"}
-    assert second["restored"] == len(restored) == second["events"]  # each one announced as RESTORED
-    assert second["keys"] == first["keys"]  # another hash seed, dicts built in another order: the same keys
-    assert second["keys"]["explicit"] == "my key" and second["keys"]["opaque"] is None
-    for name in restored:
-        assert second["results"][name] == first["results"][name], name
-    assert second["blob_writable"] and second["failure"] is None
-    ran = starts(markers)
-    assert all(ran[f"plain{i}"] == 1 for i in range(5)) and ran["mixed"] == ran["explicit"] == ran["blob"] == 1
-    assert ran["opaque"] == 2 and ran["flaky"] == 2  # no key; failed: not recorded
-    assert ran["after flaky"] == 1  # cancelled the first time, ran the second
-
-
-def test_a_journal_restores_successes_in_a_new_process_with_another_hash_seed(tmp_path):
-    check_record_then_restore(tmp_path, n=1)
-
-
-@needs_mpi
-def test_mpi_a_journal_restores_successes_in_a_new_run(tmp_path):
-    check_record_then_restore(tmp_path, n=3)
-
-
-def keyed(owner, *args, **kwargs):
-    return args
-
-
-def test_derived_keys_name_equal_calls_alike_and_others_apart(tmp_path):
-    class Thing:
-        def method(self, owner):
-            return 1
-
-    with JobPool(journal=tmp_path / "keys.journal") as pool:
-        one = pool.submit(keyed, ({"a": 1, "b": {2, 3}}, [None, 1.5, b"x"]), {"k": frozenset({"p", "q"})})
-        same = pool.submit(keyed, ({"b": {3, 2}, "a": 1}, [None, 1.5, b"x"]), {"k": frozenset({"q", "p"})})
-        other = pool.submit(keyed, ({"a": 1, "b": {2, 4}}, [None, 1.5, b"x"]), {"k": frozenset({"p", "q"})})
-        on_one = pool.submit(keyed, (one,))
-        on_other = pool.submit(keyed, (other,))
-        no_keys = [pool.submit(lambda owner: 1), pool.submit(Thing().method), pool.submit(keyed, (Thing(),)),
-                   pool.submit(keyed, deps=[pool.submit(keyed, (object(),))])]
-    assert one.key == same.key and one.key != other.key and one.key.startswith("test_bsb_mini.keyed:")
-    assert on_one.key != on_other.key  # a key includes its dependencies' keys
-    assert [job.key for job in no_keys] == [None] * 4
-    with JobPool() as pool:
-        assert pool.submit(keyed, (1,)).key is None  # no journal, no derived key
-        assert pool.submit(keyed, (1,), key="mine").key == "mine"
-
-
-plain_data = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5)
-    | st.binary(max_size=5),
-    lambda inner: st.lists(inner, max_size=4) | st.tuples(inner, inner)
-    | st.dictionaries(st.text(max_size=3), inner, max_size=4) | st.frozensets(st.integers(), max_size=4),
-    max_leaves=12,
-)
-
-
-def reordered(value):
-    """The same value, with every dict built in the reverse order."""
-    if isinstance(value, dict):
-        return {key: reordered(value[key]) for key in reversed(list(value))}
-    if isinstance(value, (list, tuple)):
-        return type(value)(reordered(item) for item in value)
-    return value
-
-
-@settings(max_examples=100, deadline=None)
-@given(plain_data, plain_data)
-def test_derived_keys_are_equal_exactly_for_equal_plain_data(first, second):
-    path = Path(tempfile.mkdtemp()) / "keys.journal"
-    with JobPool(journal=path) as pool:
-        a, b, c = (pool.submit(keyed, (value,)) for value in (first, reordered(first), second))
-    assert a.key is not None and a.key == b.key
-    assert (a.key == c.key) == (as_plain_data(first) == as_plain_data(second))
-
-
-def as_plain_data(value):
-    """What equal plain data has in common: types and values, dicts and sets in sorted order."""
-    if isinstance(value, dict):
-        return ("dict", sorted((as_plain_data(key), as_plain_data(item)) for key, item in value.items()))
-    if isinstance(value, (set, frozenset)):
-        return (type(value).__name__, sorted(as_plain_data(item) for item in value))
-    if isinstance(value, (list, tuple)):
-        return (type(value).__name__, [as_plain_data(item) for item in value])
-    return (type(value).__name__, repr(value))
-
-
-def test_explicit_keys_must_be_strings_and_unique_in_a_pool(tmp_path):
-    with JobPool(journal=tmp_path / "j") as pool:
-        pool.submit(keyed, key="cells")
-        with pytest.raises(JobPoolError, match="key='cells' was given to another job"):
-            pool.submit(keyed, (2,), key="cells")
-        with pytest.raises(JobPoolError, match="key=7 is a int; pass a str"):
-            pool.submit(keyed, key=7)
-        pool.submit(keyed, (1,))
-        pool.submit(keyed, (1,))  # equal derived keys are fine
-
-
-def journal_pool(path, values, failing=(), result=lambda value: value * 10):
-    with JobPool(journal=path) as pool:
-        jobs = [pool.submit(mpi_scenarios.square if value not in failing else fail, (value,)) for value in values]
-        try:
-            pool.execute()
-        except WorkflowError:
-            pass
-    return jobs
-
-
-def test_a_torn_journal_is_read_up_to_its_last_intact_frame(tmp_path, caplog):
-    path = tmp_path / "torn.journal"
-    journal_pool(path, [1, 2, 3])
-    intact = path.stat().st_size
-    journal_pool(path, [4, 5])  # a second frame
-    with open(path, "r+b") as file:
-        file.truncate(path.stat().st_size - 3)  # the kill tore the second frame
-    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
-        jobs = journal_pool(path, [1, 2, 3, 4, 5])
-    assert [job.status.name for job in jobs] == ["RESTORED"] * 3 + ["SUCCESS"] * 2
-    assert [job.result for job in jobs] == [1, 4, 9, 16, 25]
-    assert "cut short" in caplog.text and str(path) in caplog.text
-    with open(path, "ab") as file:
-        file.write(b"\x02garbage that is not a frame")
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="bsb_mini"):
-        jobs = journal_pool(path, [1, 4, 6])
-    assert [job.status.name for job in jobs] == ["RESTORED", "RESTORED", "SUCCESS"]
-    assert "Journal" in caplog.text and path.stat().st_size > intact
-
-
-def exits_when_pickled(owner):
-    return fault_scenarios.ExitsWhenPickled()
-
-
-def test_failures_and_unpicklable_results_are_not_recorded(tmp_path):
-    path = tmp_path / "j"
-    journal_pool(path, [1, 2], failing=[2])
-    with JobPool(journal=path) as pool:
-        lock = pool.submit(mpi_scenarios.give_lock)
-        exits = pool.submit(exits_when_pickled)  # its pickling raises SystemExit: not recorded, nothing stops
-    jobs = journal_pool(path, [1, 2])
-    assert [job.status.name for job in jobs] == ["RESTORED", "SUCCESS"]
-    with JobPool(journal=path) as pool:
-        again = [pool.submit(mpi_scenarios.give_lock), pool.submit(exits_when_pickled)]
-    assert {lock.status, exits.status, *(job.status for job in again)} == {JobStatus.SUCCESS}  # ran twice
-
-
-def test_a_file_that_is_not_a_journal_is_refused_by_name(tmp_path):
-    path = tmp_path / "notes.txt"
-    path.write_text("my precious notes\n")
-    with pytest.raises(JobPoolError, match=f"{re.escape(str(path))} is not a bsb_mini journal"):
-        with JobPool(journal=path):
-            pass
-    assert path.read_text() == "my precious notes\n"
-
-
-def test_a_journal_that_cannot_be_opened_is_a_clear_error(tmp_path):
-    missing = tmp_path / "no such folder" / "run.journal"
-    with pytest.raises(JobPoolError, match=r"cannot be opened: FileNotFoundError.*a folder that exists"):
-        with JobPool(journal=missing):
-            pass
-    folder = tmp_path / "a folder"
-    folder.mkdir()
-    with pytest.raises(JobPoolError, match="cannot be opened: IsADirectoryError"):
-        with JobPool(journal=folder):
-            pass
-
-
-def test_as_completed_yields_restored_jobs(tmp_path):
-    path = tmp_path / "j"
-    journal_pool(path, [1, 2])
-    with JobPool(journal=path) as pool:
-        jobs = [pool.submit(mpi_scenarios.square, (value,)) for value in (1, 2, 3)]
-        finished = {job.result: job.status.name for job in pool.as_completed()}
-    assert finished == {1: "RESTORED", 4: "RESTORED", 9: "SUCCESS"} and len(jobs) == 3
-
-
-HOLD_JOURNAL = """
-import sys, time, bsb_mini
-with bsb_mini.JobPool(journal=sys.argv[1]) as pool:
-    print("holding", flush=True)
-    time.sleep(60)
-"""
-
-
-def test_one_pool_at_a_time_per_journal_and_a_killed_holder_leaves_it_usable(tmp_path):
-    path = tmp_path / "shared.journal"
-    with JobPool(journal=path):
-        with pytest.raises(JobPoolError, match="in use by another pool of this process"):
-            with JobPool(journal=path):
-                pass
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_JOURNAL, str(path)], stdout=subprocess.PIPE, text=True,
-                              env={**os.environ, "PYTHONPATH": str(HERE)})
-    try:
-        assert holder.stdout.readline().strip() == "holding"
-        with pytest.raises(JobPoolError, match=f"is in use by process {holder.pid} on "):
-            with JobPool(journal=path):
-                pass
-    finally:
-        holder.kill()  # SIGKILL: its lock file stays behind
-        holder.wait()
-    assert Path(str(path) + ".lock").exists()
-    jobs = journal_pool(path, [3])  # usable at once
-    assert jobs[0].result == 9
-
-
-def test_the_summary_and_the_report_count_restored_jobs(tmp_path):
-    path = tmp_path / "j"
-    journal_pool(path, [1, 2])
-    terminal = io.StringIO()
-    with create_job_pool(journal=path, listeners=[bsb_mini._ProgressReport(stream=terminal)], quiet=True) as pool:
-        pool.submit(mpi_scenarios.square, (1,))
-        pool.submit(mpi_scenarios.square, (2,))
-        pool.submit(fail, ("new",))
-        with pytest.raises(WorkflowError, match=r"\(2 restored from the journal\)"):
-            pool.execute()
-    assert "2 restored from the journal" in terminal.getvalue()
-    assert pool.snapshot().restored == 2 and pool.snapshot().done == 3
-
-
-def test_restored_arrays_are_equal_and_writable(tmp_path):
-    numpy = pytest.importorskip("numpy")  # a test extra; CI installs it, so this runs there
-    path = tmp_path / "arrays.journal"
-    for _ in range(2):
-        with JobPool(journal=path) as pool:
-            job = pool.submit(mpi_scenarios.make_payload, (1,))
-    assert job.status is JobStatus.RESTORED
-    expected = mpi_scenarios.payload(1)
-    assert mpi_scenarios.same(expected, job.result) and job.result.flags.writeable
-    job.result[0, 0] = 5.0
-    assert isinstance(job.result, numpy.ndarray)
-
-
-@needs_mpi
-def test_mpi_a_run_killed_with_sigkill_resumes_where_it_was(tmp_path):
-    journal, markers = tmp_path / "long.journal", tmp_path / "markers.txt"
-    command = [MPIEXEC, "-n", "3", sys.executable, str(HERE / "mpi_scenarios.py"), "long_run", str(journal),
-               str(markers), "120", "0.1"]
-    env = {**os.environ, "PYTHONPATH": str(HERE), "UCX_LOG_LEVEL": "error", "BSB_SCENARIO_OUT": str(tmp_path)}
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=HERE,
-                           start_new_session=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and (not markers.exists() or markers.read_text().count("end") < 60):
-        time.sleep(0.05)
-    killed_at = time.time()
-    os.killpg(run.pid, signal.SIGKILL)  # the whole mpiexec: launcher and every rank
-    run.communicate()
-    finished_before = {line.split()[1] for line in markers.read_text().splitlines()
-                       if line.startswith("end ") and float(line.split()[2]) < killed_at - 1.5}
-    assert len(finished_before) >= 15
-    outcome, err = run_scenario("long_run", str(journal), str(markers), "120", "0.1", n=3, timeout=180)
-    assert outcome["total"] == sum(i * i for i in range(120)) and set(outcome["statuses"]) <= {"SUCCESS", "RESTORED"}
-    ran = starts(markers)
-    assert len(ran) == 120 and max(ran.values()) <= 2  # every job ran, none more than twice
-    assert all(ran[tag] == 1 for tag in finished_before)  # what finished a second before the kill was restored
-    assert outcome["restored"] >= len(finished_before)
-
-
-@needs_mpi
-def test_mpi_a_journal_in_use_is_an_error_on_every_rank_not_a_hang(tmp_path):
-    path = tmp_path / "busy.journal"
-    with JobPool(journal=path):  # this process holds it
-        code, results, out, err = mpiexec(3, "journal_in_use", str(path))
-    assert code == 0, err
-    assert results[0]["error"] == "JobPoolError" and "is in use by process" in results[0]["message"]
-    assert all(results[rank]["error"] in ("WorkflowError", "JobPoolError") for rank in (1, 2))
