@@ -434,11 +434,7 @@ class _MockLockController:
     def __init__(self, rank: int, master: int):
         self._rank, self._master = rank, master
 
-    def read(self):
-        return contextlib.nullcontext()
-
-    def write(self):
-        return contextlib.nullcontext()
+    read = write = staticmethod(contextlib.nullcontext)  # granted at once
 
     def single_write(self, handle: Any = None, rank: int | None = None):
         writer = self._master if rank is None else rank
@@ -474,6 +470,8 @@ class _MPILockService:
 # --- 5. Jobs and the dependency graph ---------------------------------------------
 
 _NO_KWARGS: dict = {}
+
+
 class _ShortRepr(reprlib.Repr):
     def repr_Job(self, job: Job, level: int) -> str:  # noqa: N802 (reprlib's naming)
         return job.name  # a result passed along shows as the call that makes it
@@ -644,13 +642,11 @@ class _Graph:
         PENDING, QUEUED --(a dependency failed, cancel(), fail_fast)--> CANCELLED
         RUNNING --(failed, retries left)--> QUEUED;   QUEUED, SENT --(cannot be sent)--> FAILED
 
-    Jobs whose dependencies are met wait in ``held`` until the pool executes, then in
-    ``ready``. ``active`` counts the jobs that are SENT or RUNNING. Runs on the pool's main
-    thread only (``cancel_by_user`` posts itself there); every change goes out through
-    ``emit(reason, status, old, job)`` (None while no listener wants job events), which
-    returns True when a listener handled the event. The journal watches from outside:
-    ``journal`` records keyed successes, ``restorable`` (a journal opened with records)
-    turns the jobs it holds RESTORED instead of QUEUED.
+    ``held`` jobs wait for execute(), ``ready`` ones for a runner; ``active`` counts SENT and
+    RUNNING ones. Main thread only (``cancel_by_user`` posts itself there). Changes go out
+    through ``emit(reason, status, old, job)`` (None while no listener wants job events; True
+    when a listener handled it). The journal watches from outside: ``journal`` records keyed
+    successes, ``restorable`` (a journal that opened with records) restores instead of queueing.
     """
 
     def __init__(self) -> None:
@@ -667,8 +663,6 @@ class _Graph:
         self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = self.n_restored = 0  # for snapshots
         self.journal: _Journal | None = None  # the main rank's, while a pool with a journal is open
         self.restorable: _Journal | None = None  # the same, when it opened with records
-
-    # -- jobs come in --
 
     def link(self, job: Job) -> None:
         """Count the unfinished dependencies of a new job; hold or queue it if there are none."""
@@ -730,12 +724,6 @@ class _Graph:
                 self.active -= 1
                 self.ready.appendleft(job)
 
-    def has_work(self) -> bool:
-        """Jobs held for execute(), queued, or running: something an execute() would run or wait for."""
-        return bool(self.held or self.active or any(job._status is _QUEUED for job in self.ready))
-
-    # -- jobs run and end --
-
     def started(self, job: Job, rank: int) -> None:
         if job._status is _QUEUED:
             self.active += 1
@@ -771,8 +759,8 @@ class _Graph:
         if self.watchers:
             for watcher in self.watchers:
                 watcher.append(job)
-        handled = bool(self.emit is not None and self.emit(_JOB_STATUS_CHANGE, _FAILED, _QUEUED if old is _SENT
-                                                           else old, job))
+        shown = _QUEUED if old is _SENT else old
+        handled = bool(self.emit is not None and self.emit(_JOB_STATUS_CHANGE, _FAILED, shown, job))
         for dependent in job._dependents or ():
             self._cascade(dependent, job, job)
         return handled
@@ -795,8 +783,6 @@ class _Graph:
                 self.n_aborted += 1
                 if self.emit is not None:
                     self.emit(_JOB_STATUS_CHANGE, _ABORTED, _QUEUED if old is _SENT else old, job)
-
-    # -- cancellation and the journal --
 
     def cancel_by_user(self, job: Job, reason: str | None) -> None:
         assert self.inbox is not None
@@ -1160,75 +1146,66 @@ class _Journal:
         self.failure: BaseException | None = None  # the writer's, raised at close
         try:
             self.lock.acquire()
+            try:
+                self.file = open(self.path, "ab")  # noqa: SIM115 (closed in close())
+                self.reader = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
+                self.scan(os.fstat(self.file.fileno()).st_size)
+            except BaseException:
+                self.lock.release()
+                raise
         except OSError as reason:
-            raise JobPoolError(f"Journal {self.path} cannot be opened: {_describe(reason)}; give journal= a "
-                               "path in a folder that exists and that you may write to.") from reason
-        try:
-            self.file = open(self.path, "ab")  # noqa: SIM115 (closed in close())
-            self.reader = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
-            self.scan(os.fstat(self.file.fileno()).st_size)
-        except OSError as reason:
-            self.lock.release()
-            raise JobPoolError(f"Journal {self.path} cannot be opened: {_describe(reason)}; give journal= the "
-                               "path of a file you may read and write.") from reason
-        except BaseException:
-            self.lock.release()
-            raise
+            raise JobPoolError(f"Journal {self.path} cannot be opened: {_describe(reason)}; give journal= the path "
+                               "of a file you may read and write, in a folder that exists.") from reason
         self.writer = threading.Thread(target=self._write_every, name="bsb_mini-journal", daemon=True)
         self.writer.start()
 
-    # -- open --
-
     def scan(self, size: int) -> None:
-        fd = self.reader.fileno()
+        """Index the records of the file; a tail torn by a kill, or damaged, is cut off with a WARNING."""
         if size == 0:
             self.file.write(_MAGIC)
             self.file.flush()
             return
-        if os.pread(fd, len(_MAGIC), 0) != _MAGIC:
+        if os.pread(self.reader.fileno(), len(_MAGIC), 0) != _MAGIC:
             self.file.close()
             self.reader.close()
             raise JobPoolError(f"{self.path} is not a bsb_mini journal (it does not start like one); "
                                "give journal= a new file's path, or the path of a journal written by bsb_mini.")
-        index, head = self.index, _FRAME.size
-        position, torn = len(_MAGIC), None
-        while position < size:
-            start = os.pread(fd, head + _KEY_LENGTH.size, position)
-            if len(start) < head:
-                torn = "the last frame is cut short"
-                break
-            kind, length = _FRAME.unpack_from(start)
-            end = position + head + length + _CRC.size
-            if kind not in (_TINY, _SINGLE, _NONES) or end > size:
-                torn = "the last frame is cut short" if kind in (_TINY, _SINGLE, _NONES) else "a frame is damaged"
-                break
-            if kind != _SINGLE:
-                body = os.pread(fd, length + _CRC.size, position + head)
-                if zlib.crc32(body[:length]) != _CRC.unpack_from(body, length)[0]:
-                    torn = "a frame is damaged"
-                    break
-                try:
-                    records = pickle.loads(body[:length])
-                    index.update(records if kind == _TINY else dict.fromkeys(records, _PICKLED_NONE))
-                except Exception:
-                    torn = "a frame is damaged"
-                    break
-            else:  # the key only; the result is read and checked when it is restored
-                (key_length,) = _KEY_LENGTH.unpack_from(start, head)
-                key = os.pread(fd, key_length, position + head + _KEY_LENGTH.size)
-                try:
-                    index[key.decode("utf-8", "surrogatepass")] = position
-                except UnicodeDecodeError:
-                    torn = "a frame is damaged"
-                    break
-            position = end
-        if torn is not None:
+        position = len(_MAGIC)
+        try:
+            while position < size:
+                position = self._index_frame(position, size)
+        except ValueError as torn:
             _logger.warning("Journal %s: %s at byte %d (a run was killed while writing?); the %d record(s) before "
                             "it are used and the %d byte(s) after it are dropped.", self.path, torn, position,
-                            len(index), size - position)
+                            len(self.index), size - position)
             self.file.truncate(position)
 
-    # -- restore --
+    def _index_frame(self, position: int, size: int) -> int:
+        """Index the frame at ``position``; return where the next one starts, or raise ValueError."""
+        fd, head = self.reader.fileno(), _FRAME.size
+        start = os.pread(fd, head + _KEY_LENGTH.size, position)
+        if len(start) < head:
+            raise ValueError("the last frame is cut short")
+        kind, length = _FRAME.unpack_from(start)
+        end = position + head + length + _CRC.size
+        if kind not in (_TINY, _SINGLE, _NONES):
+            raise ValueError("a frame is damaged")
+        if end > size:
+            raise ValueError("the last frame is cut short")
+        if kind == _SINGLE:  # the key only; the result is read and checked when it is restored
+            (key_length,) = _KEY_LENGTH.unpack_from(start, head)
+            key = os.pread(fd, key_length, position + head + _KEY_LENGTH.size)
+            self.index[key.decode("utf-8", "surrogatepass")] = position  # a bad key: UnicodeDecodeError, a ValueError
+            return end
+        body = os.pread(fd, length + _CRC.size, position + head)
+        try:
+            if zlib.crc32(body[:length]) != _CRC.unpack_from(body, length)[0]:
+                raise ValueError
+            records = pickle.loads(body[:length])
+            self.index.update(records if kind == _TINY else dict.fromkeys(records, _PICKLED_NONE))
+        except Exception:
+            raise ValueError("a frame is damaged") from None
+        return end
 
     def load(self, key: str) -> tuple[bool, Any]:
         """(True, result) for a recorded key; (False, None) when the record does not load."""
@@ -1259,8 +1236,6 @@ class _Journal:
             _logger.warning("Journal %s: the record of %r does not load (%s); the job runs again.",
                             self.path, key, _describe(reason))
             return False, None
-
-    # -- record --
 
     def record(self, key: str, result: Any) -> None:
         """Keep a success to be written (results that do not pickle are not recorded)."""
@@ -1426,11 +1401,9 @@ class _JournalLock:
 class JobPool:
     """Runs jobs with dependencies, serially or across the ranks of a communicator.
 
-    The public surface and the lifecycle. It wires the owners together: the ``_Graph``
-    (job states), the ``_FailureLog``, ``_Events`` (listeners), the ``_Policy`` (timeouts and
-    retries) and ``_Schedules`` (schedule()'s walker, with the inbox of calls it posts to
-    the main thread); opening the pool picks the role's runner once: ``_SerialRunner``, or under MPI
-    the ``_MainSide`` on rank 0 and a ``_WorkerSide`` elsewhere.
+    The public surface, the lifecycle and the wiring of the owners (``_Graph``, ``_FailureLog``,
+    ``_Events``, ``_Policy``, ``_Schedules``); opening picks the role's runner once:
+    ``_SerialRunner``, or under MPI ``_MainSide`` on rank 0 and ``_WorkerSide`` elsewhere.
     """
 
     def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None,
@@ -1447,13 +1420,11 @@ class JobPool:
         self._schedules = graph.inbox = _Schedules(self, graph, self._failures)
         self._runner: _SerialRunner | _WorkerSide | None = None  # the role's, from __enter__ on
         self._runs_jobs = True  # False on worker ranks: their submissions stay PENDING
-        self._opened = self._closed = False
+        self._closed = False
         self._comm = None  # a private duplicate of the communicator while open
         self._rank, self._size = 0, 1
         self._index = itertools.count()
         self._gc = _GcFreezer()
-
-    # -- the public surface --
 
     def is_main(self) -> bool:
         return self._rank == 0
@@ -1486,21 +1457,12 @@ class JobPool:
     def add_listener(self, listener: Callable, max_wait: float | None = None) -> None:
         """Call ``listener(progress)`` on the main rank for each event of this pool."""
         self._events.add(listener, max_wait)
-        if self._opened and not self._closed and hasattr(listener, "__enter__"):
+        if self._runner is not None and not self._closed and hasattr(listener, "__enter__"):
             listener.__enter__()  # type: ignore[attr-defined]  # pyright: ignore[reportFunctionMemberAccess]
 
-    def submit(
-        self,
-        fn: Callable,
-        args: Iterable = (),
-        kwargs: dict | None = None,
-        deps: Iterable[Job] | None = None,
-        name: str | None = None,
-        key: str | None = None,
-        timeout: float | None = None,
-        retries: int | None = None,
-        **context: Any,
-    ) -> Job:
+    def submit(self, fn: Callable, args: Iterable = (), kwargs: dict | None = None, deps: Iterable[Job] | None = None,
+               name: str | None = None, key: str | None = None, timeout: float | None = None,
+               retries: int | None = None, **context: Any) -> Job:
         """Add ``fn(owner, *args, **kwargs)``; it runs once every job in ``deps`` succeeded.
 
         ``key`` names the job across runs for the journal (derived when left out).
@@ -1523,8 +1485,7 @@ class JobPool:
                 takes_results = True
                 break
         else:
-            if kwargs and any(type(value) in holders for value in kwargs.values()):
-                takes_results = True
+            takes_results = kwargs is not None and any(type(value) in holders for value in kwargs.values())
         if deps:
             if type(deps) is not list and type(deps) is not tuple:
                 deps = _checked_deps(graph, fn, args, kwargs, deps)
@@ -1553,8 +1514,8 @@ class JobPool:
         if not self._runs_jobs:
             return job
         inbox = self._schedules
-        if inbox.walking and threading.get_ident() != inbox.main_thread:
-            inbox.post(self._add, job)  # from schedule()'s walker: the graph is the main thread's
+        if inbox.thread is not None and threading.get_ident() != inbox.main_thread:
+            inbox.calls.append((self._add, (job,)))  # from schedule()'s walker: the graph is the main thread's
         elif graph.emit is not None or job._index >= self._gc.next_at:
             self._add(job)
         elif deps:
@@ -1627,7 +1588,7 @@ class JobPool:
     # is freed nothing of this pool is left in flight, so no message reaches another pool.
 
     def __enter__(self) -> JobPool:
-        if self._opened:
+        if self._runner is not None:
             raise JobPoolContextError("This JobPool was already opened; make a new one.")
         _refuse_inside_a_job("opening a JobPool")
         comm = self._mpi.get_communicator()
@@ -1641,7 +1602,6 @@ class JobPool:
             self._comm = comm.Dup()
             self._runner = _MainSide(self._comm, size, **parts) if rank == 0 else _WorkerSide(self._comm, self.owner)
         self._runs_jobs = rank == 0
-        self._opened = True
         self._events.open(rank == 0)
         if self._journal_path is not None and rank == 0:
             try:
@@ -1665,10 +1625,8 @@ class JobPool:
             if self._comm is not None:
                 self._comm.Free()
                 self._comm = None
-            graph = self._graph
-            if graph.journal is not None:
-                journal, graph.journal, graph.restorable = graph.journal, None, None
-                journal.close()
+            if self._graph.journal is not None:
+                self._graph.journal.close()
 
 
 def _checked_deps(graph: _Graph, fn: Callable, args: tuple, kwargs: dict | None, deps: Any) -> tuple:
@@ -1681,10 +1639,8 @@ def _checked_deps(graph: _Graph, fn: Callable, args: tuple, kwargs: dict | None,
     for dep in deps:
         if type(dep) is not Job or dep._graph is not graph:
             what = "a Job of another pool" if isinstance(dep, Job) else "not a Job"
-            raise JobPoolError(
-                f"Cannot submit {_default_name(fn, args, kwargs or {})}: its dependency {dep!r} is {what}; "
-                "deps must be Jobs returned by this pool's submit()."
-            )
+            raise JobPoolError(f"Cannot submit {_default_name(fn, args, kwargs or {})}: its dependency {dep!r} is "
+                               f"{what}; deps must be Jobs returned by this pool's submit().")
     return deps
 
 
@@ -1702,19 +1658,15 @@ def _checked_args(fn: Callable, args: Any) -> tuple:
     if isinstance(args, list):
         return tuple(args)
     if isinstance(args, (str, bytes, bytearray)) or not isinstance(args, Iterable):
-        raise JobPoolError(
-            f"Cannot submit {_default_name(fn, (), {})}: args={_short.repr(args)} is not a tuple or list "
-            f"of arguments; pass args=({_short.repr(args)},) for one argument."
-        )
+        raise JobPoolError(f"Cannot submit {_default_name(fn, (), {})}: args={_short.repr(args)} is not a tuple or "
+                           f"list of arguments; pass args=({_short.repr(args)},) for one argument.")
     return tuple(args)
 
 
 def _checked_kwargs(fn: Callable, args: tuple, kwargs: Any) -> dict:
     if not isinstance(kwargs, collections.abc.Mapping):
-        raise JobPoolError(
-            f"Cannot submit {_default_name(fn, args, {})}: kwargs={_short.repr(kwargs)} is not a dict; "
-            "pass kwargs={'name': value}."
-        )
+        raise JobPoolError(f"Cannot submit {_default_name(fn, args, {})}: kwargs={_short.repr(kwargs)} is not a "
+                           "dict; pass kwargs={'name': value}.")
     return dict(kwargs)
 
 
@@ -1727,12 +1679,12 @@ def _checked_jobs(graph: _Graph, jobs: Iterable[Job], what: str) -> tuple[Job, .
 
 
 class _Schedules:
-    """schedule()'s node arrays: kept until the pool executes, then walked in a thread of the main rank.
+    """schedule()'s node arrays, walked in a thread of the main rank while the pool executes.
 
     It skips nodes downstream of a node that failed to schedule. The graph is the main
-    thread's alone, so while it walks, the walker posts every submission and failure to
-    the inbox (``calls``), which the runners drain between jobs. Serially it takes turns
-    with the jobs (``take_turn``): no job runs while a node is scheduled.
+    thread's alone, so the walker posts submissions and failures to the inbox (``calls``),
+    which the runners drain between jobs. Serially it takes turns with the jobs
+    (``take_turn``): no job runs while a node is scheduled (they may share an HDF5 file).
     """
 
     def __init__(self, pool: JobPool, graph: _Graph, failures: _FailureLog):
@@ -1740,7 +1692,6 @@ class _Schedules:
         self.graph, self.failures = graph, failures
         self.calls: collections.deque[tuple[Callable, tuple]] = collections.deque()  # the inbox
         self.main_thread = 0
-        self.walking = False  # the walker may post
         self.pending: list[tuple[list, Callable | None]] = []
         self.thread: threading.Thread | None = None
         self.done = True  # nothing is being walked
@@ -1754,31 +1705,25 @@ class _Schedules:
         arrays, self.pending = self.pending, []
         self.done = self.cancelled = False
         self.turns = (threading.Semaphore(0), threading.Semaphore(0)) if take_turns else None
-        self.walking = True  # before the thread submits anything
         self.thread = threading.Thread(target=self._walk, args=(arrays,), name="bsb_mini-scheduler", daemon=True)
-        self.thread.start()
+        self.thread.start()  # from now on, calls from other threads are posted
 
     def reap(self) -> None:
         """Forget a walk that has ended (what it posted is in the inbox)."""
         if self.thread is not None and self.done:
             self.thread = None
-            self.walking = False
 
     def take_turn(self) -> bool:
         """Serially: let the walker schedule one node, and wait for it. False when all are done."""
         if self.done or self.turns is None:
             return False
-        walker_turn, main_turn = self.turns
-        walker_turn.release()
-        main_turn.acquire()
+        self.turns[0].release()  # the walker's turn
+        self.turns[1].acquire()  # and back
         return True
-
-    def post(self, call: Callable, *args: Any) -> None:
-        self.calls.append((call, args))
 
     def call(self, call: Callable, *args: Any) -> None:
         """Run ``call(*args)`` now on the main thread, or post it there from another thread."""
-        if self.walking and threading.get_ident() != self.main_thread:
+        if self.thread is not None and threading.get_ident() != self.main_thread:
             self.calls.append((call, args))
         else:
             call(*args)
@@ -1813,7 +1758,7 @@ class _Schedules:
                         if self.turns is not None:
                             self.turns[1].release()
         except BaseException as error:  # noqa: B036 (a bug here must reach the user, not vanish)
-            self.post(self.failures.other, JobSchedulingError(f"schedule() stopped: {_describe(error)}"))
+            self.call(self.failures.other, JobSchedulingError(f"schedule() stopped: {_describe(error)}"))
         finally:
             self.done = True
             if self.turns is not None:
@@ -1823,10 +1768,8 @@ class _Schedules:
         blocked = [dep for dep in getattr(node, "depends_on", None) or () if id(dep) in skipped]
         if blocked:
             skipped.add(id(node))
-            error = JobSchedulingError(
-                f"{node!r} was not scheduled because its dependency {blocked[0]!r} failed to schedule."
-            )
-            self.post(self.failures.other, error)
+            self.call(self.failures.other, JobSchedulingError(
+                f"{node!r} was not scheduled because its dependency {blocked[0]!r} failed to schedule."))
             return
         try:
             scheduler(node) if scheduler is not None else node.queue(self.pool)
@@ -1834,7 +1777,7 @@ class _Schedules:
             skipped.add(id(node))
             error = JobSchedulingError(f"Scheduling {node!r} failed: {_describe(cause)}")
             error.__cause__ = cause
-            self.post(self.failures.other, error)
+            self.call(self.failures.other, error)
 
 
 class _TimeUp(BaseException):
@@ -1856,6 +1799,9 @@ class _Policy:
     application's own SIGALRM handler back.
     """
 
+    STUCK_GRACE = 1.0  # seconds past its timeout before a job that was not interrupted is reported
+    STUCK_REPEAT = 30.0  # seconds between reports of a job that is still stuck
+
     def __init__(self, timeout: float | None = None, retries: int | None = 0):
         self.timeout, self.retries = timeout, retries or 0
         self.own = 0  # jobs with a timeout or retries of their own
@@ -1865,21 +1811,23 @@ class _Policy:
         self.stop_watch: threading.Event | None = None
         self.next_report: dict[Job, float] = {}
 
-    # -- limits --
-
     def give(self, job: Job, fn: Callable, timeout: Any, retries: Any) -> None:
         """A job's own timeout or retries (from submit())."""
         _JobExtras.of(job).policy = _checked_policy(fn, timeout, retries)
         self.own += 1
 
-    @property
-    def limits_some(self) -> bool:
-        """Whether any job may have a limit (else batches carry none)."""
-        return self.timeout is not None or self.own > 0
-
     def limit_of(self, job: Job) -> float | None:
         policy = job._extras.policy if job._extras is not None else None
         return policy[0] if policy is not None and policy[0] is not None else self.timeout
+
+    def refuse_off_the_main_thread(self, jobs: Iterable[Job]) -> None:
+        """Serially, jobs with a timeout need execute() in the main thread (SIGALRM): say so up front."""
+        if (self.timeout is None and not self.own) or threading.current_thread() is threading.main_thread():
+            return
+        timed = next((job for job in jobs if self.limit_of(job) is not None), None)
+        if timed is not None:
+            raise JobPoolError(f"Job {timed.name!r} has a timeout, which needs execute() to run in the main "
+                               "thread (timeouts interrupt with SIGALRM); call execute() from the main thread.")
 
     # -- after a failed attempt: again, elsewhere, or fail --
 
@@ -1903,8 +1851,6 @@ class _Policy:
         """Whether the job's last attempt failed on ``worker`` (a retry goes elsewhere if it can)."""
         extras = job._extras
         return extras is not None and bool(extras.earlier) and extras.earlier[-1][1] == worker  # type: ignore[index]
-
-    # -- the interrupt --
 
     def call(self, fn: Callable, args: tuple, kwargs: dict, limit: float, what: Any, rank: int) -> Any:
         """``fn(*args, **kwargs)``, interrupted with JobTimeoutError after ``limit`` seconds."""
@@ -1945,17 +1891,15 @@ class _Policy:
             signal.signal(signal.SIGALRM, self.previous)
             self.previous = None
 
-    # -- jobs that could not be interrupted --
-
     def report_stuck(self, running: Iterable[tuple[Job, int, float]]) -> None:
         """WARN about each (job, rank, since) running past its limit and a grace: name, rank and run
         time, repeated while it runs."""
         now = time.monotonic()
         for job, rank, since in running:
             limit = self.limit_of(job)
-            if limit is None or now - since < limit + _STUCK_GRACE or now < self.next_report.get(job, 0.0):
+            if limit is None or now - since < limit + self.STUCK_GRACE or now < self.next_report.get(job, 0.0):
                 continue
-            self.next_report[job] = now + _STUCK_REPEAT
+            self.next_report[job] = now + self.STUCK_REPEAT
             _logger.warning("Job %r on rank %d has run for %s, past its timeout of %g s, and could not be "
                             "interrupted (stuck in a call that ignores signals?); the rest of the pool goes on.",
                             job.name, rank, _clock(now - since), limit)
@@ -1967,26 +1911,25 @@ class _Policy:
                 self.report_stuck([(current[0], rank, current[1])])
 
 
-_STUCK_GRACE = 1.0  # seconds past its timeout before a job that was not interrupted is reported
-_STUCK_REPEAT = 30.0  # seconds between reports of a job that is still stuck
-
 
 class _GcFreezer:
     """Stops CPython's full collections from re-walking every job of a huge pool.
 
     Each full collection visits all live objects, so with 10^6 jobs the GC costs
-    more than the pool. Every _GC_FREEZE_EVERY jobs, what exists is moved to the
+    more than the pool. Every ``EVERY`` jobs, what exists is moved to the
     GC's permanent generation (gc.freeze, an O(1) splice); the pool gives it back
     (gc.unfreeze) when it closes. Skipped when the GC is off or the application
     froze objects itself.
     """
 
+    EVERY = 20_000  # jobs
+
     def __init__(self) -> None:
-        self.next_at = _GC_FREEZE_EVERY  # a job index
+        self.next_at = self.EVERY  # a job index
         self.froze = False
 
     def freeze(self) -> None:
-        self.next_at += _GC_FREEZE_EVERY
+        self.next_at += self.EVERY
         if gc.isenabled() and (self.froze or gc.get_freeze_count() == 0):
             gc.freeze()
             self.froze = True
@@ -1996,8 +1939,6 @@ class _GcFreezer:
             gc.unfreeze()
             self.froze = False
 
-
-_GC_FREEZE_EVERY = 20_000  # jobs
 
 
 def _aborted(reason: str) -> WorkflowError:
@@ -2011,23 +1952,20 @@ def _tracebacks_on_crash():
     Under mpiexec a rank that dies takes the others down with it, and MPICH itself
     says little; faulthandler at least shows which job crashed. Left as it was found.
     """
-    if faulthandler.is_enabled():
-        yield
-        return
-    try:
-        faulthandler.enable()
-    except (AttributeError, ValueError, OSError):  # no usable stderr (e.g. a GUI app)
-        yield
-        return
+    ours = not faulthandler.is_enabled()
+    if ours:
+        with contextlib.suppress(AttributeError, ValueError, OSError):  # no usable stderr (e.g. a GUI app)
+            faulthandler.enable()
     try:
         yield
     finally:
-        faulthandler.disable()
+        if ours:
+            faulthandler.disable()
 
 
 class _SerialRunner:
     """The main rank's runner: execute(), as_completed() and map() drive the graph through
-    ``loop()``, which here runs ready jobs in this thread (``run_here``); leaving the block
+    ``loop()``, which here runs ready jobs in this thread; leaving the block
     runs what is left. ``_MainSide`` is this runner with a loop that dispatches to workers.
     """
 
@@ -2042,27 +1980,23 @@ class _SerialRunner:
         self.pinger: _Pinger | None = None
         self.seen_running: tuple[Job, float] | None = None
 
-    # -- what JobPool calls --
-
     def execute(self, return_results: bool) -> dict[Job, Any] | None:
         """Run everything, report, and release the workers' execute() with the same report."""
         self.may_run("execute()")
         graph = self.graph
+        self.begin()  # if it raises, nothing has started
         self.busy = True
         try:
-            self.begin()
-            try:
-                self.run()
-            finally:
-                self.end()
+            self.run()
         finally:
             self.busy = False
+            self.end()
         self.schedules.drain()
         self.events.set_status(PoolStatus.CLOSING)
         if graph.n_cancelled:
             _settle_blame(graph.jobs)
         error = self.failures.take()
-        self.release_execute(error)
+        self.release(error, closing=False)
         if error is not None:
             raise error
         if return_results:
@@ -2074,9 +2008,13 @@ class _SerialRunner:
         finished: collections.deque[Job] = collections.deque(
             job for job in (graph.jobs if wanted is None else wanted) if job._status in _FINISHED_STATES)
         left = None if wanted is None else set(wanted)
-        graph.watchers.append(finished)
+        graph.watchers.append(finished)  # before begin(): it may restore jobs from the journal
+        try:
+            self.begin()
+        except BaseException:
+            graph.watchers.remove(finished)
+            raise
         self.busy = True
-        self.begin()
         try:
             done = False
             while True:
@@ -2127,20 +2065,21 @@ class _SerialRunner:
         """Leaving the block: without an exception, run what is left; then release the workers."""
         if exc is not None:
             self.failures.warn_unreported(exc)
-            self.release_workers(_aborted(f"the main rank raised {_describe(exc)}"))
+            self.release(_aborted(f"the main rank raised {_describe(exc)}"), closing=True)
             return
         error = None
         try:
+            graph, schedules = self.graph, self.schedules
             unfinished = self.events.status is not PoolStatus.CLOSING  # never executed, or as_completed() ran
-            if unfinished or self.failures.records or self.graph.has_work() or self.schedules.pending \
-                    or self.schedules.thread is not None:
+            if unfinished or self.failures.records or graph.held or graph.active or schedules.pending \
+                    or any(job._status is _QUEUED for job in graph.ready) or schedules.thread is not None:
                 self.execute(False)
         except BaseException as raised:
             why = f"the main rank raised {_describe(raised)}"
             error = raised if isinstance(raised, WorkflowError) else _aborted(why)
             raise
         finally:
-            self.release_workers(error)
+            self.release(error, closing=True)
 
     def longest_running(self) -> tuple[Job, int, float] | None:
         """(job, rank, seconds) of the job that has run longest so far, for pool.snapshot()."""
@@ -2151,16 +2090,13 @@ class _SerialRunner:
             self.seen_running = (job, now)
         return job, self.rank, now - self.seen_running[1]
 
-    # -- running --
-
     def begin(self) -> None:
+        if not self.depth:
+            self.starting()  # if it raises, nothing has started
+            if self.events.status is not PoolStatus.EXECUTING:
+                self.events.set_status(PoolStatus.EXECUTING)
+            self.graph.start_executing()
         self.depth += 1
-        if self.depth > 1:
-            return
-        self.starting()
-        if self.events.status is not PoolStatus.EXECUTING:
-            self.events.set_status(PoolStatus.EXECUTING)
-        self.graph.start_executing()
 
     def run(self, finished: collections.deque | None = None) -> bool:
         """Run until nothing is left (True) or, given ``finished``, until a job has finished (False);
@@ -2190,7 +2126,7 @@ class _SerialRunner:
             self.pinger.stop()
             self.pinger = None
 
-    def run_here(self, finished: collections.deque | None = None) -> bool:
+    def loop(self, finished: collections.deque | None = None) -> bool:
         """Run ready jobs in this thread, taking turns with schedule()'s walker: True when nothing
         is left; False as soon as ``finished`` holds a job (as_completed())."""
         graph, ready, schedules = self.graph, self.graph.ready, self.schedules
@@ -2238,9 +2174,7 @@ class _SerialRunner:
         limit = self.policy.limit_of(job)
         if limit is None:
             return fn(self.owner, *args, **kwargs)
-        if threading.current_thread() is not threading.main_thread():
-            raise JobPoolError(f"Job {job.name!r} has a timeout, which needs execute() to run in the main thread "
-                               "(timeouts interrupt with SIGALRM); call execute() from the main thread.")
+        self.policy.refuse_off_the_main_thread((job,))
         try:
             return self.policy.call(fn, (self.owner, *args), kwargs, limit, job, self.rank)
         except JobTimeoutError as error:
@@ -2250,28 +2184,14 @@ class _SerialRunner:
 
     def starting(self) -> None:
         """execute() begins: timed jobs need the main thread; listeners get pings during long jobs."""
-        if self.policy.limits_some and threading.current_thread() is not threading.main_thread():
-            timed = next((job for job in self.graph.jobs if job._status is _PENDING
-                          and self.policy.limit_of(job) is not None), None)
-            if timed is not None:
-                self.depth -= 1
-                raise JobPoolError(
-                    f"Job {timed.name!r} has a timeout, which needs execute() to run in the main thread "
-                    "(timeouts interrupt with SIGALRM); call execute() from the main thread."
-                )
-        self.pinger = self.events.start_pinger()
-
-    def loop(self, finished: collections.deque | None) -> bool:
-        return self.run_here(finished)
+        self.policy.refuse_off_the_main_thread(job for job in self.graph.jobs if job._status is _PENDING)
+        self.pinger = _Pinger(self.events, self.graph) if self.events.max_wait is not None else None
 
     def in_flight(self) -> list[Job]:
         return []
 
-    def release_execute(self, error: WorkflowError | None) -> None:
-        """Release the workers that serve in execute() (none serially)."""
-
-    def release_workers(self, error: WorkflowError | None) -> None:
-        """Release the workers that serve until the block ends (none serially)."""
+    def release(self, error: WorkflowError | None, closing: bool) -> None:
+        """Release the workers that serve in execute(), or (``closing``) until the block ends: none serially."""
 
 
 def _call_without_owner(owner: Any, fn: Callable, item: Any) -> Any:
@@ -2525,12 +2445,12 @@ def _wait_for_message(comm, source: int, tag: int, status: Any = None) -> tuple:
         backoff.wait()
 
 
-def _mpi_status():
-    return _optional("mpi4py.MPI").Status()
-
+_FOR_THE_MAIN_RANK = ("{} is for the main rank (pool.is_main()); workers serve in execute() or when they "
+                      "leave the pool's `with` block.")
 
 # The two ends: a worker's (``_WorkerSide``, its loop ``serve`` last) and the main rank's
-# (``_MainSide``, its loop first); then each kind of message with its sender and its handler.
+# (``_MainSide``, whose END, CLOSE and BYE come first, then its loop); then each other kind of
+# message with its sender and its handler.
 
 
 class _WorkerSide:
@@ -2571,25 +2491,13 @@ class _WorkerSide:
             raise JobPoolError(f"{what} was called while this pool is already running jobs (from a job).")
 
     def as_completed(self, wanted: Any) -> Iterator[Job]:
-        raise self.for_the_main_rank("as_completed()")
+        raise JobPoolContextError(_FOR_THE_MAIN_RANK.format("as_completed()"))
 
     def map(self, fn: Callable, items: list, submit: Callable) -> list:
-        raise self.for_the_main_rank("map()")
-
-    @staticmethod
-    def for_the_main_rank(what: str) -> JobPoolContextError:
-        return JobPoolContextError(f"{what} is for the main rank (pool.is_main()); workers serve in execute() "
-                                   "or when they leave the pool's `with` block.")
+        raise JobPoolContextError(_FOR_THE_MAIN_RANK.format("map()"))
 
     def longest_running(self) -> None:
         return None
-
-    def say_bye(self) -> None:
-        self.comm.send((_BYE,), dest=0, tag=_TO_MAIN)
-        self.closed = True
-        self.policy.release()
-        if self.herald is not None:
-            self.herald.stop()
 
     def serve(self, until_end: bool) -> bytes | None:
         """Say READY once, then run batches until END (``until_end``) or CLOSE; return the report
@@ -2620,6 +2528,13 @@ class _WorkerSide:
         finally:
             self.busy = False
 
+    def say_bye(self) -> None:
+        self.comm.send((_BYE,), dest=0, tag=_TO_MAIN)
+        self.closed = True
+        self.policy.release()
+        if self.herald is not None:
+            self.herald.stopped.set()
+
 
 class _MainSide(_SerialRunner):
     """The main rank's end: hands batches of ready jobs to idle workers and settles what comes
@@ -2644,7 +2559,27 @@ class _MainSide(_SerialRunner):
         self.seconds_per_job: float | None = None  # measured
         self.running: dict[int, tuple[Job, float]] = {}  # worker -> (the job it runs, since when)
         self.next_check = 0.0
-        self.status = _mpi_status()
+        self.status = _optional("mpi4py.MPI").Status()
+
+    # END and CLOSE (main -> worker), and BYE, the answer to CLOSE: the worker's end is just above.
+
+    def release(self, error: WorkflowError | None, closing: bool) -> None:
+        """END: release the workers that serve in execute(); or CLOSE: the pool is over, and every
+        worker answers BYE, so that nothing of it stays in flight. Both carry the same report."""
+        message = (_CLOSE if closing else _END, None if error is None else _pack_report(error))
+        for worker in self.batches:
+            if closing or worker not in self.left:
+                self.send(worker, message)
+        waiting, status = set(self.batches) if closing else set(), self.status
+        while waiting:
+            reply = _wait_for_message(self.comm, _optional("mpi4py.MPI").ANY_SOURCE, _TO_MAIN, status)
+            if reply[0] == _BYE:
+                waiting.discard(status.Get_source())
+            # anything else is late news of a pool that is over (outcomes of aborted jobs)
+        if closing:
+            for request in self.sends:
+                request.Wait()
+            self.sends = []
 
     def loop(self, finished: collections.deque | None = None) -> bool:
         """Dispatch and settle until nothing is ready, in flight or to be scheduled (True), or
@@ -2652,13 +2587,16 @@ class _MainSide(_SerialRunner):
         comm, graph, status, schedules = self.comm, self.graph, self.status, self.schedules
         anyone = _optional("mpi4py.MPI").ANY_SOURCE  # -2 in MPICH, -1 in Open MPI
         ready, inbox, handlers = graph.ready, schedules.calls, _ON_MESSAGE_FROM_WORKER
-        backoff, quiet = _Backoff(), self.events.quiet_timer()
+        backoff, quiet = _Backoff(), _QuietTimer(self.events)
         while True:
             message = comm.improbe(anyone, _TO_MAIN, status)
             if message is not None:
                 source = status.Get_source()
                 message = _with_raw(comm, message.recv(), source)
-                handlers.get(message[0], _unexpected_from_worker)(self, source, message)
+                handler = handlers.get(message[0])
+                if handler is None:
+                    raise _unexpected(message, source)
+                handler(self, source, message)
                 backoff.reset()
                 if finished:
                     return False
@@ -2674,7 +2612,7 @@ class _MainSide(_SerialRunner):
                 if len(self.joined) + len(self.left) == len(self.batches):  # every worker heard from
                     return True
             if ready and len(self.left) == len(self.batches):  # every worker left: run them here
-                if not self.run_here(finished):
+                if not _SerialRunner.loop(self, finished):
                     return False
                 continue
             quiet.ping_if_due()
@@ -2683,30 +2621,6 @@ class _MainSide(_SerialRunner):
                 self.policy.report_stuck((job, worker, since) for worker, (job, since) in self.running.items()
                                          if job._status is _RUNNING)
             backoff.wait()
-
-    # END and CLOSE (main -> worker), and BYE, the answer to CLOSE: the worker's end is serve() above.
-
-    def release_execute(self, error: WorkflowError | None) -> None:
-        """END: release the workers that serve in execute(), with the same report."""
-        message = (_END, None if error is None else _pack_report(error))
-        for worker in self.batches:
-            if worker not in self.left:
-                self.send(worker, message)
-
-    def release_workers(self, error: WorkflowError | None) -> None:
-        """CLOSE: the pool is over; wait for each worker's BYE, so nothing stays in flight."""
-        message = (_CLOSE, None if error is None else _pack_report(error))
-        for worker in self.batches:
-            self.send(worker, message)
-        waiting, status = set(self.batches), self.status
-        while waiting:
-            reply = _wait_for_message(self.comm, _optional("mpi4py.MPI").ANY_SOURCE, _TO_MAIN, status)
-            if reply[0] == _BYE:
-                waiting.discard(status.Get_source())
-            # anything else is late news of a pool that is over (outcomes of aborted jobs)
-        for request in self.sends:
-            request.Wait()
-        self.sends = []
 
     def dispatch(self) -> bool:
         """Send batches to idle workers (and, for short jobs, a second one to busy workers)."""
@@ -2717,7 +2631,7 @@ class _MainSide(_SerialRunner):
             targets, depth = [w for w in self.joined if len(batches[w]) == 1], 2
         sent = False
         for worker in targets:
-            batch = self.take_batch(self.batch_size(len(graph.ready), depth), worker)
+            batch = self.take_batch(self.batch_size(depth), worker)
             if not batch:
                 if graph.ready:
                     continue  # what is left waits for another worker (a retry)
@@ -2732,12 +2646,11 @@ class _MainSide(_SerialRunner):
             sent = True
         return sent
 
-    def batch_size(self, waiting: int, depth: int) -> int:
+    def batch_size(self, depth: int) -> int:
+        """One job until job lengths are measured; then about _BATCH_SECONDS of work, shared out."""
         mean = self.seconds_per_job
-        if mean is None:
-            return 1
-        cap = _MAX_BATCH if mean <= 0 else max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / mean)))
-        return max(1, min(cap, waiting // (len(self.joined) * depth)))
+        cap = 1 if mean is None else _MAX_BATCH if mean <= 0 else max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / mean)))
+        return max(1, min(cap, len(self.graph.ready) // (len(self.joined) * depth)))
 
     def take_batch(self, size: int, worker: int) -> list[Job]:
         """Up to ``size`` QUEUED jobs from the ready queue for ``worker`` (a solo job goes alone,
@@ -2764,6 +2677,17 @@ class _MainSide(_SerialRunner):
         ready.extendleft(reversed(elsewhere))
         return batch
 
+    def batch_back(self, worker: int) -> list[Job]:
+        """The worker's oldest batch came back (DONE or UNLOADABLE); its next one, if any, runs now."""
+        batches = self.batches[worker]
+        self.in_flight_batches -= 1
+        batch = batches.popleft()
+        if batches:
+            self.running[worker] = (batches[0][0], time.monotonic())
+        else:
+            self.running.pop(worker, None)
+        return batch
+
     def send(self, worker: int, message: tuple, raw: list[memoryview] | None = None) -> None:
         """Send without waiting: a big batch must not hold the main rank until a busy worker reads it."""
         self.sends.append(self.comm.isend(message, dest=worker, tag=_TO_WORKER))
@@ -2786,7 +2710,6 @@ class _MainSide(_SerialRunner):
 
 
 # READY (worker -> main, once, from serve()): the worker serves this pool from now on.
-
 def _send_ready(comm: Any) -> None:
     comm.send((_READY,), dest=0, tag=_TO_MAIN)
 
@@ -2797,7 +2720,6 @@ def _on_ready(main: _MainSide, worker: int, message: tuple) -> None:
 
 
 # LEFT (worker -> main, from close()): the worker's own code raised; it runs nothing more and waits for CLOSE.
-
 def _send_left(comm: Any, exc: BaseException) -> None:
     comm.send((_LEFT, _describe(exc)), dest=0, tag=_TO_MAIN)
 
@@ -2815,7 +2737,6 @@ def _on_left(main: _MainSide, worker: int, message: tuple) -> None:
 
 
 # JOBS (main -> worker): a batch of calls and their time limits; the worker answers DONE or UNLOADABLE.
-
 def _send_jobs(main: _MainSide, worker: int, batch: list[Job]) -> bool:
     """Pack a batch and send it without waiting; False when none of its jobs could be packed."""
     raw: list[memoryview] = []
@@ -2828,7 +2749,7 @@ def _send_jobs(main: _MainSide, worker: int, batch: list[Job]) -> bool:
 def _pack_jobs(main: _MainSide, batch: list[Job], raw: list[memoryview]) -> bytes | list | None:
     """Pickle a batch; a job that cannot be pickled fails alone (from QUEUED: it never ran), the rest go."""
     policy = main.policy
-    limits = [policy.limit_of(job) for job in batch] if policy.limits_some else None
+    limits = [policy.limit_of(job) for job in batch] if policy.timeout is not None or policy.own else None
     try:
         return _pack(([(job._fn, job._args, job._kwargs) if job._extras is None else job._call() for job in batch],
                       limits), raw)
@@ -2886,7 +2807,6 @@ def _run_jobs(side: _WorkerSide, payload: bytes | list, received: list) -> None:
 
 
 # DONE (worker -> main): the outcomes of the worker's oldest batch, each (kind, payload, traceback).
-
 def _pack_outcome(value: Any, ok: bool, remote_tb: str | None, raw: list[memoryview]) -> tuple:
     """Pickle a result or exception; one that won't pickle becomes a message naming the problem."""
     try:
@@ -2903,13 +2823,7 @@ def _send_done(comm: Any, message: tuple, raw: list) -> None:
 
 
 def _on_done(main: _MainSide, worker: int, message: tuple) -> None:
-    batch = main.batches[worker].popleft()
-    main.in_flight_batches -= 1
-    queued = main.batches[worker]
-    if queued:
-        main.running[worker] = (queued[0][0], time.monotonic())
-    else:
-        main.running.pop(worker, None)
+    batch = main.batch_back(worker)
     _, seconds, outcomes, raw = message
     if outcomes:
         mean, previous = seconds / len(outcomes), main.seconds_per_job
@@ -2956,14 +2870,12 @@ def _settle_failure(main: _MainSide, job: Job, outcome: int, payload: Any, raw: 
 
 # UNLOADABLE (worker -> main, from _run_jobs): the batch did not unpickle on the worker; the main
 # rank sends it again job by job, so that only the culprit fails.
-
 def _send_unloadable(comm: Any, reason: BaseException) -> None:
     comm.send((_UNLOADABLE, _describe(reason)), dest=0, tag=_TO_MAIN)
 
 
 def _on_unloadable(main: _MainSide, worker: int, message: tuple) -> None:
-    main.in_flight_batches -= 1
-    batch = main.batches[worker].popleft()
+    batch = main.batch_back(worker)
     for job in batch:
         if job._status is not _SENT:
             continue
@@ -2978,7 +2890,6 @@ def _on_unloadable(main: _MainSide, worker: int, message: tuple) -> None:
 
 
 # STARTED (worker -> main): a job that has run for a while, announced RUNNING by the worker's herald.
-
 class _Herald:
     """A worker's helper thread: announces a job that has run for a while as RUNNING.
 
@@ -3002,9 +2913,6 @@ class _Herald:
         herald = cls(comm)
         threading.Thread(target=herald._watch, name="bsb_mini-herald", daemon=True).start()
         return herald
-
-    def stop(self) -> None:
-        self.stopped.set()
 
     def _watch(self) -> None:
         last, announced, first_seen = None, None, 0.0
@@ -3031,39 +2939,25 @@ def _on_started(main: _MainSide, worker: int, message: tuple) -> None:
         main.graph.started(job, worker)
 
 
-def _unexpected_from_worker(main: _MainSide, worker: int, message: tuple) -> None:
-    raise _unexpected(message, worker)
-
-
 _ON_MESSAGE_FROM_WORKER: dict[str, Callable[[_MainSide, int, tuple], None]] = {
     _DONE: _on_done, _STARTED: _on_started, _READY: _on_ready, _UNLOADABLE: _on_unloadable, _LEFT: _on_left,
 }
 
 
-# The report that END and CLOSE carry: the main rank's WorkflowError, raised on the workers too.
-
+# The report that END and CLOSE carry: the main rank's WorkflowError, raised on the workers too. Each
+# entry's cause travels on its own (pickle leaves causes out): one that does not unpickle there
+# becomes a stand-in that says so, and the entry stays.
 def _pack_report(error: WorkflowError) -> bytes:
-    entries = []
-    for entry in error.exceptions:
-        cause = entry.__cause__
-        try:
-            cause_bytes = pickle.dumps(cause) if cause is not None else None
-        except Exception:
-            cause_bytes = None
-        entries.append((type(entry).__name__, str(entry), getattr(entry, "__notes__", []), cause_bytes))
-    return pickle.dumps((error.message, entries))
+    return pickle.dumps((error.message, [(_dumps_exception(entry), entry.__cause__ and _dumps_exception(
+        entry.__cause__)) for entry in error.exceptions]))
 
 
 def _unpack_report(data: bytes) -> WorkflowError:
     message, entries = pickle.loads(data)
-    kinds = {cls.__name__: cls for cls in (JobPoolError, JobSchedulingError, JobCancelledError, JobTimeoutError)}
-    rebuilt = []
-    for kind, text, notes, cause_bytes in entries:
-        entry = kinds.get(kind, JobPoolError)(text)
-        for note in notes:
-            entry.add_note(note)
-        if cause_bytes is not None:
-            entry.__cause__ = _loads_or_stand_in(cause_bytes)
+    rebuilt: list = []
+    for entry_bytes, cause_bytes in entries:
+        entry = _loads_or_stand_in(entry_bytes)
+        entry.__cause__ = cause_bytes and _loads_or_stand_in(cause_bytes)
         rebuilt.append(entry)
     return WorkflowError(message, rebuilt)
 
@@ -3166,12 +3060,6 @@ class _Events:
                 self.failures.other(report)
         return handled
 
-    def quiet_timer(self) -> _QuietTimer:
-        return _QuietTimer(self)
-
-    def start_pinger(self) -> _Pinger | None:
-        return _Pinger(self, self.graph) if self.max_wait is not None else None
-
 
 class _QuietTimer:
     """Pings the listeners when no event happened for ``max_wait`` seconds."""
@@ -3219,18 +3107,9 @@ class _Pinger:
         self.job_returned()
 
 
-def create_job_pool(
-    owner: Any = None,
-    *,
-    fail_fast: bool = False,
-    listeners: Iterable[Callable] = (),
-    max_wait: float | None = None,
-    quiet: bool = False,
-    comm: Any = None,
-    timeout: float | None = None,
-    retries: int = 0,
-    journal: str | os.PathLike | None = None,
-) -> JobPool:
+def create_job_pool(owner: Any = None, *, fail_fast: bool = False, listeners: Iterable[Callable] = (),
+                    max_wait: float | None = None, quiet: bool = False, comm: Any = None, timeout: float | None = None,
+                    retries: int = 0, journal: str | os.PathLike | None = None) -> JobPool:
     """A JobPool with ``listeners`` and, unless ``quiet``, a progress display."""
     pool = JobPool(owner, fail_fast=fail_fast, comm=comm, timeout=timeout, retries=retries, journal=journal)
     for listener in listeners:
@@ -3352,12 +3231,12 @@ class _ProgressReport:
 
     def _log(self, text: str) -> None:
         """INFO through the application's logging, or straight to stderr if it set none up."""
+        if self._stream is None and _logger.hasHandlers():
+            _logger.info(text)
+            return
         with self._write_lock:
-            if self._stream is None and _logger.hasHandlers():
-                _logger.info(text)
-            else:
-                self._out.write(f"[bsb_mini] {text}\n")
-                self._out.flush()
+            self._out.write(f"[bsb_mini] {text}\n")
+            self._out.flush()
 
     def __enter__(self):
         return self
@@ -3666,7 +3545,7 @@ def _time_bare_mpi_loop(count: int) -> float:
             if sent < count:
                 comm.send((_noop, (sent,)), dest=worker, tag=1)
                 sent += 1
-        status = _mpi_status()
+        status = _optional("mpi4py.MPI").Status()
         while done < count:
             comm.recv(source=_optional("mpi4py.MPI").ANY_SOURCE, tag=2, status=status)
             done += 1

@@ -149,6 +149,7 @@ def give_lock(owner):
 
 def scenario_unpicklable():
     with JobPool() as pool:
+        events = event_sequences(pool)
         bad_arg = pool.submit(where, (threading.Lock(),))
         bad_result = pool.submit(give_lock)
         fine = [pool.submit(where, (i,)) for i in range(20)]
@@ -157,8 +158,11 @@ def scenario_unpicklable():
             parts = []
         except WorkflowError as error:
             parts = [str(e) for e in error.exceptions]
-    report(parts=parts, fine=[job.status.name for job in fine] if RANK == 0 else None,
-           bad=[bad_arg.status.name, bad_result.status.name] if RANK == 0 else None)
+    main = RANK == 0
+    report(parts=parts, fine=[job.status.name for job in fine] if main else None,
+           bad=[bad_arg.status.name, bad_result.status.name] if main else None,
+           bad_events=[events.get(bad_arg), events.get(bad_result)] if main else None,
+           bad_attempts=[bad_arg.attempts, bad_result.attempts] if main else None)
 
 
 class Node:
@@ -751,7 +755,7 @@ def stuck(owner, seconds):
 
 
 def scenario_stuck():
-    bsb_mini._STUCK_REPEAT = 0.5
+    bsb_mini._Policy.STUCK_REPEAT = 0.5
     with JobPool() as pool:
         job = pool.submit(stuck, (3,), timeout=0.3, name="stuck in C")
         others = [pool.submit(square, (i,)) for i in range(10)]

@@ -566,7 +566,7 @@ def test_mpi_write_locks_never_overlap(n, tmp_path):
 def test_huge_pools_keep_their_jobs_out_of_the_gc_and_give_them_back(monkeypatch):
     import gc
 
-    monkeypatch.setattr(bsb_mini, "_GC_FREEZE_EVERY", 100)
+    monkeypatch.setattr(bsb_mini._GcFreezer, "EVERY", 100)
     assert gc.get_freeze_count() == 0
     with JobPool() as pool:
         jobs = [pool.submit(add, args=(i,)) for i in range(250)]
@@ -578,7 +578,7 @@ def test_huge_pools_keep_their_jobs_out_of_the_gc_and_give_them_back(monkeypatch
 def test_an_application_that_froze_the_gc_itself_is_left_alone(monkeypatch):
     import gc
 
-    monkeypatch.setattr(bsb_mini, "_GC_FREEZE_EVERY", 100)
+    monkeypatch.setattr(bsb_mini._GcFreezer, "EVERY", 100)
     gc.freeze()
     frozen = gc.get_freeze_count()
     try:
@@ -719,6 +719,22 @@ def test_dependencies_run_first_and_statuses_follow_the_documented_order():
         assert recorder.job_statuses(name) == [JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.SUCCESS]
     assert recorder.pool_statuses() == [PoolStatus.SCHEDULING, PoolStatus.EXECUTING, PoolStatus.CLOSING]
     assert [r for r, _, n in recorder.events if n == "c"][0] is PoolProgressReason.JOB_ADDED
+
+
+def test_events_tell_a_consistent_story_dependents_after_their_dependencies_outcome():
+    """A dependent is QUEUED only after its dependency's SUCCESS event, and CANCELLED only after
+    its dependency's FAILED event (SPEC section 5)."""
+    recorder = Recorder()
+    with create_job_pool(listeners=[recorder], quiet=True) as pool:
+        a = pool.submit(add, (1,), name="a")
+        pool.submit(add, (2,), deps=[a], name="b")
+        bad = pool.submit(fail, name="bad")
+        pool.submit(add, (3,), deps=[bad], name="after-bad")
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    story = [(n, s) for r, s, n in recorder.events if r is PoolProgressReason.JOB_STATUS_CHANGE]
+    assert story.index(("a", JobStatus.SUCCESS)) < story.index(("b", JobStatus.QUEUED))
+    assert story.index(("bad", JobStatus.FAILED)) < story.index(("after-bad", JobStatus.CANCELLED))
 
 
 def test_a_failure_cancels_its_whole_downstream_and_nothing_else():
@@ -967,6 +983,10 @@ def test_mpi_unpicklable_jobs_fail_alone(n):
     code, results, out, err = mpiexec(n, "unpicklable")
     assert code == 0, err
     assert results[0]["bad"] == ["FAILED", "FAILED"] and set(results[0]["fine"]) == {"SUCCESS"}
+    # the job that could not be sent never ran: never RUNNING, no attempt; the other one ran
+    assert results[0]["bad_events"][0] == ["JOB_ADDED", "QUEUED", "FAILED"]
+    assert results[0]["bad_events"][1][-2:] == ["RUNNING", "FAILED"]
+    assert results[0]["bad_attempts"] == [0, 1]
     parts = results[0]["parts"]
     assert "cannot be sent to a worker" in parts[0] and "where(" in parts[0]
     assert "give_lock()" in parts[1] and "cannot be sent back" in parts[1]
@@ -1759,7 +1779,7 @@ def test_bad_timeouts_and_retries_are_refused_by_name(options, match):
 
 
 def test_a_job_stuck_past_its_timeout_is_reported_by_name_while_it_runs(monkeypatch, caplog):
-    monkeypatch.setattr(bsb_mini, "_STUCK_REPEAT", 0.5)
+    monkeypatch.setattr(bsb_mini._Policy, "STUCK_REPEAT", 0.5)
     with caplog.at_level(logging.WARNING, logger="bsb_mini"):
         with JobPool() as pool:
             job = pool.submit(mpi_scenarios.stuck, (2.5,), timeout=0.2, name="stuck in C")
