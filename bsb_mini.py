@@ -555,8 +555,9 @@ class Job:
     @property
     def attempts(self) -> int:
         """How many times the job started (more than once only with retries)."""
-        earlier = self._extras.earlier if self._extras is not None else None
-        return len(earlier or ()) + (self._status in _STARTED_STATES)
+        extras = self._extras
+        started = self._status in _STARTED_STATES and not (extras is not None and extras.never_ran)
+        return len(extras.earlier or ()) + started if extras is not None else int(started)
 
     @property
     def result(self) -> Any:
@@ -586,13 +587,14 @@ class _JobExtras:
     retries of their own, the errors of earlier attempts, and a flag to travel alone. Kept out of
     ``Job`` so that the common job stays small and its path short."""
 
-    __slots__ = ("takes_results", "policy", "earlier", "solo")
+    __slots__ = ("takes_results", "policy", "earlier", "solo", "never_ran")
 
     def __init__(self) -> None:
         self.takes_results = False  # Jobs among its arguments stand for their results
         self.policy: tuple[float | None, int | None] | None = None  # (timeout, retries) given to submit()
         self.earlier: list[tuple[BaseException, int | None]] | None = None  # (error, rank) of earlier attempts
         self.solo = False  # send alone: it broke a batch before
+        self.never_ran = False  # it failed before it started: it could not be sent
 
     @staticmethod
     def of(job: Job) -> _JobExtras:
@@ -753,6 +755,8 @@ class _Graph:
         """Record a failure (of a job that ran, or could not be sent) and cancel what depends on it;
         True if a listener handled it."""
         old, job._status, job.error = job._status, _FAILED, error
+        if old is _QUEUED or old is _SENT:
+            _JobExtras.of(job).never_ran = True
         if old is not _QUEUED:
             self.active -= 1
         self.n_failed += 1
