@@ -823,25 +823,23 @@ class _Graph:
                 root = root or job
 
     def _restore(self, first: Job) -> None:
-        """Jobs recorded in the journal: RESTORED with their results, and their dependents released."""
+        """Jobs recorded in the journal: RESTORED with their results, and their dependents released
+        (a chain of them is walked here, not recursed); a record that does not load runs instead."""
         journal, todo = self.restorable, [first]
         assert journal is not None
         while todo:
             job = todo.pop()
-            loaded, result = journal.load(job._key)  # type: ignore[arg-type]  # (keyed: it is in the index)
-            if not loaded:  # warned about: it runs instead
-                job._status = _QUEUED
+            loaded, job._result = journal.load(job._key)  # type: ignore[arg-type]  # (keyed: it is in the index)
+            job._status = _RESTORED if loaded else _QUEUED
+            if loaded:
+                self.n_restored += 1
+                for watcher in self.watchers:
+                    watcher.append(job)
+            else:
                 self.ready.append(job)
-                if self.emit is not None:
-                    self.emit(_JOB_STATUS_CHANGE, _QUEUED, _PENDING, job)
-                continue
-            job._result, job._status = result, _RESTORED
-            self.n_restored += 1
-            for watcher in self.watchers:
-                watcher.append(job)
             if self.emit is not None:
-                self.emit(_JOB_STATUS_CHANGE, _RESTORED, _PENDING, job)
-            for dependent in job._dependents or ():
+                self.emit(_JOB_STATUS_CHANGE, job._status, _PENDING, job)
+            for dependent in job._dependents or () if loaded else ():
                 dependent._waiting -= 1
                 if not dependent._waiting and dependent._status is _PENDING:
                     if dependent._key in journal.index:
@@ -1698,8 +1696,7 @@ class _Schedules:
         self.main_thread = 0
         self.pending: list[tuple[list, Callable | None]] = []
         self.thread: threading.Thread | None = None
-        self.done = True  # nothing is being walked
-        self.cancelled = False
+        self.done, self.cancelled = True, False  # done: nothing is being walked
         self.turns: tuple[threading.Semaphore, threading.Semaphore] | None = None
 
     def start(self, take_turns: bool) -> None:
@@ -2872,8 +2869,7 @@ def _settle_failure(main: _MainSide, job: Job, outcome: int, payload: Any, raw: 
     main.failures.job_failed(job, value, worker, remote_tb)
 
 
-# UNLOADABLE (worker -> main, from _run_jobs): the batch did not unpickle on the worker; the main
-# rank sends it again job by job, so that only the culprit fails.
+# UNLOADABLE (worker -> main, from _run_jobs): a batch that did not unpickle goes again job by job.
 def _send_unloadable(comm: Any, reason: BaseException) -> None:
     comm.send((_UNLOADABLE, _describe(reason)), dest=0, tag=_TO_MAIN)
 
