@@ -1980,6 +1980,7 @@ class _SerialRunner:
         self.depth = 0  # begin()s not yet ended: an as_completed() loop may call map()
         self.pinger: _Pinger | None = None
         self.seen_running: tuple[Job, float] | None = None
+        self.crash_tracebacks: Any = None
 
     def execute(self, return_results: bool) -> dict[Job, Any] | None:
         """Run everything, report, and release the workers' execute() with the same report."""
@@ -2000,9 +2001,8 @@ class _SerialRunner:
         self.release(error, closing=False)
         if error is not None:
             raise error
-        if return_results:
-            return {job: job._result for job in graph.jobs if job._status is _SUCCESS or job._status is _RESTORED}
-        return None
+        return {job: job._result for job in graph.jobs if job._status is _SUCCESS or job._status is _RESTORED} \
+            if return_results else None
 
     def as_completed(self, wanted: tuple[Job, ...] | None) -> Iterator[Job]:
         graph = self.graph
@@ -2094,6 +2094,8 @@ class _SerialRunner:
     def begin(self) -> None:
         if not self.depth:
             self.starting()  # if it raises, nothing has started
+            self.crash_tracebacks = _tracebacks_on_crash()  # entered once: map() calls run() per item
+            self.crash_tracebacks.__enter__()
             if self.events.status is not PoolStatus.EXECUTING:
                 self.events.set_status(PoolStatus.EXECUTING)
             self.graph.start_executing()
@@ -2104,7 +2106,7 @@ class _SerialRunner:
         an interruption aborts what runs and cancels what has not started."""
         schedules = self.schedules
         try:
-            with _tracebacks_on_crash(), _jobs_run_in_this_thread():
+            with _jobs_run_in_this_thread():
                 while True:
                     schedules.start(self.takes_turns)
                     done = self.loop(finished)
@@ -2122,6 +2124,7 @@ class _SerialRunner:
         if self.depth:
             return
         self.graph.executing = False
+        self.crash_tracebacks.__exit__(None, None, None)
         self.policy.release()
         if self.pinger is not None:
             self.pinger.stop()
@@ -2637,8 +2640,11 @@ class _MainSide(_SerialRunner):
                 if graph.ready:
                     continue  # what is left waits for another worker (a retry)
                 break
-            if not _send_jobs(self, worker, batch):
+            raw: list[memoryview] = []
+            message = _jobs_message(self, batch, raw)
+            if message is None:
                 continue
+            self.send(worker, message, raw)
             graph.sent(batch, worker)
             if not batches[worker]:
                 self.running[worker] = (batch[0], time.monotonic())
@@ -2738,22 +2744,14 @@ def _on_left(main: _MainSide, worker: int, message: tuple) -> None:
 
 
 # JOBS (main -> worker): a batch of calls and their time limits; the worker answers DONE or UNLOADABLE.
-def _send_jobs(main: _MainSide, worker: int, batch: list[Job]) -> bool:
-    """Pack a batch and send it without waiting; False when none of its jobs could be packed."""
-    raw: list[memoryview] = []
-    payload = _pack_jobs(main, batch, raw)
-    if payload is not None:
-        main.send(worker, (_JOBS, payload, _raw_sizes(raw)), raw)
-    return payload is not None
-
-
-def _pack_jobs(main: _MainSide, batch: list[Job], raw: list[memoryview]) -> bytes | list | None:
-    """Pickle a batch; a job that cannot be pickled fails alone (from QUEUED: it never ran), the rest go."""
+def _jobs_message(main: _MainSide, batch: list[Job], raw: list[memoryview]) -> tuple | None:
+    """A batch, pickled; a job that cannot be pickled fails alone (from QUEUED: it never ran), the rest go."""
     policy = main.policy
     limits = [policy.limit_of(job) for job in batch] if policy.timeout is not None or policy.own else None
     try:
-        return _pack(([(job._fn, job._args, job._kwargs) if job._extras is None else job._call() for job in batch],
-                      limits), raw)
+        payload = _pack(([(job._fn, job._args, job._kwargs) if job._extras is None else job._call()
+                          for job in batch], limits), raw)
+        return _JOBS, payload, _raw_sizes(raw)
     except Exception:
         raw.clear()
     sendable = []
@@ -2769,7 +2767,7 @@ def _pack_jobs(main: _MainSide, batch: list[Job], raw: list[memoryview]) -> byte
         else:
             sendable.append(job)
     batch[:] = sendable
-    return _pack_jobs(main, batch, raw) if batch else None
+    return _jobs_message(main, batch, raw) if batch else None
 
 
 def _run_jobs(side: _WorkerSide, payload: bytes | list, received: list) -> None:

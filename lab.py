@@ -57,6 +57,7 @@ def _bench_against(path: str, count: int, runs: int) -> list[dict]:
     if spec is None or spec.loader is None or not os.path.isfile(path):
         raise SystemExit(f"lab.py --against: {path!r} is not a bsb_mini.py to compare with")
     before = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = before  # so that its functions pickle by reference, as the workers load it too
     spec.loader.exec_module(before)
     dag, where = _random_dag(count), "MPI" if MPI.get_size() > 1 else "serial"
     timings: dict[tuple[str, str], list[float]] = collections.defaultdict(list)
@@ -65,16 +66,20 @@ def _bench_against(path: str, count: int, runs: int) -> list[dict]:
     workloads = {"independent": functools.partial(_time_pool, count, None),
                  "DAG <=3 deps": functools.partial(_time_pool, count, dag),
                  "pool.map": functools.partial(_time_pool_map, count)}
-    for _ in range(runs):
+    for run in range(runs):
         for label, measure in workloads.items():
-            timings[(label, "before")].append(measure(pool_class=before.JobPool))
-            timings[(label, "this")].append(measure())
+            order = ("before", "this") if run % 2 == 0 else ("this", "before")  # what goes second is favoured
+            for who in order:
+                timings[(label, who)].append(measure(pool_class=before.JobPool) if who == "before" else measure())
     rows = []
     for label in workloads:
-        old, new = min(timings[(label, "before")]), min(timings[(label, "this")])
+        old_times, this = timings[(label, "before")], timings[(label, "this")]
+        old, new = min(old_times), min(this)
+        pairs = sorted(b / a for a, b in zip(old_times, this, strict=True))  # each run's two, back to back
         rows.append(_bench_row(f"{where} {label}: {os.path.basename(path)}", count, old, old))
         rows.append(_bench_row(f"{where} {label}: this version", count, new, old,
-                               f"{new / old:.3f}x the other, min of {runs} interleaved"))
+                               f"{new / old:.3f}x the other, min of {runs} interleaved; median of the "
+                               f"{runs} back-to-back pairs {pairs[runs // 2]:.3f}x"))
     return rows
 
 
