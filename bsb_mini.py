@@ -663,6 +663,7 @@ class _Graph:
         self.running: Job | None = None  # the job started last in this process (serially)
         self.active = 0
         self.n_succeeded = self.n_failed = self.n_cancelled = self.n_aborted = self.n_restored = 0  # for snapshots
+        self.n_unkeyed, self.unkeyed_example = 0, ""  # jobs of a pool with a journal that got no key
         self.journal: _Journal | None = None  # the main rank's, while a pool with a journal is open
         self.restorable: _Journal | None = None  # the same, when it opened with records
 
@@ -733,13 +734,14 @@ class _Graph:
         if self.emit is not None:
             self.emit(_JOB_STATUS_CHANGE, _RUNNING, _QUEUED, job)
 
-    def succeeded(self, job: Job, result: Any) -> None:
+    def succeeded(self, job: Job, result: Any, payload: Any = None, raw: list | None = None) -> None:
+        """``payload`` and ``raw``: the bytes a worker sent, which the journal keeps as they are."""
         job._result = result
         job._status = _SUCCESS
         self.active -= 1
         self.n_succeeded += 1
         if job._key is not None and self.journal is not None:
-            self.journal.record(job._key, result)
+            self.journal.record(job._key, result, payload, raw)
         if self.watchers:
             for watcher in self.watchers:
                 watcher.append(job)
@@ -1022,7 +1024,7 @@ def _reaches(start: Any, target: Any, position: dict) -> bool:
 #
 # A journal is one append-only file, written by the main rank only: _MAGIC, then frames.
 # A frame is a head (_FRAME: its kind, u8, and its body's length, u64), the body, and the
-# crc32 of the body (u32). Three kinds:
+# crc32 of the body (u32). Four kinds:
 #
 #   _NONES  the pickled list of the keys of jobs that returned None (most jobs): one per write
 #   _TINY   the pickled list [(key, stream), ...] of results whose pickle streams are
@@ -1030,22 +1032,32 @@ def _reaches(start: Any, target: Any, position: dict) -> bool:
 #   _SINGLE one result: key length (u32), key (UTF-8), then its pieces: a count (u32) and
 #           each piece as length (u64) + bytes (piece 0 is the pickle stream, the others
 #           its protocol 5 buffers, written and read without copies)
+#   _TAG    the journal_tag it is used with (UTF-8), written when a tag is first given
 #
-# Opening reads the batched frames, whose results stay in the index, and only the heads and
-# keys of single frames: their results are read and checked when their jobs are restored,
-# so a million records open in seconds without loading every result. A frame cut short
-# or failing its check ends the journal there: the tail torn by a kill is cut off, with
-# a WARNING. A thread writes what succeeded at most _JOURNAL_EVERY seconds earlier, then
-# fsyncs. The lock is a file beside the journal, made with O_EXCL (atomic on local disks,
-# NFSv3+, Lustre and GPFS; no byte-range locks): it names its holder's host and pid, and
-# the holder touches it at every write. A lock whose holder is dead (same host) or that
-# stops being touched (another host) is taken over at once.
+# What is recorded is the result as the job returned it: serially it is pickled when the
+# job succeeds and its buffers copied then; under MPI the main rank keeps the bytes it
+# received (copying the raw parts, which the unpickled result uses in place). Opening reads
+# the batched frames, whose results stay in the index, and only the heads and keys of single
+# frames, so a million records open in seconds. A frame cut short or failing its check ends
+# the journal there: the tail torn by a kill is cut off, with a WARNING. A thread writes
+# what succeeded at most _JOURNAL_EVERY seconds earlier, then fsyncs; a write that fails
+# (disk full, quota) is cut back to the last whole frame and tried again, with a WARNING.
+#
+# The lock is a file beside the journal, made with O_EXCL (atomic on local disks, NFSv3+,
+# Lustre and GPFS; no byte-range locks). It names its holder: host, pid, the pid's start
+# time (a pid reused after a restart is another process) and a token. A helper process
+# touches it every second, so a job that holds the interpreter for minutes does not stop
+# the heartbeat. A lock whose holder is dead (same host) or that stops being touched
+# (another host) is stale; taking it over goes through a second O_EXCL file, so two runs
+# that find it stale never both take it, and a run only ever removes its own lock. A journal
+# is a file of pickles, and loading one runs code: one that other users may write to is refused.
 
-_MAGIC = b"bsb_mini journal 1\n"
+_MAGICS = (b"bsb_mini journal 2\n", b"bsb_mini journal 1\n")  # what is written; what is read
+_MAGIC = _MAGICS[0]
 _FRAME, _CRC, _KEY_LENGTH, _COUNT, _LENGTH = (struct.Struct(f) for f in ("<BQ", "<I", "<I", "<I", "<Q"))
-_TINY, _SINGLE, _NONES = 1, 2, 3
+_TINY, _SINGLE, _NONES, _TAG = 1, 2, 3, 4
 _TINY_BELOW = 256  # bytes of pickle stream
-_JOURNAL_EVERY = 0.5  # seconds between writes (and heartbeats)
+_JOURNAL_EVERY = 0.5  # seconds between writes
 _STALE_AFTER = 5.0  # seconds without a heartbeat after which another host's lock is stale
 _PLAIN_ATOMS = frozenset((type(None), bool, int, float, complex, str, bytes))
 _new_key_hash = hashlib.blake2b(digest_size=16).copy  # a copy is quicker than a new one
@@ -1074,7 +1086,10 @@ def _derived_key(fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...],
                 return None
             text += extra
     else:
-        text = repr(args)
+        try:
+            text = repr(args)
+        except ValueError:  # an int of more than 4,300 digits
+            text = _canonical(args) or ""  # (a tuple of atoms always has a text)
     if deps:
         if len(deps) == 1:
             key = deps[0]._key
@@ -1094,24 +1109,41 @@ def _derived_key(fn: Callable, args: tuple, kwargs: dict, deps: tuple[Job, ...],
 
 
 def _stable_name(fn: Callable, names: dict) -> str | None:
-    """``module.qualname:`` of a function that every process names alike, cached in ``names``."""
+    """``module.qualname:`` of a function that every process names alike, cached in ``names``;
+    the script that was run is named by its file (or its module under ``python -m``), so two
+    scripts sharing a journal never restore each other's results."""
     if fn in names:
         return names[fn]
-    module, name = getattr(fn, "__module__", None), getattr(fn, "__qualname__", None)
+    module, name = _module_of(fn), getattr(fn, "__qualname__", None)
     bound = getattr(fn, "__self__", None)
     stable = module and name and "<" not in name and (bound is None or type(bound) is type(sys))
     names[fn] = f"{module}.{name}:" if stable else None
     return names[fn]
 
 
+def _module_of(thing: Any) -> str | None:
+    module = getattr(thing, "__module__", None)
+    if module != "__main__":
+        return module
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name not in (None, "__main__"):
+        return spec.name
+    path = getattr(main, "__file__", None)
+    return os.path.splitext(os.path.basename(path))[0] if path else None  # None: an interactive session
+
+
 def _canonical(value: Any) -> str | None:
     """Plain data as text that does not depend on hash seeds or insertion order, else None."""
     kind = type(value)
-    if kind in _PLAIN_ATOMS:
-        return repr(value)
-    if kind is tuple or kind is list:
-        if _PLAIN_ATOMS.issuperset(map(type, value)):
+    try:
+        if kind in _PLAIN_ATOMS:
             return repr(value)
+        if (kind is tuple or kind is list) and _PLAIN_ATOMS.issuperset(map(type, value)):
+            return repr(value)
+    except ValueError:  # an int of more than 4,300 digits: its hex has no limit
+        return hex(value) if kind is int else None
+    if kind is tuple or kind is list:
         parts = []
         for item in value:
             text = _canonical(item)
@@ -1129,30 +1161,68 @@ def _canonical(value: Any) -> str | None:
         return f"{kind.__name__}{{" + ",".join(sorted(pairs)) + "}"
     if kind is Job:
         return None if value._key is None else f"Job({value._key!r})"
-    return None
+    return _canonical_record(value, kind)
+
+
+def _canonical_record(value: Any, kind: type) -> str | None:
+    """The plain data of science code: numpy arrays and scalars (dtype, shape and content), paths,
+    enums, and dataclasses and named tuples whose fields are plain data; else None."""
+    name = f"{_module_of(kind)}.{kind.__qualname__}"
+    if isinstance(value, enum.Enum):
+        return f"{name}.{value.name}"
+    if isinstance(value, os.PathLike) and kind.__module__ == "pathlib":
+        return f"{kind.__name__}({os.fspath(value)!r})"
+    if kind.__module__ == "numpy" and hasattr(value, "dtype") and hasattr(value, "tobytes"):
+        array: Any = value
+        if array.dtype.hasobject:
+            return None
+        small = array.size <= 8  # readable; else its content's digest
+        shown = repr(array.tolist()) if small else hashlib.blake2b(array.tobytes(), digest_size=16).hexdigest()
+        return f"numpy({array.dtype!r},{array.shape},{shown})"
+    if hasattr(kind, "__dataclass_fields__") and not isinstance(value, type):
+        fields = [field.name for field in sys.modules["dataclasses"].fields(value)]
+    elif isinstance(value, tuple) and hasattr(kind, "_fields"):
+        fields = list(kind._fields)
+    else:
+        return None
+    parts = []
+    for field in fields:
+        text = _canonical(getattr(value, field))
+        if text is None:
+            return None
+        parts.append(f"{field}={text}")
+    return f"{name}({','.join(parts)})"
 
 
 class _Journal:
     """Successes recorded in a file, restored by later pools (see the comment above)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, tag: str | None = None):
         self.path = os.path.abspath(os.fspath(path))
         self.lock = _JournalLock(self.path + ".lock")
         self.index: dict[str, bytes | int] = {}  # key -> a tiny result's stream, or its single frame's offset
+        self.tag: str | None = None  # the journal_tag it was used with
         self.nones: list[str] = []  # not written yet: keys of jobs that returned None,
         self.tiny: list[tuple[str, bytes]] = []  # (key, stream) of tiny results,
-        self.pending: collections.deque[tuple[str, bytes, list | None]] = collections.deque()  # and the others
+        self.pending: collections.deque[tuple[str, bytes, list]] = collections.deque()  # and the others
+        self.unwritten: collections.deque[list] = collections.deque()  # frames (lists of parts) to write
+        self.failure: OSError | None = None  # the last write's error, while writes fail
         self.wake = threading.Event()
         self.writing = threading.Lock()  # frames are appended whole, one write() at a time
         self.writer: threading.Thread | None = None
-        self.failure: BaseException | None = None  # the writer's, raised at close
+        self.fd = self.reader = -1
         try:
+            _refuse_if_others_may_write(self.path)
             self.lock.acquire()
             try:
-                self.file = open(self.path, "ab")  # noqa: SIM115 (closed in close())
-                self.reader = open(self.path, "rb", buffering=0)  # noqa: SIM115 (closed in close())
-                self.scan(os.fstat(self.file.fileno()).st_size)
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                self.reader = os.open(self.path, os.O_RDONLY)
+                self.size = os.fstat(self.fd).st_size
+                self.scan()
+                if tag is not None:
+                    self.use_tag(tag)
             except BaseException:
+                self.close_files()
                 self.lock.release()
                 raise
         except OSError as reason:
@@ -1161,15 +1231,16 @@ class _Journal:
         self.writer = threading.Thread(target=self._write_every, name="bsb_mini-journal", daemon=True)
         self.writer.start()
 
-    def scan(self, size: int) -> None:
+    def scan(self) -> None:
         """Index the records of the file; a tail torn by a kill, or damaged, is cut off with a WARNING."""
+        size = self.size
         if size == 0:
-            self.file.write(_MAGIC)
-            self.file.flush()
+            _write_all(self.fd, [_MAGIC])
+            os.fsync(self.fd)
+            _fsync_folder(self.path)  # the new file's name is durable too
+            self.size = len(_MAGIC)
             return
-        if os.pread(self.reader.fileno(), len(_MAGIC), 0) != _MAGIC:
-            self.file.close()
-            self.reader.close()
+        if os.pread(self.reader, len(_MAGIC), 0) not in _MAGICS:
             raise JobPoolError(f"{self.path} is not a bsb_mini journal (it does not start like one); "
                                "give journal= a new file's path, or the path of a journal written by bsb_mini.")
         position = len(_MAGIC)
@@ -1180,17 +1251,18 @@ class _Journal:
             _logger.warning("Journal %s: %s at byte %d (a run was killed while writing?); the %d record(s) before "
                             "it are used and the %d byte(s) after it are dropped.", self.path, torn, position,
                             len(self.index), size - position)
-            self.file.truncate(position)
+            os.ftruncate(self.fd, position)
+            self.size = position
 
     def _index_frame(self, position: int, size: int) -> int:
         """Index the frame at ``position``; return where the next one starts, or raise ValueError."""
-        fd, head = self.reader.fileno(), _FRAME.size
+        fd, head = self.reader, _FRAME.size
         start = os.pread(fd, head + _KEY_LENGTH.size, position)
         if len(start) < head:
             raise ValueError("the last frame is cut short")
         kind, length = _FRAME.unpack_from(start)
         end = position + head + length + _CRC.size
-        if kind not in (_TINY, _SINGLE, _NONES):
+        if kind not in (_TINY, _SINGLE, _NONES, _TAG):
             raise ValueError("a frame is damaged")
         if end > size:
             raise ValueError("the last frame is cut short")
@@ -1203,11 +1275,30 @@ class _Journal:
         try:
             if zlib.crc32(body[:length]) != _CRC.unpack_from(body, length)[0]:
                 raise ValueError
+            if kind == _TAG:
+                self.tag = body[:length].decode("utf-8", "surrogatepass")
+                return end
             records = pickle.loads(body[:length])
             self.index.update(records if kind == _TINY else dict.fromkeys(records, _PICKLED_NONE))
         except Exception:
             raise ValueError("a frame is damaged") from None
         return end
+
+    def use_tag(self, tag: str) -> None:
+        """A rerun with another configuration must not restore this one's results."""
+        if type(tag) is not str:
+            raise JobPoolError(f"journal_tag={tag!r} is a {type(tag).__name__}; pass a str that names the "
+                               "configuration (its parameters, a version).")
+        if self.tag is not None and self.tag != tag:
+            raise JobPoolError(f"Journal {self.path} was written with journal_tag={self.tag!r}, not {tag!r}: its "
+                               "results belong to another configuration. Give this run another journal, or the "
+                               "tag it was written with if the configuration is the same.")
+        if self.tag is None:
+            body = tag.encode("utf-8", "surrogatepass")
+            _write_all(self.fd, [_FRAME.pack(_TAG, len(body)), body, _CRC.pack(zlib.crc32(body))])
+            os.fsync(self.fd)
+            self.size = os.fstat(self.fd).st_size
+            self.tag = tag
 
     def load(self, key: str) -> tuple[bool, Any]:
         """(True, result) for a recorded key; (False, None) when the record does not load."""
@@ -1216,12 +1307,11 @@ class _Journal:
             if type(found) is bytes:
                 return True, pickle.loads(found)
             assert type(found) is int
-            kind, length = _FRAME.unpack(os.pread(self.reader.fileno(), _FRAME.size, found))
+            kind, length = _FRAME.unpack(os.pread(self.reader, _FRAME.size, found))
             if kind != _SINGLE:
                 raise ValueError("its frame is of another kind")
             frame = bytearray(length + _CRC.size)
-            self.reader.seek(found + _FRAME.size)
-            if self.reader.readinto(frame) != len(frame):
+            if os.preadv(self.reader, [frame], found + _FRAME.size) != len(frame):
                 raise ValueError("it is cut short")
             body = memoryview(frame)[:length]
             if zlib.crc32(body) != _CRC.unpack_from(frame, length)[0]:
@@ -1239,61 +1329,90 @@ class _Journal:
                             self.path, key, _describe(reason))
             return False, None
 
-    def record(self, key: str, result: Any) -> None:
-        """Keep a success to be written (results that do not pickle are not recorded)."""
+    def record(self, key: str, result: Any, payload: Any = None, raw: list | None = None) -> None:
+        """Keep a success to be written, as it is now: a result changed in place later must not
+        change what a later run restores. ``payload`` (and its ``raw`` parts): the bytes a worker
+        sent, kept instead of pickling the result again. Results that do not pickle are not recorded."""
         if result is None:
-            self.nones.append(key)  # append: safe beside the writer thread (see write())
+            self.nones.append(key)  # append: safe beside the writer thread (see _take)
             return
-        buffers: list[pickle.PickleBuffer] = []
-        try:
-            stream = _dumps(result, buffers)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as reason:  # noqa: B036 (a __reduce__ that raises SystemExit: not recorded)
-            _logger.debug("Journal %s: the result of %r is not recorded: %s", self.path, key, _describe(reason))
-            return
+        if payload is not None:
+            if type(payload) is bytes:
+                stream, buffers = payload, []
+            else:  # raw parts are the result's own memory: copied
+                pieces = [bytes(raw[piece]) if type(piece) is int else piece for piece in payload]  # type: ignore[index]
+                stream, buffers = pieces[0], pieces[1:]
+        else:
+            found: list[pickle.PickleBuffer] = []
+            try:
+                stream = _dumps(result, found)
+            except KeyboardInterrupt:
+                raise
+            except BaseException as reason:  # noqa: B036 (a __reduce__ that raises SystemExit: not recorded)
+                _logger.debug("Journal %s: the result of %r is not recorded: %s", self.path, key, _describe(reason))
+                return
+            buffers = [bytes(buffer.raw()) for buffer in found]  # the one copy: as the job returned it
         if buffers or len(stream) >= _TINY_BELOW:
-            self.pending.append((key, stream, buffers or None))
+            self.pending.append((key, stream, buffers))
         else:
             self.tiny.append((key, stream))
 
     def _write_every(self) -> None:
         while not self.wake.wait(_JOURNAL_EVERY):
+            self.lock.touch()
             try:
                 self.write()
-            except BaseException as error:  # noqa: B036 (kept, raised at close)
-                self.failure = error
-                return
+            except Exception as error:  # not a disk's: say so, and go on trying
+                _logger.warning("Journal %s: writing failed: %s", self.path, _describe(error))
 
     def write(self) -> None:
-        """Touch the lock (the heartbeat), append what is pending, fsync; one caller at a time."""
+        """Append what is pending as whole frames and fsync; one caller at a time. A frame whose
+        write fails is cut off and kept, with what follows it, to be tried again, with a WARNING
+        at once (and again when the error changes); close() raises while it still fails."""
         with self.writing:
-            self._write()
+            unwritten = self.unwritten
+            unwritten += self._frames()
+            if not unwritten:
+                return
+            try:
+                while unwritten:
+                    self.size += _write_all(self.fd, unwritten[0])
+                    unwritten.popleft()
+                os.fsync(self.fd)
+            except OSError as error:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self.fd, self.size)  # no frame in part: the next write appends whole ones
+                if self.failure is None or str(error) != str(self.failure):
+                    _logger.warning("Journal %s: results cannot be written (%s); the pool goes on and tries "
+                                    "again every %g s. Free some space, or the results of this run will not be "
+                                    "restored next time.", self.path, _describe(error), _JOURNAL_EVERY)
+                self.failure = error
+                return
+            if self.failure is not None:
+                _logger.warning("Journal %s: writing works again; nothing was lost.", self.path)
+                self.failure = None
 
-    def _write(self) -> None:
-        self.lock.touch()
-        pending, out = self.pending, []  # type: ignore[var-annotated]
-        nones, tiny = self._take(self.nones), self._take(self.tiny)
+    def _frames(self) -> list[list]:
+        """The records appended since the last write, as frames (each a list of parts to write in order)."""
+        out: list[list] = []
+        nones, tiny, pending = self._take(self.nones), self._take(self.tiny), self.pending
         while pending:
             key, stream, buffers = pending.popleft()
             encoded = key.encode("utf-8", "surrogatepass")
-            views = [memoryview(stream), *(buffer.raw() for buffer in buffers or ())]
+            views = [memoryview(stream), *(memoryview(buffer) for buffer in buffers)]
             parts: list = [_KEY_LENGTH.pack(len(encoded)), encoded, _COUNT.pack(len(views))]
             for view in views:
                 parts += (_LENGTH.pack(view.nbytes), view)
             checksum = 0
             for part in parts:
                 checksum = zlib.crc32(part, checksum)
-            out += (_FRAME.pack(_SINGLE, sum(memoryview(part).nbytes for part in parts)), *parts,
-                    _CRC.pack(checksum))
+            out.append([_FRAME.pack(_SINGLE, sum(memoryview(part).nbytes for part in parts)), *parts,
+                        _CRC.pack(checksum)])
         for kind, records in ((_NONES, nones), (_TINY, tiny)):
             if records:
                 body = pickle.dumps(records, 5)
-                out += (_FRAME.pack(kind, len(body)), body, _CRC.pack(zlib.crc32(body)))
-        if out:
-            self.file.writelines(out)
-            self.file.flush()
-            os.fsync(self.file.fileno())
+                out.append([_FRAME.pack(kind, len(body)), body, _CRC.pack(zlib.crc32(body))])
+        return out
 
     @staticmethod
     def _take(records: list) -> list:
@@ -1304,36 +1423,94 @@ class _Journal:
         del records[:count]
         return taken
 
+    def close_files(self) -> None:
+        for fd in (self.fd, self.reader):
+            if fd >= 0:
+                os.close(fd)
+        self.fd = self.reader = -1
+
     def close(self) -> None:
-        """Write everything, release the lock; a write error is raised here."""
+        """Write everything and release the lock, whatever happens; raise if results could not be written."""
         self.wake.set()
         if self.writer is not None:
             self.writer.join()
         try:
-            if self.failure is None:
-                self.write()
+            self.write()
         finally:
-            self.file.close()
-            self.reader.close()
+            self.close_files()
             self.lock.release()
         if self.failure is not None:
-            raise JobPoolError(f"Journal {self.path}: results could not be written: "
-                               f"{_describe(self.failure)}") from self.failure
+            raise JobPoolError(f"Journal {self.path}: the results of this run's last jobs could not be written "
+                               f"({_describe(self.failure)}); they will run again next time. The lock was "
+                               "released and the journal is intact up to its last whole record.") from self.failure
 
 
-def _process_alive(pid: int) -> bool:
-    """Whether process ``pid`` of this host runs (a zombie, dead but not yet reaped, does not)."""
+def _write_all(fd: int, parts: list) -> int:
+    """Write every part, in order; os.writev may stop short (a full disk does), so go on from there."""
+    views = [memoryview(part).cast("B") for part in parts]
+    total, first = 0, 0
+    while first < len(views):
+        done = os.writev(fd, views[first:first + 1024])
+        total += done
+        while first < len(views) and done >= views[first].nbytes:
+            done -= views[first].nbytes
+            first += 1
+        if done:
+            views[first] = views[first][done:]
+    return total
+
+
+def _fsync_folder(path: str) -> None:
+    with contextlib.suppress(OSError):  # a folder that cannot be opened (some network filesystems)
+        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _refuse_if_others_may_write(path: str) -> None:
+    """A journal is a file of pickles, and loading one runs code: refuse one that other users can change."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return
+    others = info.st_mode & 0o022 or (hasattr(os, "getuid") and info.st_uid != os.getuid())
+    if others:
+        raise JobPoolError(f"{path} can be written by other users (mode {info.st_mode & 0o777:o}, owner uid "
+                           f"{info.st_uid}): a journal holds pickles, and loading one runs code. Make it yours "
+                           f"alone (chmod go-w {path}), or give journal= a file of your own.")
+
+
+def _process_identity(pid: int) -> str | None:
+    """When process ``pid`` of this host started (so that a pid reused after a restart is another process),
+    or None if it does not run (a zombie, dead but not yet reaped, does not); "?" where /proc is missing."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return False
+        return None
     except PermissionError:
         pass
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return None if fields[0] == "Z" else fields[19]  # state, and starttime (field 22 of stat)
     except (OSError, IndexError):
-        return True  # no /proc (macOS): kill() said it exists
+        return "?"  # no /proc (macOS): kill() said it exists
+
+
+_HEARTBEAT = """
+import os, select, sys
+path, token = sys.argv[1:3]
+while not select.select([sys.stdin], [], [], 1.0)[0]:  # until the pool lets go, or its process dies
+    try:
+        with open(path) as lock:
+            if token not in lock.read():
+                break
+        os.utime(path)
+    except OSError:
+        break
+"""
 
 
 class _JournalLock:
@@ -1341,13 +1518,16 @@ class _JournalLock:
 
     def __init__(self, path: str):
         self.path = path
-        self.me = f"{socket.gethostname()} {os.getpid()}"
+        pid = os.getpid()
+        self.me = f"{socket.gethostname()} {pid} {_process_identity(pid)} {os.urandom(8).hex()}"
         self.held = False
+        self.heartbeat: Any = None
 
     def acquire(self) -> None:
-        for _ in range(10):
+        _refuse_if_others_may_write(self.path)
+        for _ in range(50):
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
             except FileExistsError:
                 holder = self.holder_if_alive()
                 if holder is not None:
@@ -1355,46 +1535,90 @@ class _JournalLock:
                         f"Journal {self.path[:-5]} is in use by {holder} (its lock file: {self.path}); "
                         "one pool at a time may use a journal. Wait for it to finish, or give this pool "
                         "another journal.") from None
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)  # stale: its holder is gone
+                self.take_over_stale()
                 continue
             with os.fdopen(fd, "w") as file:
                 file.write(self.me + "\n")
             self.held = True
+            self.start_heartbeat()
             return
         raise JobPoolError(f"Journal {self.path[:-5]}: could not take its lock file {self.path}.")
 
     def holder_if_alive(self) -> str | None:
-        """Who holds the lock, while they live: a process of this host that has not died, or one
-        that touches the lock (its heartbeat) within _STALE_AFTER seconds; else None (stale)."""
+        """Who holds the lock, while they live: a process of this host that runs (the same process,
+        not one that reused its pid), or one that touches the lock (its heartbeat) within
+        _STALE_AFTER seconds; else None (stale)."""
         try:
             with open(self.path) as file:
-                host, pid = (file.readline().split() + ["", ""])[:2]
+                content = file.read()
+            host, pid, started = (content.split() + ["", "", ""])[:3]
             here = host == socket.gethostname() and pid.isdigit()
             if here and int(pid) == os.getpid():
                 return f"another pool of this process (pid {pid} on {host})"
             holder = f"process {pid or '?'} on {host or '?'}"
             before, deadline = os.stat(self.path).st_mtime_ns, time.monotonic() + _STALE_AFTER
             while True:
-                if here and not _process_alive(int(pid)):
-                    return None  # killed: its lock is stale at once
+                if here:  # alive, and the same process (an older bsb_mini wrote no start time)
+                    now = _process_identity(int(pid))
+                    return holder if now is not None and (now == started or now == "?" or not started) else None
                 if os.stat(self.path).st_mtime_ns != before:
                     return holder  # its heartbeat
                 if time.monotonic() >= deadline:
-                    return holder if here else None  # alive here but silent: not ours to take
+                    return None
                 time.sleep(0.1)
         except FileNotFoundError:
             return None
 
+    def take_over_stale(self) -> None:
+        """Remove a stale lock, one taker at a time (a second O_EXCL file), and only the lock that was
+        found stale: a taker that comes second finds a live lock, or none."""
+        claim = self.path + ".takeover"
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            with contextlib.suppress(OSError):
+                if time.time() - os.stat(claim).st_mtime > 60:  # left by a taker that was killed
+                    os.unlink(claim)
+            time.sleep(0.05)
+            return
+        try:
+            os.close(fd)
+            if self.holder_if_alive() is None:  # still stale, now that no one else is taking it
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.path)
+        finally:
+            os.unlink(claim)
+
+    def start_heartbeat(self) -> None:
+        """A helper process touches the lock every second, interpreter lock or not; where it cannot
+        start, the journal's writer thread touches it instead."""
+        import subprocess
+
+        try:
+            self.heartbeat = subprocess.Popen([sys.executable, "-S", "-E", "-c", _HEARTBEAT, self.path, self.me],
+                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                              stderr=subprocess.DEVNULL, close_fds=True)
+        except OSError as reason:
+            _logger.debug("Journal lock %s: no heartbeat process (%s)", self.path, _describe(reason))
+
     def touch(self) -> None:
-        with contextlib.suppress(OSError):
-            os.utime(self.path)
+        if self.heartbeat is None:
+            with contextlib.suppress(OSError):
+                os.utime(self.path)
 
     def release(self) -> None:
+        """Let go of the lock, if it is still ours (a lock taken over as stale is another run's now)."""
+        if self.heartbeat is not None:
+            with contextlib.suppress(OSError):
+                self.heartbeat.stdin.close()
+            self.heartbeat = None
         if self.held:
             self.held = False
             with contextlib.suppress(OSError):
-                os.unlink(self.path)
+                with open(self.path) as file:
+                    ours = file.read().strip() == self.me
+                if ours:
+                    os.unlink(self.path)
 
 
 # --- 6. The pool: lifecycle, schedule(), timeouts and retries, the serial runner -------
@@ -1409,9 +1633,11 @@ class JobPool:
     """
 
     def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None,
-                 timeout: float | None = None, retries: int = 0, journal: str | os.PathLike | None = None):
+                 timeout: float | None = None, retries: int = 0, journal: str | os.PathLike | None = None,
+                 journal_tag: str | None = None):
         self.owner = owner
         self._journal_path = None if journal is None else os.fspath(journal)
+        self._journal_tag = journal_tag
         self._keys: set[str] = set()  # explicit keys given so far
         self._key_names: dict[Callable, str | None] = {}  # for derived keys
         self._mpi = _as_service(comm, get_service("MPI"))
@@ -1454,7 +1680,7 @@ class JobPool:
         done = graph.n_succeeded + graph.n_failed + graph.n_cancelled + graph.n_aborted + graph.n_restored
         longest = self._runner.longest_running() if self._runner is not None else None
         return PoolSnapshot(len(graph.jobs), done, graph.active, graph.n_succeeded, graph.n_failed,
-                            graph.n_cancelled, graph.n_aborted, self.size, longest, graph.n_restored)
+                            graph.n_cancelled, graph.n_aborted, self.size, longest, graph.n_restored, graph.n_unkeyed)
 
     def add_listener(self, listener: Callable, max_wait: float | None = None) -> None:
         """Call ``listener(progress)`` on the main rank for each event of this pool."""
@@ -1512,6 +1738,9 @@ class JobPool:
             job._key = self._explicit_key(fn, key)
         elif self._journal_path is not None:
             job._key = _derived_key(fn, args, job._kwargs, deps, self._key_names)
+            if job._key is None and fn is not _call_without_owner:  # map()'s calls are never journaled
+                graph.n_unkeyed += 1
+                graph.unkeyed_example = graph.unkeyed_example or job.name
         graph.jobs.append(job)
         if not self._runs_jobs:
             return job
@@ -1607,7 +1836,7 @@ class JobPool:
         self._events.open(rank == 0)
         if self._journal_path is not None and rank == 0:
             try:
-                journal = _Journal(self._journal_path)
+                journal = _Journal(self._journal_path, self._journal_tag)
             except BaseException as error:
                 self.__exit__(type(error), error, error.__traceback__)  # the workers leave too
                 raise
@@ -1981,6 +2210,7 @@ class _SerialRunner:
         self.pinger: _Pinger | None = None
         self.seen_running: tuple[Job, float] | None = None
         self.crash_tracebacks: Any = None
+        self.unkeyed_told = 0  # the jobs without a journal key that a WARNING named already
 
     def execute(self, return_results: bool) -> dict[Job, Any] | None:
         """Run everything, report, and release the workers' execute() with the same report."""
@@ -1994,6 +2224,12 @@ class _SerialRunner:
             self.busy = False
             self.end()
         self.schedules.drain()
+        if graph.n_unkeyed > self.unkeyed_told:
+            self.unkeyed_told = graph.n_unkeyed
+            _logger.warning("%d job(s) of this pool got no journal key, so they run again on every rerun, e.g. "
+                            "%s: a key is derived only from a module-level function and arguments of plain data "
+                            "(a lambda, a local function or an object of your own has none). Give them key=... "
+                            "(a str that names the job across runs).", graph.n_unkeyed, graph.unkeyed_example)
         self.events.set_status(PoolStatus.CLOSING)
         if graph.n_cancelled:
             _settle_blame(graph.jobs)
@@ -2841,7 +3077,7 @@ def _on_done(main: _MainSide, worker: int, message: tuple) -> None:
             except Exception:
                 pass
             else:
-                succeeded(job, value)
+                succeeded(job, value, payload, raw)
                 continue
         _settle_failure(main, job, outcome, payload, raw, remote_tb, worker)
 
@@ -2985,11 +3221,12 @@ _make_progress = tuple.__new__  # PoolProgress(...) without a Python-level __ini
 
 
 class PoolSnapshot(collections.namedtuple(
-    "PoolSnapshot", "total done running succeeded failed cancelled aborted ranks longest restored"
+    "PoolSnapshot", "total done running succeeded failed cancelled aborted ranks longest restored unjournaled"
 )):
     """``pool.snapshot()``: job counts at one moment (``running``: started or on a worker),
-    ``longest``: (job, rank, seconds) of the job that has run longest so far, or None, and
-    ``restored``: jobs whose results came from the journal (counted in ``done``)."""
+    ``longest``: (job, rank, seconds) of the job that has run longest so far, or None,
+    ``restored``: jobs whose results came from the journal (counted in ``done``), and
+    ``unjournaled``: jobs of a pool with a journal that got no key (they run every time)."""
 
     __slots__ = ()
 
@@ -3107,9 +3344,11 @@ class _Pinger:
 
 def create_job_pool(owner: Any = None, *, fail_fast: bool = False, listeners: Iterable[Callable] = (),
                     max_wait: float | None = None, quiet: bool = False, comm: Any = None, timeout: float | None = None,
-                    retries: int = 0, journal: str | os.PathLike | None = None) -> JobPool:
+                    retries: int = 0, journal: str | os.PathLike | None = None,
+                    journal_tag: str | None = None) -> JobPool:
     """A JobPool with ``listeners`` and, unless ``quiet``, a progress display."""
-    pool = JobPool(owner, fail_fast=fail_fast, comm=comm, timeout=timeout, retries=retries, journal=journal)
+    pool = JobPool(owner, fail_fast=fail_fast, comm=comm, timeout=timeout, retries=retries, journal=journal,
+                   journal_tag=journal_tag)
     for listener in listeners:
         pool.add_listener(listener, max_wait)
     if not quiet:
@@ -3219,6 +3458,7 @@ class _ProgressReport:
         verdict = "finished with errors" if bad else "finished"
         aborted = f", {counts.aborted} aborted" if counts.aborted else ""
         restored = f", {counts.restored} restored from the journal" if counts.restored else ""
+        restored += f", {counts.unjournaled} not journaled (no key)" if counts.unjournaled else ""
         return (f"{verdict}: {counts.succeeded}/{counts.total} succeeded, {counts.failed} failed, "
                 f"{counts.cancelled} cancelled{aborted}{restored} in {_clock(elapsed)} ({rate:,.0f} jobs/s)")
 

@@ -1004,6 +1004,30 @@ def scenario_journal_in_use(path):
         report(error=None)
 
 
+def ramp(owner, index):
+    import numpy
+
+    return numpy.arange(1000, dtype=numpy.float64) + index
+
+
+def scenario_changed_in_place(path):
+    """Results changed in place in an as_completed() body after they were recorded: the journal keeps
+    them as the jobs returned them. Run twice: the second run restores, and reports the sums."""
+    with create_job_pool(journal=path, quiet=True) as pool:
+        jobs = [pool.submit(ramp, (index,)) for index in range(12)]
+        seen = {}
+        if pool.is_main():
+            for job in pool.as_completed():
+                values = job.result
+                seen[job] = float(values.sum())  # as it came
+                values /= values.sum()  # normalised in place
+                values *= -1
+    if RANK == 0:
+        report(statuses=sorted({job.status.name for job in jobs}), sums=[seen[job] for job in jobs])
+    else:
+        report(done=True)
+
+
 if __name__ == "__main__":
     name, *arguments = sys.argv[1:]
     globals()[f"scenario_{name}"](*arguments)

@@ -9,7 +9,10 @@ CI installs both, so there they run.
 
 from __future__ import annotations
 
+import collections
 import copy
+import dataclasses
+import enum
 import io
 import json
 import logging
@@ -18,6 +21,7 @@ import pickle
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -1669,6 +1673,295 @@ def test_mpi_a_journal_in_use_is_an_error_on_every_rank_not_a_hang(tmp_path):
     assert code == 0, err
     assert results[0]["error"] == "JobPoolError" and "is in use by process" in results[0]["message"]
     assert all(results[rank]["error"] in ("WorkflowError", "JobPoolError") for rank in (1, 2))
+
+
+def ramp_job(owner, start):
+    import numpy
+
+    return numpy.arange(start, start + 1000, dtype=numpy.float64)
+
+
+def centre_in_place(owner, values):
+    values -= values.mean()
+    return float(values.sum())
+
+
+@pytest.mark.skipif(not HAVE_NUMPY, reason="numpy is a test extra; CI installs it")
+def test_the_journal_records_results_as_returned_not_as_changed_in_place_later(tmp_path):
+    path = tmp_path / "run.journal"
+    with JobPool(journal=path) as pool:
+        kept = pool.submit(ramp_job, (0.0,))
+        centred = pool.submit(ramp_job, (10.0,))
+        pool.submit(centre_in_place, (centred,))  # a dependent changes its input in place
+        pool.execute()
+        doubled = kept.result
+        doubled *= 2  # and so does the block
+    assert kept.result[1] == 2.0 and abs(centred.result.sum()) < 1e-6
+    with JobPool(journal=path) as pool:
+        again = [pool.submit(ramp_job, (start,)) for start in (0.0, 10.0)]
+        pool.execute()
+    assert [job.status for job in again] == [JobStatus.RESTORED] * 2
+    assert again[0].result.sum() == sum(range(1000)) and again[1].result.sum() == sum(range(10, 1010))
+
+
+@needs_mpi
+@pytest.mark.skipif(not HAVE_NUMPY, reason="numpy is a test extra; CI installs it")
+def test_mpi_the_journal_records_what_workers_sent_not_results_changed_in_an_as_completed_body(tmp_path):
+    journal = tmp_path / "run.journal"
+    first, _ = run_scenario("changed_in_place", str(journal), n=3)
+    second, _ = run_scenario("changed_in_place", str(journal), n=3)
+    expected = [float(sum(range(1000)) + 1000 * index) for index in range(12)]
+    assert first["statuses"] == ["SUCCESS"] and first["sums"] == expected
+    assert second["statuses"] == ["RESTORED"] and second["sums"] == expected
+
+
+WRITE_FAILS = """
+import json, logging, os, resource, signal, sys
+sys.modules["mpi4py"] = None  # the emulator: MPI's shared memory would meet the file size limit too
+import bsb_mini
+path, limit = sys.argv[1], int(sys.argv[2])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, as on a full disk
+def blob(owner, index):
+    return bytes([index % 251]) * 100_000
+outcome = {}
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+try:
+    with bsb_mini.JobPool(journal=path) as pool:
+        jobs = [pool.submit(blob, (index,)) for index in range(8)]
+        pool.execute()
+        outcome["statuses"] = sorted({job.status.name for job in jobs})
+except bsb_mini.JobPoolError as error:
+    outcome["error"] = str(error)
+outcome["lock_left"] = os.path.exists(path + ".lock")
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+with bsb_mini.JobPool(journal=path) as pool:  # the same process opens it again: intact, nothing half-written
+    again = [pool.submit(blob, (index,)) for index in range(8)]
+    pool.execute()
+outcome["restored"] = sum(job.status is bsb_mini.JobStatus.RESTORED for job in again)
+outcome["results"] = all(job.result == blob(None, index) for index, job in enumerate(again))
+print(json.dumps(outcome))
+"""
+
+
+def test_a_journal_that_cannot_be_written_warns_at_once_keeps_going_and_says_so_at_close(tmp_path):
+    path, script = tmp_path / "run.journal", tmp_path / "fill.py"
+    script.write_text(WRITE_FAILS)
+    done = subprocess.run([sys.executable, str(script), str(path), "350000"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    outcome = json.loads(done.stdout)
+    assert "cannot be written" in done.stderr and str(path) in done.stderr  # the WARNING, naming the journal
+    assert outcome["statuses"] == ["SUCCESS"]  # the pool went on
+    assert str(path) in outcome["error"] and "could not be written" in outcome["error"]
+    assert not outcome["lock_left"]
+    assert 1 <= outcome["restored"] < 8 and outcome["results"]  # what fitted is intact; the rest ran again
+
+
+SCRIPT = """
+import sys, bsb_mini
+def f(owner, x):
+    return "{name}"
+with bsb_mini.JobPool(journal=sys.argv[1]) as pool:
+    job = pool.submit(f, (1,))
+print(job.key, job.status.name, job.result)
+"""
+
+
+def test_functions_of_two_scripts_that_share_a_journal_are_told_apart(tmp_path):
+    journal = tmp_path / "shared.journal"
+    for name in ("first", "second", "first"):
+        (tmp_path / f"{name}.py").write_text(SCRIPT.format(name=name))
+    outs = [subprocess.run([sys.executable, str(tmp_path / f"{name}.py"), str(journal)], capture_output=True,
+                           text=True, env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=60).stdout.split()
+            for name in ("first", "second", "first")]
+    assert outs[0] == ["first.f:(1,)", "SUCCESS", "first"]
+    assert outs[1] == ["second.f:(1,)", "SUCCESS", "second"]  # not first's result
+    assert outs[2] == ["first.f:(1,)", "RESTORED", "first"]
+
+
+def test_the_readme_examples_key_is_what_the_code_makes(tmp_path):
+    code = readme_example(tmp_path).read_text().replace("quiet=True)", "quiet=True, journal='run.journal')")
+    code += "\nprint('keys', sorted(job.key for job in pool.jobs))\n"
+    (tmp_path / "example.py").write_text(code)
+    out = subprocess.run([sys.executable, "example.py"], capture_output=True, text=True, cwd=tmp_path,
+                         env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "example.place:('cortex',)" in out.stdout.splitlines()[-1]
+
+
+def test_journal_tag_keeps_another_configuration_from_restoring_this_ones_results(tmp_path):
+    path = tmp_path / "run.journal"
+    with JobPool(journal=path, journal_tag="density=2.0") as pool:
+        pool.submit(mpi_scenarios.square, (3,))
+    with pytest.raises(JobPoolError, match=r"density=2\.0.*density=3\.0"), \
+            JobPool(journal=path, journal_tag="density=3.0"):
+        pass
+    for tag in ("density=2.0", None):  # the same tag, or none (nothing compared): restored
+        with JobPool(journal=path, journal_tag=tag) as pool:
+            job = pool.submit(mpi_scenarios.square, (3,))
+        assert job.status is JobStatus.RESTORED and job.result == 9
+    with create_job_pool(journal=path, journal_tag="density=2.0", quiet=True) as pool:  # create_job_pool takes it
+        assert pool.submit(mpi_scenarios.square, (3,)).key is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Region:
+    name: str
+    density: float
+
+
+class Layer(enum.Enum):
+    GRANULAR = 1
+
+
+Point = collections.namedtuple("Point", "x y")
+
+
+@pytest.mark.skipif(not HAVE_NUMPY, reason="numpy is a test extra; CI installs it")
+def test_science_arguments_get_keys_equal_across_processes_and_the_keyless_are_counted(tmp_path, caplog):
+
+    code = """
+import collections, dataclasses, enum, json, pathlib, sys
+import numpy, bsb_mini, test_bsb_mini as t
+with bsb_mini.create_job_pool(journal=sys.argv[1], quiet=True) as pool:
+    jobs = [pool.submit(t.keyed, args) for args in (
+        (numpy.arange(20.0).reshape(4, 5),), (numpy.float64(2.5), numpy.int32(7)), (pathlib.Path("/data/x.h5"),),
+        (t.Region("cortex", 2.0),), (t.Layer.GRANULAR,), (t.Point(1, 2),), (numpy.zeros(3),))]
+print(json.dumps([[job.key, job.status.name] for job in jobs]))
+"""
+    path = tmp_path / "run.journal"
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
+                                      env={**os.environ, "PYTHONPATH": str(HERE), "PYTHONHASHSEED": seed},
+                                      cwd=HERE, timeout=60).stdout) for seed in ("1", "2")]
+    assert all(key is not None for key, _ in runs[0]) and len({key for key, _ in runs[0]}) == 7
+    assert [key for key, _ in runs[1]] == [key for key, _ in runs[0]]
+    assert {status for _, status in runs[0]} == {"SUCCESS"} and {status for _, status in runs[1]} == {"RESTORED"}
+    with caplog.at_level(logging.WARNING, logger="bsb_mini"), \
+            create_job_pool(journal=tmp_path / "other.journal", listeners=[], quiet=True) as pool:
+        opaque = pool.submit(lambda owner: 1, name="a lambda")
+        downstream = pool.submit(add, (opaque, 1))
+        pool.submit(add, (1, 2))
+        pool.map(abs, [-1, -2])  # map() calls are never journaled, and not counted
+    assert opaque.key is None and downstream.key is None
+    warnings = [r.getMessage() for r in caplog.records if "no journal key" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("2 job(s)") and "a lambda" in warnings[0]
+    assert "key=" in warnings[0] and pool.snapshot().unjournaled == 2
+
+
+def test_an_int_of_many_digits_gets_a_key_instead_of_a_bare_error(tmp_path):
+    with JobPool(journal=tmp_path / "run.journal") as pool:
+        job = pool.submit(keyed, (10**5000,))
+    assert job.key is not None and job.result == (10**5000,)
+
+
+HOLD_THE_INTERPRETER = """
+import ctypes, sys, bsb_mini
+def hold(owner, seconds):
+    print("holding", flush=True)
+    ctypes.PyDLL(None).sleep(seconds)  # a C call that keeps the interpreter lock: no Python thread runs
+with bsb_mini.JobPool(journal=sys.argv[1]) as pool:
+    pool.submit(hold, (9,))
+"""
+
+FROM_ANOTHER_HOST = """
+import json, socket, sys
+socket.gethostname = lambda: "another-node"  # as a run on another node of the cluster sees the lock
+import bsb_mini
+try:
+    with bsb_mini.JobPool(journal=sys.argv[1]):
+        print(json.dumps("took it"))
+except bsb_mini.JobPoolError as error:
+    print(json.dumps(str(error)))
+"""
+
+
+def test_a_holder_whose_job_holds_the_interpreter_keeps_its_lock_against_another_host(tmp_path):
+    path = tmp_path / "run.journal"
+    env = {**os.environ, "PYTHONPATH": str(HERE)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_INTERPRETER, str(path)], stdout=subprocess.PIPE,
+                              text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        time.sleep(1.0)
+        other = subprocess.run([sys.executable, "-c", FROM_ANOTHER_HOST, str(path)], capture_output=True,
+                               text=True, env=env, timeout=60)
+        said = json.loads(other.stdout)
+        assert "is in use by process" in said, said  # alive, though silent for more than 5 s
+    finally:
+        holder.wait(timeout=60)
+    assert holder.returncode == 0 and not Path(f"{path}.lock").exists()
+
+
+def test_a_lock_left_by_a_killed_run_whose_pid_is_in_use_again_is_taken_over(tmp_path):
+    path = tmp_path / "run.journal"
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a restarted container: the same host name, and the dead holder's pid now runs something else
+        Path(f"{path}.lock").write_text(f"{socket.gethostname()} {bystander.pid} 12345 deadbeef\n")
+        os.chmod(f"{path}.lock", 0o600)
+        with JobPool(journal=path) as pool:
+            pool.submit(add, (1, 2))
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert not Path(f"{path}.lock").exists()
+
+
+RACE = """
+import json, os, sys, time
+import bsb_mini
+unlink = os.unlink
+def slow_unlink(path):  # widens the moment between finding the lock stale and removing it
+    time.sleep(0.3)
+    unlink(path)
+os.unlink = slow_unlink
+path, go = sys.argv[1:3]
+while not os.path.exists(go):
+    time.sleep(0.001)
+try:
+    with bsb_mini.JobPool(journal=path):
+        time.sleep(1.5)
+    print(json.dumps("held it"))
+except bsb_mini.JobPoolError as error:
+    print(json.dumps(str(error)))
+"""
+
+
+def test_runs_that_find_the_same_stale_lock_never_both_take_it(tmp_path):
+    for attempt in range(3):
+        path, go = tmp_path / f"run{attempt}.journal", tmp_path / f"go{attempt}"
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        Path(f"{path}.lock").write_text(f"{socket.gethostname()} {dead.pid} 1 cafe\n")
+        os.chmod(f"{path}.lock", 0o600)
+        runs = [subprocess.Popen([sys.executable, "-c", RACE, str(path), str(go)], stdout=subprocess.PIPE, text=True,
+                                 env={**os.environ, "PYTHONPATH": str(HERE)}) for _ in range(8)]
+        time.sleep(1.0)
+        go.touch()
+        said = [json.loads(run.communicate(timeout=60)[0]) for run in runs]
+        assert said.count("held it") == 1, said
+        assert all("is in use" in text for text in said if text != "held it")
+
+
+def test_a_run_only_ever_removes_its_own_lock(tmp_path):
+    path = tmp_path / "run.journal"
+    lock = Path(f"{path}.lock")
+    with JobPool(journal=path):
+        lock.unlink()  # taken over meanwhile, as if this run had been judged dead
+        lock.write_text("another-node 4242 1 beef\n")
+    assert lock.read_text() == "another-node 4242 1 beef\n"
+
+
+@pytest.mark.parametrize("which", ["journal", "lock"])
+def test_a_journal_or_lock_that_other_users_may_write_is_refused_and_says_why(tmp_path, which):
+    path = tmp_path / "run.journal"
+    with JobPool(journal=path) as pool:
+        pool.submit(add, (1, 2))
+    target = path if which == "journal" else Path(f"{path}.lock")
+    if which == "lock":
+        target.write_text("another-node 4242 1 beef\n")
+    os.chmod(target, 0o666)
+    with pytest.raises(JobPoolError, match="can be written by other users.*loading one runs code.*chmod go-w"):
+        JobPool(journal=path).__enter__()
 
 
 # --- 4.6 Timeouts and retries ---------------------------------------------------------------------
