@@ -741,7 +741,10 @@ class _Graph:
         self.active -= 1
         self.n_succeeded += 1
         if job._key is not None and self.journal is not None:
-            self.journal.record(job._key, result, payload, raw)
+            if result is None:  # what most jobs return: recorded as its key only
+                self.journal.nones.append(job._key)
+            else:
+                self.journal.record(job._key, result, payload, raw)
         if self.watchers:
             for watcher in self.watchers:
                 watcher.append(job)
@@ -1211,6 +1214,7 @@ class _Journal:
         self.writing = threading.Lock()  # frames are appended whole, one write() at a time
         self.writer: threading.Thread | None = None
         self.fd = self.reader = -1
+        self.created = False  # this pool made the file: its folder is fsynced too, once
         try:
             _refuse_if_others_may_write(self.path)
             self.lock.acquire()
@@ -1235,10 +1239,9 @@ class _Journal:
         """Index the records of the file; a tail torn by a kill, or damaged, is cut off with a WARNING."""
         size = self.size
         if size == 0:
-            _write_all(self.fd, [_MAGIC])
-            os.fsync(self.fd)
-            _fsync_folder(self.path)  # the new file's name is durable too
+            _write_all(self.fd, [_MAGIC])  # made durable, with the folder's entry, by the writer thread
             self.size = len(_MAGIC)
+            self.created = True
             return
         if os.pread(self.reader, len(_MAGIC), 0) not in _MAGICS:
             raise JobPoolError(f"{self.path} is not a bsb_mini journal (it does not start like one); "
@@ -1358,6 +1361,12 @@ class _Journal:
             self.tiny.append((key, stream))
 
     def _write_every(self) -> None:
+        """The writer thread: the new file's fsyncs (milliseconds: not in the main thread), then a
+        write every _JOURNAL_EVERY s."""
+        if self.created:
+            with contextlib.suppress(OSError):  # (if this fails, the first write says so)
+                os.fsync(self.fd)
+            _fsync_folder(self.path)  # the new file's name is durable too
         while not self.wake.wait(_JOURNAL_EVERY):
             self.lock.touch()
             try:
@@ -1499,18 +1508,9 @@ def _process_identity(pid: int) -> str | None:
         return "?"  # no /proc (macOS): kill() said it exists
 
 
-_HEARTBEAT = """
-import os, select, sys
-path, token = sys.argv[1:3]
-while not select.select([sys.stdin], [], [], 1.0)[0]:  # until the pool lets go, or its process dies
-    try:
-        with open(path) as lock:
-            if token not in lock.read():
-                break
-        os.utime(path)
-    except OSError:
-        break
-"""
+# The heartbeat: a shell loop (it starts in a millisecond, where a Python one takes tens of them and
+# a core), touching the lock every second while the pool's process lives and the lock is still its own.
+_HEARTBEAT = 'while kill -0 "$2" 2>/dev/null && grep -qF "$3" "$1" 2>/dev/null; do touch -c "$1"; sleep 1; done'
 
 
 class _JournalLock:
@@ -1540,7 +1540,7 @@ class _JournalLock:
             with os.fdopen(fd, "w") as file:
                 file.write(self.me + "\n")
             self.held = True
-            self.start_heartbeat()
+            self.start_heartbeat()  # now, in this thread: a job that holds the interpreter may come next
             return
         raise JobPoolError(f"Journal {self.path[:-5]}: could not take its lock file {self.path}.")
 
@@ -1595,9 +1595,9 @@ class _JournalLock:
         import subprocess
 
         try:
-            self.heartbeat = subprocess.Popen([sys.executable, "-S", "-E", "-c", _HEARTBEAT, self.path, self.me],
-                                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                              stderr=subprocess.DEVNULL, close_fds=True)
+            self.heartbeat = subprocess.Popen(["sh", "-c", _HEARTBEAT, "bsb_mini-heartbeat", self.path,
+                                               str(os.getpid()), self.me], stdin=subprocess.DEVNULL,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True)
         except OSError as reason:
             _logger.debug("Journal lock %s: no heartbeat process (%s)", self.path, _describe(reason))
 
@@ -1608,10 +1608,6 @@ class _JournalLock:
 
     def release(self) -> None:
         """Let go of the lock, if it is still ours (a lock taken over as stale is another run's now)."""
-        if self.heartbeat is not None:
-            with contextlib.suppress(OSError):
-                self.heartbeat.stdin.close()
-            self.heartbeat = None
         if self.held:
             self.held = False
             with contextlib.suppress(OSError):
@@ -1619,6 +1615,9 @@ class _JournalLock:
                     ours = file.read().strip() == self.me
                 if ours:
                     os.unlink(self.path)
+        if self.heartbeat is not None:  # it stops within a second, the lock being gone or not its own;
+            threading.Thread(target=self.heartbeat.wait, name="bsb_mini-reaper", daemon=True).start()
+            self.heartbeat = None  # a thread reaps it, not to wait here
 
 
 # --- 6. The pool: lifecycle, schedule(), timeouts and retries, the serial runner -------

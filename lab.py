@@ -109,8 +109,47 @@ def _bench_serial(count: int, runs: int, scaling: list[int]) -> list[dict]:
     rows.append(_bench_row("serial, DAG + progress report", count,
                            _median_of(runs, lambda: _time_pool(count, dag, quiet_report)), floor))
     rows += _bench_journal(count, dag, max(runs, 5))
+    rows += _bench_journal_arrays(max(runs, 5))
     rows += _bench_scaling(scaling)
     return rows
+
+
+def _array_result(owner: Any, index: int, nbytes: int) -> Any:
+    return _optional("numpy").full(nbytes // 8, float(index))
+
+
+def _time_array_results(jobs: int, nbytes: int, **pool_kwargs: Any) -> float:
+    """Seconds until execute() returns for ``jobs`` jobs that each return a new array of ``nbytes``
+    (the journal writes in its thread, and at close: what a job's path pays is measured here)."""
+    with JobPool(**pool_kwargs) as pool:
+        started = time.perf_counter()
+        for index in range(jobs):
+            pool.submit(_array_result, (index, nbytes))
+        pool.execute()
+        return time.perf_counter() - started
+
+
+def _bench_journal_arrays(runs: int, jobs: int = 8, nbytes: int = 16 << 20) -> list[dict]:
+    """Recording array results, serially: the cost over no journal, against one copy of the arrays."""
+    import tempfile
+
+    numpy = _optional("numpy")
+    if numpy is None:
+        return [_bench_row("journal array rows skipped: they need numpy", 1, 1.0, None)]
+    plain, recording, copies = [], [], []
+    with tempfile.TemporaryDirectory(prefix="bsb_mini_bench_") as folder:
+        for run in range(runs):
+            plain.append(_time_array_results(jobs, nbytes))
+            recording.append(_time_array_results(jobs, nbytes, journal=os.path.join(folder, f"arrays{run}")))
+            arrays = [numpy.full(nbytes // 8, float(index)) for index in range(jobs)]
+            started = time.perf_counter()
+            kept = [bytes(array) for array in arrays]
+            copies.append(time.perf_counter() - started)
+            del kept, arrays
+    base, extra, copy = min(plain), min(recording) - min(plain), min(copies)
+    return [_bench_row(f"journal: {jobs} x {nbytes >> 20} MiB array results (min of {runs})", jobs, min(recording),
+                       base, f"+{extra / jobs * 1e3:.1f} ms per result over no journal; one copy of one takes "
+                       f"{copy / jobs * 1e3:.1f} ms ({extra / copy:.2f} copies)")]
 
 
 def _bench_journal(count: int, dag: list, runs: int) -> list[dict]:
