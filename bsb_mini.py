@@ -25,6 +25,7 @@ import hashlib
 import importlib
 import itertools
 import logging
+import math
 import mmap
 import operator
 import os
@@ -58,7 +59,10 @@ class DependencyError(Exception):
 
 
 class JobPoolError(Exception):
-    """Base class of the JobPool's errors."""
+    """Base class of the JobPool's errors. In a WorkflowError, ``job`` is the Job an entry is about
+    (None for nodes, listeners and ranks)."""
+
+    job: Job | None = None
 
 
 class JobPoolContextError(JobPoolError):
@@ -910,7 +914,7 @@ class _Failure:
             entry = JobPoolError(str(error))
         else:
             entry = JobPoolError(f"Job {job.name!r} failed on rank {self.rank}: {_describe(error)}")
-        entry.__cause__ = error
+        entry.__cause__, entry.job = error, job
         return entry
 
 
@@ -1641,7 +1645,8 @@ class JobPool:
         self._key_names: dict[Callable, str | None] = {}  # for derived keys
         self._mpi = _as_service(comm, get_service("MPI"))
         self._graph = graph = _Graph()
-        self._policy = _Policy(*_checked_policy(None, timeout, retries))
+        limit, attempts = _checked_policy(None, timeout, retries)
+        self._policy = _Policy(None if limit == math.inf else limit, attempts)
         self._failures = _FailureLog(graph, self._policy, fail_fast)
         self._events = _Events(self, graph, self._failures)
         self._schedules = graph.inbox = _Schedules(self, graph, self._failures)
@@ -1697,6 +1702,8 @@ class JobPool:
         passed to the job: they are kept as ``job.context``.
         """
         graph = self._graph
+        if (graph.executing or not self._runs_jobs) and self._runner is not None and self._runner.in_a_job():
+            raise JobPoolContextError(_INSIDE_A_JOB.format("submit()"))
         if type(args) is not tuple:
             args = _checked_args(fn, args)
         if kwargs is not None and type(kwargs) is not dict:
@@ -1740,13 +1747,14 @@ class JobPool:
             if job._key is None and fn is not _call_without_owner:  # map()'s calls are never journaled
                 graph.n_unkeyed += 1
                 graph.unkeyed_example = graph.unkeyed_example or job.name
+        inbox = self._schedules
+        if inbox.thread is not None and threading.get_ident() != inbox.main_thread and self._runs_jobs:
+            inbox.calls.append((self._add, (job, True)))  # from schedule()'s walker: the graph is the main thread's
+            return job
         graph.jobs.append(job)
         if not self._runs_jobs:
             return job
-        inbox = self._schedules
-        if inbox.thread is not None and threading.get_ident() != inbox.main_thread:
-            inbox.calls.append((self._add, (job,)))  # from schedule()'s walker: the graph is the main thread's
-        elif graph.emit is not None or job._index >= self._gc.next_at:
+        if graph.emit is not None or job._index >= self._gc.next_at:
             self._add(job)
         elif deps:
             graph.link(job)
@@ -1768,14 +1776,22 @@ class JobPool:
         self._keys.add(key)
         return key
 
-    def _add(self, job: Job) -> None:
-        """A new job reaches the graph (on the main thread): announced, then linked."""
+    def _add(self, job: Job, posted: bool = False) -> None:
+        """A new job reaches the graph (on the main thread): announced, then linked; one posted by
+        schedule()'s walker joins the pool's jobs only now, so nothing is announced of it before."""
+        graph = self._graph
+        if posted:
+            graph.jobs.append(job)
         if job._index >= self._gc.next_at:
             self._gc.freeze()
-        if self._graph.emit is not None:
+        if graph.emit is not None:
             self._events.emit(PoolProgressReason.JOB_ADDED, self._events.status, None, job)
-        if job._status is _PENDING:  # not cancelled while it waited in the inbox
-            self._graph.link(job)
+        if job._status is not _PENDING:  # cancelled while it waited in the inbox
+            return
+        if graph.stop_reason is not None:  # fail_fast stopped the pool meanwhile: cancelled, as the rest
+            graph.stop(graph.stop_reason)
+        else:
+            graph.link(job)
 
     def schedule(self, nodes: Iterable, scheduler: Callable | None = None) -> None:
         """Run ``scheduler(node)`` (default ``node.queue(pool)``) for each node, in a thread."""
@@ -1830,7 +1846,8 @@ class JobPool:
             self._runner = _SerialRunner(**parts)
         else:
             self._comm = comm.Dup()
-            self._runner = _MainSide(self._comm, size, **parts) if rank == 0 else _WorkerSide(self._comm, self.owner)
+            self._runner = (_MainSide(self._comm, size, **parts) if rank == 0
+                            else _WorkerSide(self._comm, self.owner, self._graph.jobs))
         self._runs_jobs = rank == 0
         self._events.open(rank == 0)
         if self._journal_path is not None and rank == 0:
@@ -1877,16 +1894,22 @@ def _checked_deps(graph: _Graph, fn: Callable, args: tuple, kwargs: dict | None,
 def _checked_policy(fn: Callable | None, timeout: Any, retries: Any) -> tuple[float | None, int | None]:
     """(timeout, retries), or a JobPoolError that names the bad one."""
     who = f"submit {_default_name(fn, (), {})}" if fn is not None else "open the pool"
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise JobPoolError(f"Cannot {who}: timeout={timeout!r} is not a number of seconds above 0.")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                or not timeout > 0):  # (NaN is not above 0 either)
+        raise JobPoolError(f"Cannot {who}: timeout={timeout!r} is not a number of seconds above 0 (or None, or "
+                           "math.inf, for no limit).")
     if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
         raise JobPoolError(f"Cannot {who}: retries={retries!r} is not a whole number of 0 or more.")
-    return (None if timeout is None else float(timeout)), retries
+    return (None if timeout is None else float(timeout)), retries  # math.inf: no limit, also over the pool's
 
 
 def _checked_args(fn: Callable, args: Any) -> tuple:
     if isinstance(args, list):
         return tuple(args)
+    if isinstance(args, collections.abc.Mapping):
+        raise JobPoolError(f"Cannot submit {_default_name(fn, (), {})}: args={_short.repr(args)} is a mapping; pass "
+                           f"keyword arguments as kwargs={_short.repr(args)}, or args=({_short.repr(args)},) for one "
+                           "argument that is a dict.")
     if isinstance(args, (str, bytes, bytearray)) or not isinstance(args, Iterable):
         raise JobPoolError(f"Cannot submit {_default_name(fn, (), {})}: args={_short.repr(args)} is not a tuple or "
                            f"list of arguments; pass args=({_short.repr(args)},) for one argument.")
@@ -2016,16 +2039,20 @@ class _TimeUp(BaseException):
 class _Policy:
     """Timeouts and retries, in one owner.
 
-    Each job's limit (its own, or the pool's); the interrupt at the limit in the thread that
-    runs jobs (SIGALRM via setitimer); WARNINGs for jobs past their limit that could not be
-    interrupted (stuck in a C call that ignores signals); and after a failed attempt the
-    choice: run it again (on another worker where there is one), or fail with the earlier
-    attempts' errors as notes. Workers hold one too, for the interrupt only.
+    Each job's limit (its own, or the pool's); the interrupt at the limit in the main thread,
+    which runs jobs; WARNINGs for jobs past their limit that could not be interrupted (stuck
+    in a C call that ignores signals); and after a failed attempt the choice: run it again
+    (on another worker where there is one), or fail with the earlier attempts' errors as
+    notes. Workers hold one too, for the interrupt only.
 
-    The alarm raises only while ``armed``, which is cleared before the job's call is left;
-    an alarm that lands just as the job returns is caught around that call, and a late one
-    finds nothing armed: it never lands in the pool's own code. ``release()`` puts the
-    application's own SIGALRM handler back.
+    The interrupt is a watchdog thread's SIGALRM sent to the main thread (pthread_kill), not a
+    timer: a job that sets and cancels ``signal.alarm`` itself cannot turn it off, and the
+    application's own pending alarm is left alone. It is sent again every _REFIRE seconds
+    while the job runs (a job that had its own handler installed gets it later), and a job
+    that still returns past its limit (it swallowed the interrupt) fails all the same. It
+    raises only while ``armed``, cleared before the job's call is left, so it never lands in
+    the pool's own code; a SIGALRM that is not ours goes to the application's handler.
+    ``release()`` puts that handler back.
     """
 
     STUCK_GRACE = 1.0  # seconds past its timeout before a job that was not interrupted is reported
@@ -2034,9 +2061,9 @@ class _Policy:
     def __init__(self, timeout: float | None = None, retries: int | None = 0):
         self.timeout, self.retries = timeout, retries or 0
         self.own = 0  # jobs with a timeout or retries of their own
-        self.armed = False
+        self.armed = self.fired = False  # a job with a limit runs; the watchdog sent its interrupt
         self.previous: Any = None  # the SIGALRM handler ours replaced, while installed
-        self.current: tuple[Any, float, float] | None = None  # (what runs here, since, limit), for reports
+        self.current: tuple[Any, float, float] | None = None  # (what runs here, since, limit)
         self.stop_watch: threading.Event | None = None
         self.next_report: dict[Job, float] = {}
 
@@ -2047,7 +2074,9 @@ class _Policy:
 
     def limit_of(self, job: Job) -> float | None:
         policy = job._extras.policy if job._extras is not None else None
-        return policy[0] if policy is not None and policy[0] is not None else self.timeout
+        if policy is None or policy[0] is None:
+            return self.timeout
+        return None if policy[0] == math.inf else policy[0]
 
     def refuse_off_the_main_thread(self, jobs: Iterable[Job]) -> None:
         """Serially, jobs with a timeout need execute() in the main thread (SIGALRM): say so up front."""
@@ -2082,33 +2111,54 @@ class _Policy:
         return extras is not None and bool(extras.earlier) and extras.earlier[-1][1] == worker  # type: ignore[index]
 
     def call(self, fn: Callable, args: tuple, kwargs: dict, limit: float, what: Any, rank: int) -> Any:
-        """``fn(*args, **kwargs)``, interrupted with JobTimeoutError after ``limit`` seconds."""
-        if not hasattr(signal, "setitimer"):
-            raise JobPoolError("timeouts need SIGALRM and setitimer, which this system (Windows?) lacks; "
+        """``fn(*args, **kwargs)``, interrupted with JobTimeoutError after ``limit`` seconds (main thread)."""
+        if not hasattr(signal, "pthread_kill"):
+            raise JobPoolError("timeouts need SIGALRM and pthread_kill, which this system (Windows?) lacks; "
                                "run without timeout= here.")
         if self.previous is None:
             self.previous = signal.signal(signal.SIGALRM, self._ring) or signal.SIG_DFL
-            if isinstance(what, Job):  # serially: report a stuck job from a helper thread
-                self.stop_watch = threading.Event()
-                threading.Thread(target=self._watch, args=(rank, self.stop_watch), name="bsb_mini-stuck",
-                                 daemon=True).start()
-        self.current = (what, time.monotonic(), limit)
+            self.stop_watch = threading.Event()
+            threading.Thread(target=self._watch, args=(rank, self.stop_watch, isinstance(what, Job)),
+                             name="bsb_mini-watchdog", daemon=True).start()
+        started = time.monotonic()
+        self.current, self.fired = (what, started, limit), False
         try:
             try:
                 self.armed = True
-                signal.setitimer(signal.ITIMER_REAL, limit)
-                return fn(*args, **kwargs)
+                value = fn(*args, **kwargs)
             finally:
-                self.armed = False
-                signal.setitimer(signal.ITIMER_REAL, 0)
-                self.current = None
+                self.armed, self.current = False, None
         except _TimeUp:
             raise JobTimeoutError(f"ran longer than its timeout of {limit:g} s and was interrupted") from None
+        if time.monotonic() - started > limit:  # it swallowed the interrupt, or sat in a C call
+            raise JobTimeoutError(f"ran past its timeout of {limit:g} s (it could not be interrupted, and "
+                                  "returned after its limit)")
+        return value
 
     def _ring(self, signum: int, frame: Any) -> None:
-        if self.armed:
+        if self.armed and self.fired:
             self.armed = False
             raise _TimeUp()
+        previous = self.previous  # not ours: the application's alarm
+        if callable(previous):
+            previous(signum, frame)
+        elif previous == signal.SIG_DFL:  # it would have ended the process: so it does
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGALRM)
+
+    def _watch(self, rank: int, stop: threading.Event, report: bool) -> None:
+        """The watchdog: interrupt the job past its limit (again every _REFIRE s), and serially report one
+        that could not be interrupted."""
+        main, last = threading.main_thread().ident, 0.0
+        while not stop.wait(0.05):
+            current, now = self.current, time.monotonic()
+            if current is None or now - current[1] < current[2] or now - last < _REFIRE:
+                continue
+            self.fired, last = True, now
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                signal.pthread_kill(main, signal.SIGALRM)  # type: ignore[arg-type]
+            if report:
+                self.report_stuck([(current[0], rank, current[1])])
 
     def release(self) -> None:
         """No job of this pool runs here any more: the application's SIGALRM handler goes back."""
@@ -2116,7 +2166,6 @@ class _Policy:
             self.stop_watch.set()
             self.stop_watch = None
         if self.previous is not None:
-            signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, self.previous)
             self.previous = None
 
@@ -2132,13 +2181,6 @@ class _Policy:
             _logger.warning("Job %r on rank %d has run for %s, past its timeout of %g s, and could not be "
                             "interrupted (stuck in a call that ignores signals?); the rest of the pool goes on.",
                             job.name, rank, _clock(now - since), limit)
-
-    def _watch(self, rank: int, stop: threading.Event) -> None:
-        while not stop.wait(0.25):
-            current = self.current
-            if current is not None:
-                self.report_stuck([(current[0], rank, current[1])])
-
 
 
 class _GcFreezer:
@@ -2293,9 +2335,16 @@ class _SerialRunner:
         return [job._result for job in jobs]
 
     def may_run(self, what: str) -> None:
+        if self.in_a_job():
+            raise JobPoolContextError(_INSIDE_A_JOB.format(what))
         if self.busy:
-            raise JobPoolError(f"{what} was called while this pool is already running jobs "
-                               "(from a job, a listener or an as_completed() loop).")
+            raise JobPoolContextError(f"{what} was called while this pool is already running jobs (from a "
+                                      "listener?); submit() there, and let the running execute() run it.")
+
+    def in_a_job(self) -> bool:
+        """Whether this thread is inside one of this pool's jobs (a job runs while it is RUNNING and running)."""
+        running = self.graph.running
+        return running is not None and running._status is _RUNNING and _job_thread == threading.get_ident()
 
     def close(self, exc: BaseException | None) -> None:
         """Leaving the block: without an exception, run what is left; then release the workers."""
@@ -2487,6 +2536,7 @@ _BATCH_SECONDS = 0.005  # aim for batches this long, so the tail stays balanced
 _MAX_BATCH = 512
 _PREFETCH_BELOW = 0.02  # seconds per job: shorter jobs get a second batch queued behind the first
 _HERALD_EVERY = 0.25  # seconds: a job seen running twice this far apart is announced RUNNING
+_REFIRE = 0.5  # seconds between interrupts of a job past its timeout that is still running
 _SPIN_POLLS = 200  # polls before a waiting rank starts to sleep
 _MAX_SLEEP = 0.001
 
@@ -2684,6 +2734,9 @@ def _wait_for_message(comm, source: int, tag: int, status: Any = None) -> tuple:
         backoff.wait()
 
 
+_INSIDE_A_JOB = ("{} was called inside a running job: jobs do not submit or run jobs (under MPI they run on "
+                 "workers, where none of that would run). Submit follow-up work from the main rank: in an "
+                 "as_completed() loop, or from a listener on the job's SUCCESS event.")
 _FOR_THE_MAIN_RANK = ("{} is for the main rank (pool.is_main()); workers serve in execute() or when they "
                       "leave the pool's `with` block.")
 
@@ -2696,8 +2749,8 @@ class _WorkerSide:
     """A worker's end: runs the batches the main rank sends, until END (its execute()) or CLOSE
     (its block's end); its own code raising sends LEFT."""
 
-    def __init__(self, comm: Any, owner: Any):
-        self.comm, self.owner, self.rank = comm, owner, comm.Get_rank()
+    def __init__(self, comm: Any, owner: Any, jobs: list[Job]):
+        self.comm, self.owner, self.rank, self.jobs = comm, owner, comm.Get_rank(), jobs  # jobs: for reports
         self.joined = self.closed = self.busy = False
         self.herald: _Herald | None = None
         self.policy = _Policy()  # the interrupt only: limits come with each batch
@@ -2708,7 +2761,7 @@ class _WorkerSide:
         self.may_run("execute()")
         report = self.raised = self.serve(until_end=True)
         if report is not None:
-            raise _unpack_report(report)
+            raise _unpack_report(report, self.jobs)
 
     def close(self, exc: BaseException | None) -> None:
         """Leaving the block: serve until the main rank leaves its own; or, after an exception of
@@ -2718,7 +2771,7 @@ class _WorkerSide:
         if exc is None:
             report = self.serve(until_end=False)
             if report is not None and report != self.raised:  # not raised by an execute() already
-                raise _unpack_report(report)
+                raise _unpack_report(report, self.jobs)
             return
         _send_left(self.comm, exc)
         while _wait_for_message(self.comm, 0, _TO_WORKER)[0] != _CLOSE:
@@ -2727,7 +2780,10 @@ class _WorkerSide:
 
     def may_run(self, what: str) -> None:
         if self.busy:
-            raise JobPoolError(f"{what} was called while this pool is already running jobs (from a job).")
+            raise JobPoolContextError(_INSIDE_A_JOB.format(what))
+
+    def in_a_job(self) -> bool:
+        return self.busy  # a worker serves only to run jobs
 
     def as_completed(self, wanted: Any) -> Iterator[Job]:
         raise JobPoolContextError(_FOR_THE_MAIN_RANK.format("as_completed()"))
@@ -2809,16 +2865,23 @@ class _MainSide(_SerialRunner):
         for worker in self.batches:
             if closing or worker not in self.left:
                 self.send(worker, message)
-        waiting, status = set(self.batches) if closing else set(), self.status
+        waiting, status, left = set(self.batches) if closing else set(), self.status, []
         while waiting:
             reply = _wait_for_message(self.comm, _optional("mpi4py.MPI").ANY_SOURCE, _TO_MAIN, status)
             if reply[0] == _BYE:
                 waiting.discard(status.Get_source())
+            elif reply[0] == _LEFT:  # after the last execute(): reported here, never dropped
+                left.append(JobPoolError(f"Rank {status.Get_source()} left the pool: {reply[1]}"))
             # anything else is late news of a pool that is over (outcomes of aborted jobs)
         if closing:
             for request in self.sends:
                 request.Wait()
             self.sends = []
+        if left and error is None:
+            raise WorkflowError(f"{len(left)} rank(s) left the pool after its last execute():\n"
+                                + "\n".join(f"  - {entry}" for entry in left), left)
+        for entry in left:
+            _logger.warning("%s (after the pool's last execute())", entry)
 
     def loop(self, finished: collections.deque | None = None) -> bool:
         """Dispatch and settle until nothing is ready, in flight or to be scheduled (True), or
@@ -2858,7 +2921,7 @@ class _MainSide(_SerialRunner):
             if self.running and time.monotonic() >= self.next_check:
                 self.next_check = time.monotonic() + 0.25
                 self.policy.report_stuck((job, worker, since) for worker, (job, since) in self.running.items()
-                                         if job._status is _RUNNING)
+                                         if job._status is _RUNNING or job._status is _SENT)  # by this clock
             backoff.wait()
 
     def dispatch(self) -> bool:
@@ -3181,16 +3244,28 @@ _ON_MESSAGE_FROM_WORKER: dict[str, Callable[[_MainSide, int, tuple], None]] = {
 # entry's cause travels on its own (pickle leaves causes out): one that does not unpickle there
 # becomes a stand-in that says so, and the entry stays.
 def _pack_report(error: WorkflowError) -> bytes:
-    return pickle.dumps((error.message, [(_dumps_exception(entry), entry.__cause__ and _dumps_exception(
-        entry.__cause__)) for entry in error.exceptions]))
+    entries = []
+    for entry in error.exceptions:
+        job = getattr(entry, "job", None)
+        if job is not None:
+            entry.__dict__["job"] = None  # travels as its index: a worker that submitted the same jobs has it
+        try:
+            entries.append((_dumps_exception(entry), entry.__cause__ and _dumps_exception(entry.__cause__),
+                            None if job is None else job._index))
+        finally:
+            if job is not None:
+                entry.__dict__["job"] = job
+    return pickle.dumps((error.message, entries))
 
 
-def _unpack_report(data: bytes) -> WorkflowError:
+def _unpack_report(data: bytes, jobs: list[Job]) -> WorkflowError:
     message, entries = pickle.loads(data)
     rebuilt: list = []
-    for entry_bytes, cause_bytes in entries:
+    for entry_bytes, cause_bytes, index in entries:
         entry = _loads_or_stand_in(entry_bytes)
         entry.__cause__ = cause_bytes and _loads_or_stand_in(cause_bytes)
+        if index is not None and index < len(jobs) and jobs[index]._index == index:
+            entry.job = jobs[index]  # type: ignore[attr-defined]
         rebuilt.append(entry)
     return WorkflowError(message, rebuilt)
 
