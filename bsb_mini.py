@@ -1682,9 +1682,12 @@ class JobPool:
         """Counts of the pool's jobs right now (readable from any thread): see PoolSnapshot."""
         graph = self._graph
         done = graph.n_succeeded + graph.n_failed + graph.n_cancelled + graph.n_aborted + graph.n_restored
-        longest = self._runner.longest_running() if self._runner is not None else None
+        runner = self._runner
+        longest = runner.longest_running() if runner is not None else None
+        waiting = runner.stall.text if runner is not None and runner.stall is not None else None
         return PoolSnapshot(len(graph.jobs), done, graph.active, graph.n_succeeded, graph.n_failed,
-                            graph.n_cancelled, graph.n_aborted, self.size, longest, graph.n_restored, graph.n_unkeyed)
+                            graph.n_cancelled, graph.n_aborted, self.size, longest, graph.n_restored, graph.n_unkeyed,
+                            waiting)
 
     def add_listener(self, listener: Callable, max_wait: float | None = None) -> None:
         """Call ``listener(progress)`` on the main rank for each event of this pool."""
@@ -1845,7 +1848,7 @@ class JobPool:
         if comm is None or size == 1:
             self._runner = _SerialRunner(**parts)
         else:
-            self._comm = comm.Dup()
+            self._comm = _duplicate_watched(comm, rank, size)
             self._runner = (_MainSide(self._comm, size, **parts) if rank == 0
                             else _WorkerSide(self._comm, self.owner, self._graph.jobs))
         self._runs_jobs = rank == 0
@@ -2062,6 +2065,7 @@ class _Policy:
         self.timeout, self.retries = timeout, retries or 0
         self.own = 0  # jobs with a timeout or retries of their own
         self.armed = self.fired = False  # a job with a limit runs; the watchdog sent its interrupt
+        self.sent = self.received = 0  # interrupts the watchdog sent, and that reached _ring
         self.previous: Any = None  # the SIGALRM handler ours replaced, while installed
         self.current: tuple[Any, float, float] | None = None  # (what runs here, since, limit)
         self.stop_watch: threading.Event | None = None
@@ -2136,9 +2140,12 @@ class _Policy:
         return value
 
     def _ring(self, signum: int, frame: Any) -> None:
-        if self.armed and self.fired:
-            self.armed = False
-            raise _TimeUp()
+        if self.received < self.sent:  # ours (one that lands after its job returned is dropped)
+            self.received += 1
+            if self.armed and self.fired:
+                self.armed = False
+                raise _TimeUp()
+            return
         previous = self.previous  # not ours: the application's alarm
         if callable(previous):
             previous(signum, frame)
@@ -2155,6 +2162,7 @@ class _Policy:
             if current is None or now - current[1] < current[2] or now - last < _REFIRE:
                 continue
             self.fired, last = True, now
+            self.sent += 1
             with contextlib.suppress(ProcessLookupError, ValueError):
                 signal.pthread_kill(main, signal.SIGALRM)  # type: ignore[arg-type]
             if report:
@@ -2241,6 +2249,7 @@ class _SerialRunner:
     """
 
     takes_turns = True  # schedule()'s walker takes turns with the jobs: no job runs while a node is scheduled
+    stall: _Stall | None = None  # a long wait for other ranks (the MPI main side's)
 
     def __init__(self, graph: _Graph, failures: _FailureLog, events: _Events, schedules: _Schedules,
                  policy: _Policy, owner: Any, rank: int):
@@ -2705,6 +2714,47 @@ def _unexpected(message: Any, source: int) -> JobPoolError:
                         "this is a bug in bsb_mini, please report it.")
 
 
+class _Stall:
+    """A wait that names itself: a WARNING after AFTER seconds, repeated every REPEAT seconds while it lasts;
+    ``text`` is the last one, for the progress display."""
+
+    AFTER, REPEAT = 10.0, 60.0
+
+    def __init__(self) -> None:
+        self.since = time.monotonic()
+        self.next = self.since + self.AFTER
+        self.text: str | None = None
+
+    def check(self, describe: Callable[[float], str]) -> None:
+        now = time.monotonic()
+        if now >= self.next:
+            self.next = now + self.REPEAT
+            self.text = describe(now - self.since)
+            _logger.warning("%s", self.text)
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ", ".join(map(str, ranks[:12])) + (f" and {len(ranks) - 12} more" if len(ranks) > 12 else "")
+
+
+def _duplicate_watched(comm: Any, rank: int, size: int) -> Any:
+    """The pool's own communicator. Opening is collective: a non-blocking duplicate, watched, so that a
+    rank that waits long for the others to open the pool says so instead of hanging in silence."""
+    if not hasattr(comm, "Idup"):
+        return comm.Dup()
+    duplicate, request = comm.Idup()
+    stall, backoff = _Stall(), _Backoff()
+    others = [other for other in range(size) if other != rank]
+    while not request.Test():
+        backoff.wait()
+        stall.check(lambda waited: (
+            f"Rank {rank} has waited {_clock(waited)} for rank(s) {_ranks(others)} to open a JobPool too: opening "
+            "a pool is collective, every rank must open the same pools in the same order. Likely: a pool opened "
+            "on some ranks only (inside `if rank == 0:`, or a second pool on the main rank after the other ranks "
+            "moved on). It keeps waiting."))
+    return duplicate
+
+
 class _Backoff:
     """Poll hot for a moment, then sleep longer and longer: an idle rank gives the core away."""
 
@@ -2748,6 +2798,8 @@ _FOR_THE_MAIN_RANK = ("{} is for the main rank (pool.is_main()); workers serve i
 class _WorkerSide:
     """A worker's end: runs the batches the main rank sends, until END (its execute()) or CLOSE
     (its block's end); its own code raising sends LEFT."""
+
+    stall = None  # (the main rank names the stalls)
 
     def __init__(self, comm: Any, owner: Any, jobs: list[Job]):
         self.comm, self.owner, self.rank, self.jobs = comm, owner, comm.Get_rank(), jobs  # jobs: for reports
@@ -2854,6 +2906,7 @@ class _MainSide(_SerialRunner):
         self.seconds_per_job: float | None = None  # measured
         self.running: dict[int, tuple[Job, float]] = {}  # worker -> (the job it runs, since when)
         self.next_check = 0.0
+        self.stall: _Stall | None = None  # while workers are awaited that have not joined
         self.status = _optional("mpi4py.MPI").Status()
 
     # END and CLOSE (main -> worker), and BYE, the answer to CLOSE: the worker's end is just above.
@@ -2918,11 +2971,27 @@ class _MainSide(_SerialRunner):
                     return False
                 continue
             quiet.ping_if_due()
-            if self.running and time.monotonic() >= self.next_check:
-                self.next_check = time.monotonic() + 0.25
-                self.policy.report_stuck((job, worker, since) for worker, (job, since) in self.running.items()
-                                         if job._status is _RUNNING or job._status is _SENT)  # by this clock
+            now = time.monotonic()
+            if now >= self.next_check:
+                self.next_check = now + 0.25
+                if self.running:
+                    self.policy.report_stuck((job, worker, since) for worker, (job, since) in self.running.items()
+                                             if job._status is _RUNNING or job._status is _SENT)  # by this clock
+                if len(self.joined) + len(self.left) < len(self.batches):
+                    self.name_the_stall()
             backoff.wait()
+
+    def name_the_stall(self) -> None:
+        """Workers that have not joined (not in execute(), not at their block's end): named, with the
+        likely mistake, once the main rank has waited _Stall.AFTER s for them, then every _Stall.REPEAT s."""
+        if self.stall is None:
+            self.stall = _Stall()
+        missing = [worker for worker in self.batches if worker not in self.joined and worker not in self.left]
+        self.stall.check(lambda waited: (
+            f"The main rank has waited {_clock(waited)} for rank(s) {_ranks(missing)} to serve the pool (to call "
+            "execute() or leave the `with` block); they are still in their own code. Likely: those ranks call a "
+            "collective (MPI.bcast, barrier, ...) or wait for a message inside the block while the main rank waits "
+            "in execute(), or compute for long before their execute(). The pool keeps waiting."))
 
     def dispatch(self) -> bool:
         """Send batches to idle workers (and, for short jobs, a second one to busy workers)."""
@@ -3022,6 +3091,7 @@ def _send_ready(comm: Any) -> None:
 def _on_ready(main: _MainSide, worker: int, message: tuple) -> None:
     if worker not in main.left:
         main.joined.add(worker)
+    main.stall = None  # a wait for the others starts again
 
 
 # LEFT (worker -> main, from close()): the worker's own code raised; it runs nothing more and waits for CLOSE.
@@ -3295,12 +3365,13 @@ _make_progress = tuple.__new__  # PoolProgress(...) without a Python-level __ini
 
 
 class PoolSnapshot(collections.namedtuple(
-    "PoolSnapshot", "total done running succeeded failed cancelled aborted ranks longest restored unjournaled"
+    "PoolSnapshot", "total done running succeeded failed cancelled aborted ranks longest restored unjournaled waiting"
 )):
     """``pool.snapshot()``: job counts at one moment (``running``: started or on a worker),
     ``longest``: (job, rank, seconds) of the job that has run longest so far, or None,
     ``restored``: jobs whose results came from the journal (counted in ``done``), and
-    ``unjournaled``: jobs of a pool with a journal that got no key (they run every time)."""
+    ``unjournaled``: jobs of a pool with a journal that got no key (they run every time), and
+    ``waiting``: what the pool has long waited for (ranks that have not joined), or None."""
 
     __slots__ = ()
 
@@ -3523,6 +3594,8 @@ class _ProgressReport:
         if counts.longest is not None and counts.longest[2] > self.LONG_JOB:
             job, rank, seconds = counts.longest
             text += f"; longest: {job.name} on rank {rank}, {_clock(seconds)}"
+        if counts.waiting:
+            text += f"; {counts.waiting}"
         return text
 
     def _summary_text(self, counts: PoolSnapshot) -> str:

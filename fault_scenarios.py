@@ -160,6 +160,31 @@ class Listener:
         self.exited += 1
 
 
+class EventOrder:
+    """On every pool: the story the events tell is consistent. A job's JOB_ADDED comes before its
+    status changes, and it becomes QUEUED only after each dependency's SUCCESS or RESTORED event."""
+
+    def __init__(self):
+        self.added, self.done, self.problems = set(), set(), []
+
+    def __call__(self, progress):
+        job = progress.job
+        if job is None:
+            return False
+        if progress.reason is PoolProgressReason.JOB_ADDED:
+            self.added.add(job)
+            return False
+        if job not in self.added:
+            self.problems.append(f"{job.name} was {progress.status.name} before its JOB_ADDED")
+        if progress.status is JobStatus.QUEUED and progress.old_status is JobStatus.PENDING:
+            early = [dep.name for dep in job.deps if dep not in self.done]
+            if early:
+                self.problems.append(f"{job.name} was QUEUED before the SUCCESS of {early}")
+        if progress.status in (JobStatus.SUCCESS, JobStatus.RESTORED):
+            self.done.add(job)
+        return False
+
+
 def draw_scenario(seed: int, pool_no: int) -> dict:
     """The same scenario on every rank: it depends on nothing but the seed and the pool's number."""
     rng = random.Random(f"{seed}-{pool_no}")
@@ -246,6 +271,7 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
     i_raise = raiser != "none" and rank == raising_rank
     execs = scenario["main_execs"] if rank == 0 else scenario["worker_execs"]
     listener = Listener(scenario["listener"]) if scenario["listener"] != "none" else None
+    order = EventOrder()
     lane = world_rank % 2 if comm is not world else 0  # which half of a split world
     journal = os.path.join(MARKERS, f"journal-{pool_no}-{lane}") if scenario["journal"] else None
     options = {"fail_fast": scenario["fail_fast"], "comm": comm, "retries": scenario["retries"],
@@ -267,9 +293,10 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
     faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
     try:
         if scenario["create"]:
-            pool = create_job_pool(listeners=[listener] if listener else (), quiet=True, **options)
+            pool = create_job_pool(listeners=[order, listener] if listener else [order], quiet=True, **options)
         else:
             pool = JobPool(**options)
+            pool.add_listener(order)
             if listener:
                 pool.add_listener(listener)
         with pool:
@@ -312,6 +339,7 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
     gathered = comm.gather((seen, own_error, LOG[:]), root=0) if comm is not None else [(seen, own_error, LOG[:])]
     if rank == 0:
         problems += check_main(scenario, pool, listener, gathered, parallel, raiser, where, tag, pool_no)
+        problems += [f"{tag}: events out of order: {problem}" for problem in order.problems]
         if journal is not None:
             problems += check_journal(journal, pool, tag)
     if comm is not world:

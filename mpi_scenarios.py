@@ -1028,6 +1028,149 @@ def scenario_changed_in_place(path):
         report(done=True)
 
 
+# --- nothing silent: stalls named, mistakes refused (issue 19) ---
+
+def scenario_stall_open():
+    """A pool opened on the main rank only: the others never come."""
+    if RANK == 0:
+        with JobPool():
+            pass
+    else:
+        time.sleep(90)
+
+
+def scenario_stall_collective():
+    """The workers call a collective inside the block while the main rank waits in execute()."""
+    from mpi4py import MPI
+
+    with JobPool() as pool:
+        if RANK == 0:
+            pool.submit(where, (1,))
+            pool.execute()
+        else:
+            MPI.COMM_WORLD.bcast(None, root=0)  # rank 0 never comes: it waits in execute()
+
+
+def scenario_stall_second_pool():
+    """A second pool opened on the main rank only, after a first one that worked."""
+    with JobPool() as pool:
+        pool.submit(where, (1,))
+    print(f"rank {RANK}: the first pool worked", file=sys.stderr, flush=True)
+    if RANK == 0:
+        with JobPool():
+            pass
+    else:
+        time.sleep(90)
+
+
+POOL = None
+
+
+def submits_more(owner):
+    return POOL.submit(where, (2,))
+
+
+def executes_again(owner):
+    return POOL.execute()
+
+
+def scenario_submit_inside_a_job():
+    global POOL
+    with JobPool() as pool:
+        POOL = pool
+        jobs = [pool.submit(submits_more), pool.submit(executes_again)]
+        try:
+            pool.execute()
+            entries = []
+        except WorkflowError as error:
+            entries = [(str(entry), type(entry.__cause__).__name__) for entry in error.exceptions]
+    report(entries=entries, statuses=[job.status.name for job in jobs] if RANK == 0 else None,
+           jobs_after=len(pool.jobs) if RANK == 0 else None)
+
+
+def scenario_worker_raises_after_execute():
+    outcome = None
+    try:
+        with JobPool() as pool:
+            if RANK == 0:
+                pool.submit(where, (1,))
+            pool.execute()
+            if RANK == 1:
+                raise ScenarioError("rank 1 trips in its own code")
+            pool.execute()  # the main rank's second execute() has nothing to run
+    except WorkflowError as error:
+        outcome = str(error)
+    except ScenarioError as error:
+        outcome = f"own: {error}"
+    report(outcome=outcome)
+
+
+class ScenarioError(Exception):
+    pass
+
+
+class SubmittingNode:
+    def __init__(self, number):
+        self.number, self.depends_on = number, []
+
+    def queue(self, pool):
+        for index in range(50):
+            pool.submit(fails_first if self.number == 3 and index == 25 else sleeper, (0.001,),
+                        name=f"n{self.number}-{index}")
+            time.sleep(0.0005)  # the walker posts while outcomes keep coming in
+
+
+def fails_first(owner, value):
+    raise ValueError("the first job fails")
+
+
+def scenario_fail_fast_schedule(count="40"):
+    """fail_fast while schedule()'s walker still submits: every job is announced (JOB_ADDED) before any
+    status change of it."""
+    with JobPool(fail_fast=True) as pool:
+        sequences = event_sequences(pool)
+        pool.schedule([SubmittingNode(number) for number in range(int(count))])
+        try:
+            pool.execute()
+        except WorkflowError:
+            pass
+    if RANK == 0:
+        report(first_events=sorted({steps[0] for steps in sequences.values()}), jobs=len(sequences))
+    else:
+        report(done=True)
+
+
+def holds_the_interpreter(owner, seconds):
+    """A C call that keeps the interpreter lock: no Python thread of this rank runs meanwhile."""
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(int(seconds))
+    return seconds
+
+
+def scenario_stuck_holding_the_interpreter():
+    bsb_mini._Policy.STUCK_REPEAT = 0.5
+    with JobPool() as pool:
+        job = pool.submit(holds_the_interpreter, (4,), timeout=1, name="holds the interpreter")
+        try:
+            pool.execute()
+        except WorkflowError:
+            pass
+    report(status=job.status.name if RANK == 0 else None)
+
+
+def scenario_entries_name_their_jobs():
+    """Every rank submits the same jobs: each rank's WorkflowError entry points at its own Job."""
+    with JobPool() as pool:
+        bad = pool.submit(failing, ("on purpose",))
+        try:
+            pool.execute()
+            same = None
+        except WorkflowError as error:
+            same = [entry.job is bad for entry in error.exceptions]
+    report(same=same)
+
+
 if __name__ == "__main__":
     name, *arguments = sys.argv[1:]
     globals()[f"scenario_{name}"](*arguments)

@@ -16,6 +16,7 @@ import enum
 import io
 import json
 import logging
+import math
 import os
 import pickle
 import re
@@ -229,6 +230,25 @@ def mpiexec(n, *args, timeout=120, script=True, hide=()):
     results.update({path.name: path.read_text() for path in folder.glob("faults*.json")})
     shutil.rmtree(folder, ignore_errors=True)
     return process.returncode, results, out, err
+
+
+def mpiexec_until(n, scenario, pattern, timeout=60):
+    """Run a scenario that hangs on purpose until ``pattern`` shows on stderr (or ``timeout`` s pass),
+    then end every rank; return what stderr said."""
+    command = [MPIEXEC, "-n", str(n), sys.executable, str(HERE / "mpi_scenarios.py"), scenario]
+    env = {**os.environ, "PYTHONPATH": str(HERE), "UCX_LOG_LEVEL": "error"}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=HERE, start_new_session=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(iter(process.stderr.readline, "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not re.search(pattern, "".join(said), re.DOTALL):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    reader.join(5)
+    return "".join(said)
 
 
 def serial_graph_outcome(seed, count):
@@ -697,6 +717,32 @@ def test_mpi_a_worker_that_catches_the_abort_leaves_its_block_and_the_next_pool_
         assert results[rank]["caught"].startswith("The pool was aborted: the main rank raised KeyError")
 
 
+@needs_mpi
+def test_mpi_a_pool_opened_on_the_main_rank_only_is_named_not_silent():
+    said = mpiexec_until(3, "stall_open", r"to open a JobPool too.*It keeps waiting", timeout=40)
+    assert "Rank 0 has waited 0:1" in said and "rank(s) 1, 2 to open a JobPool too" in said, said
+    assert "opened on some ranks only" in said
+
+
+@needs_mpi
+def test_mpi_workers_in_a_collective_while_the_main_rank_executes_are_named():
+    said = mpiexec_until(3, "stall_collective", r"for rank\(s\).*to serve the pool.*keeps waiting", timeout=40)
+    assert "The main rank has waited 0:1" in said and "rank(s) 1, 2 to serve the pool" in said, said
+    assert "collective" in said
+
+
+@needs_mpi
+def test_mpi_a_second_pool_on_the_main_rank_only_is_named():
+    said = mpiexec_until(3, "stall_second_pool", r"to open a JobPool too.*It keeps waiting", timeout=40)
+    assert said.count("the first pool worked") == 3, said
+    assert "Rank 0 has waited" in said and "rank(s) 1, 2 to open a JobPool too" in said
+
+
+def test_a_stall_shows_in_the_progress_line(monkeypatch):
+    snapshot = bsb_mini.PoolSnapshot(4, 0, 0, 0, 0, 0, 0, 3, None, 0, 0, "The main rank has waited 0:10 for rank(s) 1")
+    assert "waited 0:10 for rank(s) 1" in bsb_mini._ProgressReport()._progress_text(snapshot)
+
+
 # --- 4.2 Jobs: submit(), statuses, dependencies, results along them, payloads ---------------------
 
 
@@ -1025,6 +1071,47 @@ def test_mpi_jobs_on_workers_when_the_main_rank_is_interrupted_end_aborted():
         assert results[rank]["outcome"] == "The pool was aborted: the main rank raised KeyboardInterrupt."
 
 
+def submits_from_inside(owner):
+    return owner.submit(add, (1, 2))
+
+
+def executes_from_inside(owner):
+    return owner.execute()
+
+
+def test_submit_and_execute_inside_a_running_job_are_refused_with_the_way_to_do_it():
+    holder = type("Holder", (), {})()
+    with JobPool(holder) as pool:
+        holder.submit, holder.execute = pool.submit, pool.execute
+        jobs = [pool.submit(submits_from_inside), pool.submit(executes_from_inside)]
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert [job.status for job in jobs] == [JobStatus.FAILED] * 2 and len(pool.jobs) == 2
+    for job in jobs:
+        assert isinstance(job.error, JobPoolContextError)
+        assert "inside a running job" in str(job.error) and "as_completed() loop" in str(job.error)
+    with JobPool() as pool:  # from a listener or an as_completed() loop it is fine
+        first = pool.submit(add, (1,))
+        follow = [pool.submit(add, (job.result, 1)) for job in pool.as_completed([first])]
+    assert follow[0].result == 2
+
+
+@needs_mpi
+def test_mpi_submit_and_execute_inside_a_job_on_a_worker_fail_the_job_instead_of_vanishing():
+    code, results, out, err = mpiexec(3, "submit_inside_a_job")
+    assert code == 0, err
+    assert results[0]["statuses"] == ["FAILED", "FAILED"] and results[0]["jobs_after"] == 2
+    for text, cause in results[0]["entries"]:
+        assert cause == "JobPoolContextError" and "inside a running job" in text
+    assert results[1]["entries"] == results[0]["entries"]
+
+
+def test_a_mapping_as_args_is_refused_with_the_fix():
+    with JobPool() as pool, pytest.raises(JobPoolError, match=r"args=\{'density': 2.0\} is a mapping; pass "
+                                                            r"keyword arguments as kwargs="):
+        pool.submit(add, args={"density": 2.0})
+
+
 # --- 4.3 Running: execute(), the block's end, fail_fast, schedule(), ranks that fail --------------
 
 
@@ -1349,6 +1436,15 @@ def test_mpi_few_long_jobs_go_one_to_each_worker(n, jobs):
     code, results, out, err = mpiexec(n, "balance", str(jobs), "0.5", timeout=60)
     assert code == 0, err
     assert results[0]["ranks"] == list(range(1, jobs + 1))  # no worker got two while another had none
+
+
+@needs_mpi
+def test_mpi_a_worker_that_raises_after_the_last_execute_is_reported_on_the_main_rank():
+    for _ in range(3):  # it was lost every time
+        code, results, out, err = mpiexec(2, "worker_raises_after_execute")
+        assert code == 0, err
+        assert "Rank 1 left the pool" in results[0]["outcome"] and "rank 1 trips" in results[0]["outcome"]
+        assert results[1]["outcome"] == "own: rank 1 trips in its own code"
 
 
 # --- 4.4 Dynamic work: submitting while running, as_completed(), map() ----------------------------
@@ -2117,6 +2213,76 @@ def test_mpi_a_stuck_job_is_reported_by_name_rank_and_time_while_the_pool_goes_o
     assert results[0]["status"] == "FAILED" and "timeout" in results[0]["error"]
 
 
+def own_alarm_then_sleep(owner, seconds):
+    def ignore(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGALRM, ignore)  # the job's own alarm, set and cancelled
+    signal.alarm(5)
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+    for _ in range(int(seconds * 10)):
+        time.sleep(0.1)
+    return "overran"
+
+
+def swallows_everything(owner, seconds):
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            time.sleep(0.05)
+        except BaseException:  # noqa: B036 (a retry loop that catches the interrupt too)
+            pass
+    return "overran"
+
+
+def test_a_jobs_own_alarm_or_bare_except_cannot_defeat_its_timeout():
+    with JobPool() as pool:
+        started = time.monotonic()
+        alarmed = pool.submit(own_alarm_then_sleep, (4,), timeout=1)
+        swallowed = pool.submit(swallows_everything, (2,), timeout=0.5)
+        with pytest.raises(WorkflowError):
+            pool.execute()
+    assert alarmed.status is JobStatus.FAILED and isinstance(alarmed.error, bsb_mini.JobTimeoutError)
+    assert swallowed.status is JobStatus.FAILED and isinstance(swallowed.error, bsb_mini.JobTimeoutError)
+    assert time.monotonic() - started < 4.5  # the first was interrupted near its 1 s, not after its 4 s
+
+
+def test_the_applications_own_alarm_and_handler_are_left_as_they_were():
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    signal.setitimer(signal.ITIMER_REAL, 30)
+    try:
+        with JobPool(timeout=2) as pool:
+            pool.submit(add, (1, 2))
+            pool.submit(mpi_scenarios.sleeper, (0.2,))
+        left = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 25 < left <= 30 and signal.getsignal(signal.SIGALRM) is not previous
+        assert signal.getsignal(signal.SIGALRM).__name__ == "<lambda>" and not fired
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_timeouts_inf_and_large_mean_no_limit_and_nan_is_refused():
+    with JobPool(timeout=0.5) as pool:
+        free = pool.submit(mpi_scenarios.sleeper, (0.8,), timeout=math.inf)  # no limit, over the pool's
+        large = pool.submit(add, (1, 2), timeout=1e12)
+    assert free.status is JobStatus.SUCCESS and large.result == 3
+    with JobPool(timeout=math.inf) as pool:
+        assert pool.submit(mpi_scenarios.sleeper, (0.1,)).status is JobStatus.PENDING
+    with JobPool() as pool, pytest.raises(JobPoolError, match="timeout=nan is not a number of seconds above 0"):
+        pool.submit(add, (1,), timeout=float("nan"))
+
+
+@needs_mpi
+def test_mpi_a_job_that_holds_the_interpreter_past_its_limit_is_reported_by_the_main_rank():
+    code, results, out, err = mpiexec(2, "stuck_holding_the_interpreter")
+    assert code == 0, err
+    assert "holds the interpreter' on rank 1 has run for" in err and "could not be interrupted" in err
+    assert results[0]["status"] == "FAILED"  # it returned past its limit
+
+
 # --- 4.7 Errors: the WorkflowError report ---------------------------------------------------------
 
 
@@ -2150,6 +2316,23 @@ def test_blame_does_not_depend_on_whether_a_listener_handled_the_failure():
 
     assert run(handle=True) == run(handle=False)
     assert "'late'" in run(handle=True)  # the earliest-submitted failed dependency is to blame
+
+
+def test_entries_about_jobs_have_their_job_and_the_others_none():
+    with JobPool() as pool:
+        bad = pool.submit(fail)
+        pool.schedule([Node("broken", fail=True)])
+        with pytest.raises(WorkflowError) as raised:
+            pool.execute()
+    jobs = [entry.job for entry in raised.value.exceptions]
+    assert jobs == [bad, None]
+
+
+@needs_mpi
+def test_mpi_entries_name_their_jobs_on_every_rank_that_has_them():
+    code, results, out, err = mpiexec(3, "entries_name_their_jobs")
+    assert code == 0, err
+    assert all(results[rank]["same"] == [True] for rank in range(3))
 
 
 # --- 5. Listeners ---------------------------------------------------------------------------------
@@ -2244,6 +2427,14 @@ def test_mpi_listeners_get_pings_and_a_raising_listener_stops_nothing(n):
     outcomes = [results[r]["outcome"] for r in range(n)]
     assert all(o == outcomes[0] for o in outcomes) and len(outcomes[0]) == 4
     assert all("OSError: listener cannot log" in text for text in outcomes[0])
+
+
+@needs_mpi
+def test_mpi_jobs_are_announced_before_fail_fast_cancels_them():
+    for _ in range(6):  # a race: it showed in 2 runs of 5 before
+        code, results, out, err = mpiexec(3, "fail_fast_schedule", "40")
+        assert code == 0, err
+        assert results[0]["first_events"] == ["JOB_ADDED"], results[0]
 
 
 # --- 6. Command line: selftest, bench, the lab, the README's example ------------------------------
