@@ -1341,7 +1341,7 @@ class _Journal:
         change what a later run restores. ``payload`` (and its ``raw`` parts): the bytes a worker
         sent, kept instead of pickling the result again. Results that do not pickle are not recorded."""
         if result is None:
-            self.nones.append(key)  # append: safe beside the writer thread (see _take)
+            self.nones.append(key)  # append: safe beside the writer thread (see _take_appended)
             return
         if payload is not None:
             if type(payload) is bytes:
@@ -1408,7 +1408,7 @@ class _Journal:
     def _frames(self) -> list[list]:
         """The records appended since the last write, as frames (each a list of parts to write in order)."""
         out: list[list] = []
-        nones, tiny, pending = self._take(self.nones), self._take(self.tiny), self.pending
+        nones, tiny, pending = _take_appended(self.nones), _take_appended(self.tiny), self.pending
         while pending:
             key, stream, buffers = pending.popleft()
             encoded = key.encode("utf-8", "surrogatepass")
@@ -1426,15 +1426,6 @@ class _Journal:
                 body = pickle.dumps(records, 5)
                 out.append([_FRAME.pack(kind, len(body)), body, _CRC.pack(zlib.crc32(body))])
         return out
-
-    @staticmethod
-    def _take(records: list) -> list:
-        """What the main thread appended so far: a copy and a delete, each one step under the GIL,
-        so what is appended meanwhile stays for the next write."""
-        count = len(records)
-        taken = records[:count]
-        del records[:count]
-        return taken
 
     def close_files(self) -> None:
         for fd in (self.fd, self.reader):
@@ -1456,6 +1447,15 @@ class _Journal:
             raise JobPoolError(f"Journal {self.path}: the results of this run's last jobs could not be written "
                                f"({_describe(self.failure)}); they will run again next time. The lock was "
                                "released and the journal is intact up to its last whole record.") from self.failure
+
+
+def _take_appended(records: list) -> list:
+    """What the main thread appended so far: a copy and a delete, each one step under the GIL,
+    so what is appended meanwhile stays for the next write."""
+    count = len(records)
+    taken = records[:count]
+    del records[:count]
+    return taken
 
 
 def _write_all(fd: int, parts: list) -> int:
