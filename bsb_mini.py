@@ -3104,6 +3104,7 @@ def _on_left(main: _MainSide, worker: int, message: tuple) -> None:
     main.joined.discard(worker)
     main.left.add(worker)
     main.running.pop(worker, None)
+    main.stall = None  # heard from: a wait for the others starts again
     for batch in main.batches[worker]:
         main.in_flight_batches -= 1
         main.graph.put_back(batch)
