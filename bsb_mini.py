@@ -488,8 +488,8 @@ _short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 3
 
 def _default_name(fn: Callable, args: tuple, kwargs: dict) -> str:
     """``qualname(short args)``: readable in a progress line or a failure report."""
-    if fn is _call_without_owner:  # map(fn, items): show fn(item)
-        fn, args = args[0], args[1:]
+    if fn is _call_without_owner or fn is _call_with_items:  # map(fn, items): show fn(item)
+        fn, args = args[0], args[1:] if fn is _call_without_owner else args[1]
     base = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     try:
         shown = [_short.repr(arg) for arg in args[:3]]
@@ -796,6 +796,29 @@ class _Graph:
                 self.n_aborted += 1
                 if self.emit is not None:
                     self.emit(_JOB_STATUS_CHANGE, _ABORTED, _QUEUED if old is _SENT else old, job)
+
+    def forget(self, jobs: list[Job]) -> None:
+        """Jobs that leave the pool when their call returns (map()'s): from the job list and the counts."""
+        count = len(jobs)
+        if not count:
+            return
+        if self.jobs[-count:] == jobs:  # (nothing was submitted meanwhile): the common case
+            del self.jobs[-count:]
+        else:
+            gone = set(jobs)
+            self.jobs[:] = [job for job in self.jobs if job not in gone]
+        if self.running is not None and self.running._status is not _RUNNING and self.running in set(jobs):
+            self.running = None  # nothing of the call stays, not even its last job
+        for job in jobs:
+            status = job._status
+            if status is _SUCCESS:
+                self.n_succeeded -= 1
+            elif status is _FAILED:
+                self.n_failed -= 1
+            elif status is _CANCELLED:
+                self.n_cancelled -= 1
+            elif status is _ABORTED:
+                self.n_aborted -= 1
 
     def cancel_by_user(self, job: Job, reason: str | None) -> None:
         assert self.inbox is not None
@@ -1747,7 +1770,7 @@ class JobPool:
             job._key = self._explicit_key(fn, key)
         elif self._journal_path is not None:
             job._key = _derived_key(fn, args, job._kwargs, deps, self._key_names)
-            if job._key is None and fn is not _call_without_owner:  # map()'s calls are never journaled
+            if job._key is None and fn is not _call_without_owner and fn is not _call_with_items:  # map()'s
                 graph.n_unkeyed += 1
                 graph.unkeyed_example = graph.unkeyed_example or job.name
         inbox = self._schedules
@@ -1814,14 +1837,19 @@ class JobPool:
         wanted = None if jobs is None else _checked_jobs(self._graph, jobs, "as_completed(jobs)")
         return runner.as_completed(wanted)
 
-    def map(self, fn: Callable, iterable: Iterable) -> list:
-        """``[fn(item) for item in iterable]`` as jobs of this pool (no owner argument), results
-        in input order; the first call that raised (in input order) is raised here."""
+    def map(self, fn: Callable, *iterables: Iterable) -> list:
+        """``list(map(fn, *iterables))`` as jobs of this pool (no owner argument), results in input
+        order; the first call that raised (in input order) is raised here. The pool keeps nothing
+        of the call once it returns."""
         runner = self._open_runner("map()")
         runner.may_run("map()")
         if not callable(fn):
             raise JobPoolError(f"map() needs a function, got {fn!r}.")
-        return runner.map(fn, list(iterable), self.submit)
+        if not iterables:
+            raise JobPoolError("map() needs an iterable of items to call the function with: map(fn, items).")
+        if len(iterables) == 1:
+            return runner.map(fn, list(iterables[0]), self.submit, _call_without_owner)
+        return runner.map(fn, list(zip(*iterables, strict=False)), self.submit, _call_with_items)  # as map()
 
     def _open_runner(self, what: str) -> _SerialRunner | _WorkerSide:
         if self._runner is None or self._closed:
@@ -2156,12 +2184,19 @@ class _Policy:
     def _watch(self, rank: int, stop: threading.Event, report: bool) -> None:
         """The watchdog: interrupt the job past its limit (again every _REFIRE s), and serially report one
         that could not be interrupted."""
-        main, last = threading.main_thread().ident, 0.0
-        while not stop.wait(0.05):
-            current, now = self.current, time.monotonic()
-            if current is None or now - current[1] < current[2] or now - last < _REFIRE:
+        main, pause = threading.main_thread().ident, 0.05
+        fired_at: tuple[Any, float] = (None, 0.0)  # (the job last interrupted, when)
+        while not stop.wait(pause):
+            current, now, pause = self.current, time.monotonic(), 0.05
+            if current is None:
                 continue
-            self.fired, last = True, now
+            early = current[1] + current[2] - now
+            if early > 0:
+                pause = min(early, 0.05)  # wake at the limit, not up to a pause after it
+                continue
+            if fired_at[0] is current and now - fired_at[1] < _REFIRE:  # (the same job: again, a while later)
+                continue
+            self.fired, fired_at = True, (current, now)
             self.sent += 1
             with contextlib.suppress(ProcessLookupError, ValueError):
                 signal.pthread_kill(main, signal.SIGALRM)  # type: ignore[arg-type]
@@ -2323,16 +2358,20 @@ class _SerialRunner:
             self.busy = False
             self.end()
 
-    def map(self, fn: Callable, items: list, submit: Callable) -> list:
-        jobs = [submit(_call_without_owner, (fn, item)) for item in items]
+    def map(self, fn: Callable, items: list, submit: Callable, call: Callable) -> list:
+        jobs = [submit(call, (fn, item)) for item in items]
         failed: list[Job] = []
-        for job in self.as_completed(tuple(jobs)):
-            if job._status is _FAILED:
-                if not failed:  # the calls that have not started are not worth running
-                    for other in jobs:
-                        if other._status is _PENDING or other._status is _QUEUED:
-                            other.cancel(f"map(): an earlier call of {_name_of(fn)} raised")
-                failed.append(job)
+        try:
+            for job in self.as_completed(tuple(jobs)):
+                if job._status is _FAILED:
+                    if not failed:  # the calls that have not started are not worth running
+                        for other in jobs:
+                            if other._status is _PENDING or other._status is _QUEUED:
+                                other.cancel(f"map(): an earlier call of {_name_of(fn)} raised")
+                    failed.append(job)
+        finally:
+            self.graph.forget(jobs)  # a sampler calls map() a million times: its memory stays flat
+            self.seen_running = None
         if failed:
             first = min(failed, key=_by_index)
             self.failures.forget(set(failed))
@@ -2494,6 +2533,11 @@ class _SerialRunner:
 def _call_without_owner(owner: Any, fn: Callable, item: Any) -> Any:
     """map()'s jobs: ``fn(item)``, as the built-in map calls it."""
     return fn(item)
+
+
+def _call_with_items(owner: Any, fn: Callable, items: tuple) -> Any:
+    """map(fn, *iterables)'s jobs: ``fn(*items)``."""
+    return fn(*items)
 
 
 def _name_of(fn: Callable) -> str:
@@ -2840,7 +2884,7 @@ class _WorkerSide:
     def as_completed(self, wanted: Any) -> Iterator[Job]:
         raise JobPoolContextError(_FOR_THE_MAIN_RANK.format("as_completed()"))
 
-    def map(self, fn: Callable, items: list, submit: Callable) -> list:
+    def map(self, fn: Callable, items: list, submit: Callable, call: Callable) -> list:
         raise JobPoolContextError(_FOR_THE_MAIN_RANK.format("map()"))
 
     def longest_running(self) -> None:
