@@ -1569,6 +1569,7 @@ def test_mpi_emcee_driven_by_the_pool_gives_the_same_chain():
     assert code == 0, err
     assert results[0]["identical"] and results[0]["shape"] == [40, 16, 3]
     assert results[0]["ranks"] == [1, 2, 3]  # the walkers' log-probabilities ran on the workers
+    assert results[0]["evaluations"] >= 40 * 16 and results[0]["kept"] == 0  # and the pool kept none of them
 
 
 def test_map_takes_several_iterables_like_the_builtin():
