@@ -2592,6 +2592,7 @@ _HERALD_EVERY = 0.25  # seconds: a job seen running twice this far apart is anno
 _REFIRE = 0.5  # seconds between interrupts of a job past its timeout that is still running
 _SPIN_POLLS = 200  # polls before a waiting rank starts to sleep
 _MAX_SLEEP = 0.001
+_QUICK_SLEEP, _QUICK_FOR = 2e-5, 0.02  # seconds: the sleeps of a wait that has just begun, and for how long
 
 
 def _dumps(obj: Any, buffers: list | None = None) -> bytes:
@@ -2800,21 +2801,29 @@ def _duplicate_watched(comm: Any, rank: int, size: int) -> Any:
 
 
 class _Backoff:
-    """Poll hot for a moment, then sleep longer and longer: an idle rank gives the core away."""
+    """Poll hot for a moment, then sleep: briefly while an answer may come any moment (a map() of
+    cheap calls waits a round trip), then longer and longer once the wait has lasted _QUICK_FOR
+    seconds, so that an idle rank gives its core away."""
 
-    __slots__ = ("polls", "delay")
+    __slots__ = ("polls", "delay", "since")
 
     def __init__(self):
         self.reset()
 
     def reset(self):
-        self.polls, self.delay = 0, 0.0
+        self.polls, self.delay, self.since = 0, 0.0, 0.0
 
     def wait(self):
         if self.polls < _SPIN_POLLS:
             self.polls += 1
             return
-        self.delay = min(self.delay * 2 or 2e-5, _MAX_SLEEP)
+        now = time.monotonic()
+        if not self.since:
+            self.since = now
+        if now - self.since < _QUICK_FOR:
+            self.delay = _QUICK_SLEEP
+        else:
+            self.delay = min(self.delay * 2, _MAX_SLEEP)
         time.sleep(self.delay)
 
 
