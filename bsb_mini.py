@@ -3853,8 +3853,8 @@ def _check_listeners(rank: int, size: int) -> None:
 
 
 def _check_lambda_jobs(rank: int, size: int) -> None:
-    """Lambdas run when they need not cross ranks or cloudpickle is there; else a clear refusal."""
-    can_send = size == 1 or _optional("cloudpickle") is not None
+    """Lambdas run when they need not cross ranks or cloudpickle (or dill) is there; else a clear refusal."""
+    can_send = size == 1 or _optional("cloudpickle") is not None or _optional("dill") is not None
     with JobPool() as pool:
         job = pool.submit(lambda owner, x: x * 2, (21,))
         try:

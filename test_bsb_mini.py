@@ -2564,7 +2564,7 @@ def test_mpi_selftest(n):
 @needs_mpi
 def test_mpi_with_only_mpi4py_installed_selftest_and_readme_example_pass(tmp_path):
     """`pip install mpi4py mpich` and nothing else: no cloudpickle, no mpilock."""
-    hidden = ("cloudpickle", "mpilock")
+    hidden = ("cloudpickle", "dill", "mpilock")
     code, _, out, err = mpiexec(4, "-m", "bsb_mini", "selftest", script=False, hide=hidden)
     assert code == 0, out + err
     assert "selftest: 10 passed, 0 failed (MPI, 4 rank(s))" in out
