@@ -807,7 +807,7 @@ class _Graph:
         else:
             gone = set(jobs)
             self.jobs[:] = [job for job in self.jobs if job not in gone]
-        if self.running is not None and self.running._status is not _RUNNING and self.running in set(jobs):
+        if self.running is not None and self.running._status is not _RUNNING:
             self.running = None  # nothing of the call stays, not even its last job
         for job in jobs:
             status = job._status
@@ -1728,7 +1728,7 @@ class JobPool:
         passed to the job: they are kept as ``job.context``.
         """
         graph = self._graph
-        if (graph.executing or not self._runs_jobs) and self._runner is not None and self._runner.in_a_job():
+        if _job_thread is not None and self._runner is not None and self._runner.in_a_job():  # (jobs run now)
             raise JobPoolContextError(_INSIDE_A_JOB.format("submit()"))
         if type(args) is not tuple:
             args = _checked_args(fn, args)
