@@ -1767,7 +1767,7 @@ class JobPool:
         if timeout is not None or retries is not None:
             self._policy.give(job, fn, timeout, retries)
         if key is not None:
-            job._key = self._explicit_key(fn, key)
+            job._key = _checked_key(self._keys, fn, key)
         elif self._journal_path is not None:
             job._key = _derived_key(fn, args, job._kwargs, deps, self._key_names)
             if job._key is None and fn is not _call_without_owner and fn is not _call_with_items:  # map()'s
@@ -1791,16 +1791,6 @@ class JobPool:
         return job
 
     queue = submit
-
-    def _explicit_key(self, fn: Callable, key: Any) -> str:
-        if type(key) is not str:
-            raise JobPoolError(f"Cannot submit {_default_name(fn, (), {})}: key={key!r} is a "
-                               f"{type(key).__name__}; pass a str that names the job across runs.")
-        if key in self._keys:
-            raise JobPoolError(f"Cannot submit {_default_name(fn, (), {})}: key={key!r} was given to another "
-                               "job of this pool already; give each job its own key.")
-        self._keys.add(key)
-        return key
 
     def _add(self, job: Job, posted: bool = False) -> None:
         """A new job reaches the graph (on the main thread): announced, then linked; one posted by
@@ -1905,6 +1895,18 @@ class JobPool:
                 self._comm = None
             if self._graph.journal is not None:
                 self._graph.journal.close()
+
+
+def _checked_key(keys: set[str], fn: Callable, key: Any) -> str:
+    """An explicit key: a str, unique in the pool (``keys``: those given so far)."""
+    if type(key) is not str:
+        raise JobPoolError(f"Cannot submit {_default_name(fn, (), {})}: key={key!r} is a "
+                           f"{type(key).__name__}; pass a str that names the job across runs.")
+    if key in keys:
+        raise JobPoolError(f"Cannot submit {_default_name(fn, (), {})}: key={key!r} was given to another "
+                           "job of this pool already; give each job its own key.")
+    keys.add(key)
+    return key
 
 
 def _checked_deps(graph: _Graph, fn: Callable, args: tuple, kwargs: dict | None, deps: Any) -> tuple:
@@ -2386,8 +2388,7 @@ class _SerialRunner:
         if self.in_a_job():
             raise JobPoolContextError(_INSIDE_A_JOB.format(what))
         if self.busy:
-            raise JobPoolContextError(f"{what} was called while this pool is already running jobs (from a "
-                                      "listener?); submit() there, and let the running execute() run it.")
+            raise JobPoolContextError(_ALREADY_RUNNING.format(what))
 
     def in_a_job(self) -> bool:
         """Whether this thread is inside one of this pool's jobs (a job runs while it is RUNNING and running)."""
@@ -2837,6 +2838,8 @@ def _wait_for_message(comm, source: int, tag: int, status: Any = None) -> tuple:
         backoff.wait()
 
 
+_ALREADY_RUNNING = ("{} was called while this pool is already running jobs (from a listener?); submit() there, "
+                    "and let the running execute() run it.")
 _INSIDE_A_JOB = ("{} was called inside a running job: jobs do not submit or run jobs (under MPI they run on "
                  "workers, where none of that would run). Submit follow-up work from the main rank: in an "
                  "as_completed() loop, or from a listener on the job's SUCCESS event.")
