@@ -490,7 +490,7 @@ def _default_name(fn: Callable, args: tuple, kwargs: dict) -> str:
     """``qualname(short args)``: readable in a progress line or a failure report."""
     if fn is _call_without_owner or fn is _call_with_items:  # map(fn, items): show fn(item)
         fn, args = args[0], args[1:] if fn is _call_without_owner else args[1]
-    base = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+    base = _name_of(fn)
     try:
         shown = [_short.repr(arg) for arg in args[:3]]
         shown += [f"{key}={_short.repr(value)}" for key, value in list(kwargs.items())[:2]]
@@ -1841,6 +1841,16 @@ class JobPool:
             return runner.map(fn, list(iterables[0]), self.submit, _call_without_owner)
         return runner.map(fn, list(zip(*iterables, strict=False)), self.submit, _call_with_items)  # as map()
 
+    def share(self, obj: Any) -> Any:
+        """A handle that stands for ``obj`` in jobs' arguments and in map(): ``obj`` reaches each
+        worker once for the life of the pool (not with every job), and resolves there to that one
+        copy; ``handle.value`` is ``obj``, and the handle of a callable is callable. ``obj`` must
+        not change afterwards: share a new one instead."""
+        runner = self._open_runner("share()")
+        if isinstance(obj, _Shared):
+            return obj
+        return runner.share(obj)
+
     def _open_runner(self, what: str) -> _SerialRunner | _WorkerSide:
         if self._runner is None or self._closed:
             raise JobPoolContextError(f"{what} must be called inside the pool's `with` block.")
@@ -2384,6 +2394,9 @@ class _SerialRunner:
             raise error
         return [job._result for job in jobs]
 
+    def share(self, value: Any) -> _Shared:
+        return _share(value)  # the jobs run here: a stand-in, at no cost
+
     def may_run(self, what: str) -> None:
         if self.in_a_job():
             raise JobPoolContextError(_INSIDE_A_JOB.format(what))
@@ -2542,6 +2555,8 @@ def _call_with_items(owner: Any, fn: Callable, items: tuple) -> Any:
 
 
 def _name_of(fn: Callable) -> str:
+    if isinstance(fn, _Shared):
+        fn = fn.value
     return getattr(fn, "__qualname__", None) or type(fn).__qualname__
 
 
@@ -2554,7 +2569,9 @@ def _name_of(fn: Callable) -> str:
 # alone instead of breaking a whole message.
 #
 #   main -> worker (_TO_WORKER)
-#     (_JOBS, payload, raw)  a batch: the payload of [(fn, args, kwargs), ...] and its limits
+#     (_JOBS, payload, shared, raw)  a batch: the payload of [(fn, args, kwargs), ...] and its limits;
+#                            shared: None, or ([(id, payload), ...] of shared objects new to the
+#                            worker, [id, ...] of those it may drop) (see _Shared)
 #     (_END, report)         the main rank's execute() ended (report: its WorkflowError, pickled, or None)
 #     (_CLOSE, report)       the main rank left its block (report: as above, or an abort); answer BYE
 #   worker -> main (_TO_MAIN)
@@ -2715,6 +2732,102 @@ def _as_memoryview(buffer: Any, format: str, shape: tuple) -> memoryview:
         return view  # a format cast() does not take: the bytes, flat
 
 
+# Shared objects (pool.share): a handle pickles as its object everywhere, except into a JOBS
+# message, where it is a reference (SHARED_REF) and the object goes along once per worker, in the
+# message's ``shared`` item, before the payload that refers to it.
+_share_ids = itertools.count(1)
+_sending: list | None = None  # while the main rank packs a batch: the handles met
+_arrived: dict | None = None  # while a worker unpacks a batch: its copies, by id
+
+
+class _Shared:
+    """``pool.share(obj)``: stands for ``obj`` in jobs' arguments and in map(); ``.value`` is ``obj``."""
+
+    __slots__ = ("value", "id", "wire", "nested")
+
+    def __init__(self, value: Any, id: int | None = None):
+        self.value = value
+        self.id = next(_share_ids) if id is None else id
+        self.wire: list[memoryview] | None = None  # the value pickled once (main rank): stream, buffers
+        self.nested: list[_Shared] = []  # the handles inside the value: they reach a worker before it
+
+    def __reduce_ex__(self, protocol: Any) -> tuple:
+        if _sending is None:
+            return _share, (self.value,)  # anywhere else (a journal, user's own pickling): with its object
+        _sending.append(self)
+        return _shared_copy, (self.id,)
+
+    def __getattr__(self, name: str) -> Any:  # names shown in progress lines and reports
+        if name in ("__qualname__", "__name__", "__module__"):
+            return getattr(self.value, name)
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"share({_short.repr(self.value)})"
+
+
+class _SharedCallable(_Shared):
+    """The handle of a callable: calling it calls the object."""
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.value(*args, **kwargs)
+
+
+def _share(value: Any, id: int | None = None) -> _Shared:
+    return (_SharedCallable if callable(value) else _Shared)(value, id)
+
+
+def _shared_copy(id: int) -> _Shared:
+    """A reference unpickled on a worker: its one copy (or the error that copy's unpickling raised)."""
+    found = None if _arrived is None else _arrived.get(id)
+    if found is None:
+        raise JobPoolError(f"a shared object (id {id}) did not reach this rank; this is a bug in bsb_mini.")
+    if isinstance(found, BaseException):
+        raise found
+    return found
+
+
+def _wire_of(handle: _Shared) -> list[memoryview]:
+    """A handle's object pickled, once for every worker (it must not change after share())."""
+    global _sending
+    if handle.wire is None:
+        outer, _sending = _sending, []
+        try:
+            buffers: list[pickle.PickleBuffer] = []
+            stream = _dumps(handle.value, buffers)
+            handle.nested = list(dict.fromkeys(_sending))
+        finally:
+            _sending = outer
+        handle.wire = [memoryview(stream)] + [buffer.raw() for buffer in buffers]
+    return handle.wire
+
+
+def _pack_shared(handle: _Shared, raw: list[memoryview]) -> list:
+    """A handle's object as a payload of the wire (see the table above), big pieces appended to ``raw``."""
+    pieces: list[bytes | int] = []
+    for view in _wire_of(handle):
+        if view.nbytes <= _RAW_ABOVE:
+            pieces.append(view.tobytes())
+        else:
+            pieces.append(len(raw))
+            raw.append(view)
+    return pieces
+
+
+def _receive_shared(copies: dict, shared: tuple, received: list) -> None:
+    """A worker keeps the copies that came with a batch, and drops those the main rank is done with."""
+    new, dropped = shared
+    for id, pieces in new:
+        try:
+            copies[id] = _share(_unpack(pieces, received), id)
+        except Exception as error:
+            copies[id] = error  # the jobs that refer to it fail to unpickle, and say why
+    for id in dropped:
+        copies.pop(id, None)
+
+
 def _raw_sizes(raw: list[memoryview]) -> tuple[int, ...]:
     """The ``raw`` item of a message: each part's size, negative for a bytearray (or a stream)."""
     return tuple(-view.nbytes if type(view.obj) in (bytearray, bytes) else view.nbytes for view in raw)
@@ -2863,6 +2976,10 @@ class _WorkerSide:
         self.herald: _Herald | None = None
         self.policy = _Policy()  # the interrupt only: limits come with each batch
         self.raised: bytes | None = None  # the last report an execute() raised
+        self.shared: dict[int, _Shared | BaseException] = {}  # copies of the main rank's shared objects
+
+    def share(self, value: Any) -> _Shared:
+        return _share(value)  # a stand-in: only the main rank sends jobs
 
     def execute(self, return_results: bool) -> None:
         """A worker's execute(): serve until the main rank's execute() ends (or it closes the pool)."""
@@ -2919,7 +3036,7 @@ class _WorkerSide:
                     message = _wait_for_message(comm, 0, _TO_WORKER)
                     kind = message[0]
                     if kind == _JOBS:
-                        _run_jobs(self, message[1], message[2])
+                        _run_jobs(self, message[1], message[2], message[3])
                     elif kind == _END:
                         if until_end:
                             return message[1]
@@ -2934,9 +3051,49 @@ class _WorkerSide:
     def say_bye(self) -> None:
         self.comm.send((_BYE,), dest=0, tag=_TO_MAIN)
         self.closed = True
+        self.shared.clear()
         self.policy.release()
         if self.herald is not None:
             self.herald.stopped.set()
+
+
+class _SharesSent:
+    """Which shared objects each worker holds (main rank): each goes along with the first batch
+    that refers to it, and is dropped on the worker with the next batch once it is let go."""
+
+    def __init__(self) -> None:
+        self.held: dict[int, set[int]] = {}  # worker -> ids it holds (workers that got any)
+        self.holders: dict[int, list[int]] = {}  # id -> workers that hold it
+        self.dropping: dict[int, list[int]] = {}  # worker -> ids to drop with its next batch
+
+    def for_worker(self, worker: int, met: list[_Shared], raw: list[memoryview]) -> tuple | None:
+        """The ``shared`` item of a batch for ``worker``: the copies it lacks (the handles inside
+        them first), and the ids it may drop; None when there is neither."""
+        dropping = self.dropping.pop(worker, ()) if self.dropping else ()
+        if not met and not dropping:
+            return None
+        held = self.held.setdefault(worker, set())
+        new: list[tuple[int, list]] = []
+        for handle in met:
+            self._add(handle, worker, held, new, raw)
+        return (new, dropping) if new or dropping else None
+
+    def _add(self, handle: _Shared, worker: int, held: set[int], new: list, raw: list[memoryview]) -> None:
+        if handle.id in held:
+            return
+        pieces = _pack_shared(handle, raw)  # may raise: then nothing is marked as sent
+        for inner in handle.nested:
+            self._add(inner, worker, held, new, raw)
+        held.add(handle.id)
+        self.holders.setdefault(handle.id, []).append(worker)
+        new.append((handle.id, pieces))
+
+    def let_go(self, handle: _Shared) -> None:
+        """A handle no batch will refer to again (map()'s own): the workers drop their copies."""
+        for worker in self.holders.pop(handle.id, ()):
+            self.held[worker].discard(handle.id)
+            self.dropping.setdefault(worker, []).append(handle.id)
+        handle.wire = None
 
 
 class _MainSide(_SerialRunner):
@@ -2964,6 +3121,7 @@ class _MainSide(_SerialRunner):
         self.next_check = 0.0
         self.stall: _Stall | None = None  # while workers are awaited that have not joined
         self.status = _optional("mpi4py.MPI").Status()
+        self.shares = _SharesSent()
 
     # END and CLOSE (main -> worker), and BYE, the answer to CLOSE: the worker's end is just above.
 
@@ -3064,7 +3222,7 @@ class _MainSide(_SerialRunner):
                     continue  # what is left waits for another worker (a retry)
                 break
             raw: list[memoryview] = []
-            message = _jobs_message(self, batch, raw)
+            message = _jobs_message(self, batch, raw, worker)
             if message is None:
                 continue
             self.send(worker, message, raw)
@@ -3126,6 +3284,27 @@ class _MainSide(_SerialRunner):
         if len(self.sends) > 64:
             self.sends = [request for request in self.sends if not request.Test()]
 
+    def share(self, value: Any) -> _Shared:
+        """A handle whose object is pickled now, once: an object that does not pickle is named here."""
+        handle = _share(value)
+        try:
+            _wire_of(handle)
+        except Exception as reason:
+            raise JobPoolError(f"share() cannot send {_short.repr(value)} to the workers: it does not pickle "
+                               f"({_describe(reason)}). Share module-level functions and picklable objects, "
+                               "or install cloudpickle.") from None
+        return handle
+
+    def map(self, fn: Callable, items: list, submit: Callable, call: Callable) -> list:
+        """As serially; a function not shared is shared for the call, so it reaches each worker once."""
+        own = not isinstance(fn, _Shared)
+        handle: Any = _share(fn) if own else fn
+        try:
+            return super().map(handle, items, submit, call)
+        finally:
+            if own:
+                self.shares.let_go(handle)
+
     def starting(self) -> None:
         """Nothing to prepare: the jobs run on the workers, whose threads the timeouts interrupt."""
 
@@ -3169,16 +3348,23 @@ def _on_left(main: _MainSide, worker: int, message: tuple) -> None:
 
 
 # JOBS (main -> worker): a batch of calls and their time limits; the worker answers DONE or UNLOADABLE.
-def _jobs_message(main: _MainSide, batch: list[Job], raw: list[memoryview]) -> tuple | None:
-    """A batch, pickled; a job that cannot be pickled fails alone (from QUEUED: it never ran), the rest go."""
+def _jobs_message(main: _MainSide, batch: list[Job], raw: list[memoryview], worker: int) -> tuple | None:
+    """A batch, pickled, with the shared objects it refers to that the worker lacks; a job that
+    cannot be pickled fails alone (from QUEUED: it never ran), the rest go."""
+    global _sending
     policy = main.policy
     limits = [policy.limit_of(job) for job in batch] if policy.timeout is not None or policy.own else None
+    met: list[_Shared] = []
+    _sending = met
     try:
         payload = _pack(([(job._fn, job._args, job._kwargs) if job._extras is None else job._call()
                           for job in batch], limits), raw)
-        return _JOBS, payload, _raw_sizes(raw)
+        _sending = None
+        return _JOBS, payload, main.shares.for_worker(worker, met, raw), _raw_sizes(raw)
     except Exception:
         raw.clear()
+    finally:
+        _sending = None
     sendable = []
     for job in batch:
         try:
@@ -3192,14 +3378,18 @@ def _jobs_message(main: _MainSide, batch: list[Job], raw: list[memoryview]) -> t
         else:
             sendable.append(job)
     batch[:] = sendable
-    return _jobs_message(main, batch, raw) if batch else None
+    return _jobs_message(main, batch, raw, worker) if batch else None
 
 
-def _run_jobs(side: _WorkerSide, payload: bytes | list, received: list) -> None:
+def _run_jobs(side: _WorkerSide, payload: bytes | list, shared: tuple | None, received: list) -> None:
     """The worker runs a batch and answers DONE with each outcome, packed on its own (or
     UNLOADABLE if the batch does not unpickle here)."""
+    global _arrived
     started = time.perf_counter()
     herald, owner, policy, rank = side.herald, side.owner, side.policy, side.rank
+    _arrived = side.shared
+    if shared is not None:
+        _receive_shared(side.shared, shared, received)
     try:
         calls, limits = pickle.loads(payload) if type(payload) is bytes else _unpack(payload, received)
     except Exception as reason:

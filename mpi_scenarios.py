@@ -680,6 +680,138 @@ def scenario_emcee():
         report(worker=True)
 
 
+class Model:
+    """A model that counts how often it arrives on this rank (each unpickling is a copy sent)."""
+
+    arrivals = 0
+
+    def __init__(self, size):
+        import numpy
+
+        self.table = numpy.linspace(0.5, 1.5, size)
+
+    def __setstate__(self, state):
+        Model.arrivals += 1
+        self.__dict__.update(state)
+
+    def log_prob(self, x):
+        import numpy
+
+        return -0.5 * float(numpy.sum(x * x)) * float(self.table[len(self.table) // 2])
+
+
+def scale_by(owner, model, value):
+    return model.value.log_prob(value)
+
+
+def scenario_share(size: str = "200000"):
+    """pool.share(): the model reaches each worker once for the whole run; without share() at most
+    once per worker per map() call; emcee with a shared log-probability gives the same chain."""
+    import emcee
+    import numpy
+
+    def chain_of(pool, log_prob):
+        start = numpy.random.RandomState(1).randn(16, 3)
+        sampler = emcee.EnsembleSampler(16, 3, log_prob, pool=pool)
+        sampler.random_state = numpy.random.RandomState(7).get_state()
+        sampler.run_mcmc(start, 30)
+        return sampler.get_chain()
+
+    with create_job_pool(quiet=True) as pool:
+        if pool.is_main():
+            model = Model(int(size))
+            shared = pool.share(model.log_prob)
+            chain = chain_of(pool, shared)  # 60 map() calls: one copy of the model per worker
+            plain = [pool.map(model.log_prob, [numpy.full(3, i), numpy.ones(3)] * 8) for i in range(4)]
+            table = pool.share(model)  # a second copy: a handle of its own
+            jobs = [pool.submit(scale_by, (table, numpy.full(3, i))) for i in range(12)]
+            pool.execute()
+            submitted = [job.result for job in jobs]
+            try:
+                pool.share(threading.Lock())
+                refused = None
+            except bsb_mini.JobPoolError as error:
+                refused = str(error)
+            value_is_the_object = shared.value == model.log_prob
+        pool.execute()
+    if RANK == 0:
+        alone = chain_of(None, model.log_prob)
+        report(identical=bool(numpy.array_equal(chain, alone)), plain=plain[-1][:2],
+               expected_plain=[model.log_prob(numpy.full(3, 3)), model.log_prob(numpy.ones(3))],
+               submitted=submitted, expected_submitted=[model.log_prob(numpy.full(3, i)) for i in range(12)],
+               refused=refused, value=value_is_the_object, kept=len(pool.jobs) - 12)
+    else:
+        report(arrivals=Model.arrivals)
+
+
+def gaussian_loglike(x):
+    import numpy
+
+    return -0.5 * float(numpy.sum((x / 0.1) ** 2))
+
+
+def unit_cube_to_box(u):
+    return 10.0 * u - 5.0
+
+
+class SerialMap:
+    """What a sampler gets without an MPI pool: the built-in map."""
+
+    size = 2
+
+    @staticmethod
+    def map(fn, *iterables):
+        return list(map(fn, *iterables))
+
+
+def scenario_dynesty():
+    """dynesty's NestedSampler with pool= and shared likelihood and prior: the run without a pool's."""
+    import dynesty
+    import numpy
+
+    def run(pool, loglike, prior):
+        sampler = dynesty.NestedSampler(loglike, prior, 2, nlive=60, pool=pool, queue_size=4,
+                                        rstate=numpy.random.default_rng(5))
+        sampler.run_nested(maxiter=600, print_progress=False)
+        return sampler.results
+
+    with create_job_pool(quiet=True) as pool:
+        if pool.is_main():
+            pooled = run(pool, pool.share(gaussian_loglike), pool.share(unit_cube_to_box))
+        pool.execute()
+    if RANK == 0:
+        alone = run(SerialMap(), gaussian_loglike, unit_cube_to_box)
+        report(logz=float(pooled.logz[-1]), expected_logz=float(alone.logz[-1]),
+               samples=bool(numpy.array_equal(pooled.samples, alone.samples)), niter=int(pooled.niter))
+    else:
+        report(worker=True)
+
+
+def rosenbrock(x):
+    return float(sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
+
+
+def scenario_differential_evolution():
+    """scipy.optimize.differential_evolution(workers=pool.map): the same optimum as without the pool."""
+    from scipy.optimize import differential_evolution
+
+    bounds = [(-2, 2)] * 3
+
+    def optimise(workers):
+        found = differential_evolution(rosenbrock, bounds, workers=workers, updating="deferred", seed=3,
+                                       maxiter=60, polish=False)
+        return [float(v) for v in found.x], float(found.fun), int(found.nfev)
+
+    with create_job_pool(quiet=True) as pool:
+        if pool.is_main():
+            pooled = optimise(pool.map)
+        pool.execute()
+    if RANK == 0:
+        report(pooled=pooled, alone=optimise(map))
+    else:
+        report(worker=True)
+
+
 def busy(owner, seconds):
     started = time.monotonic()
     while time.monotonic() - started < seconds:

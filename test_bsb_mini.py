@@ -1572,6 +1572,76 @@ def test_mpi_emcee_driven_by_the_pool_gives_the_same_chain():
     assert results[0]["evaluations"] >= 40 * 16 and results[0]["kept"] == 0  # and the pool kept none of them
 
 
+
+@needs_mpi
+def test_mpi_a_shared_model_reaches_each_worker_once():
+    pytest.importorskip("emcee")  # a test extra; CI installs it, so this runs there
+    code, results, out, err = mpiexec(3, "share", timeout=240)
+    assert code == 0, err
+    main = results[0]
+    assert main["identical"] and main["value"]  # emcee's chain with a shared log-probability: as alone
+    assert main["plain"] == main["expected_plain"] and main["submitted"] == main["expected_submitted"]
+    assert "lock" in main["refused"] and "does not pickle" in main["refused"] and main["kept"] == 0
+    # emcee's 60 map() calls brought one copy; 4 map() calls of the bare method at most one each;
+    # the second handle (the model itself) one more
+    assert all(2 <= results[rank]["arrivals"] <= 6 for rank in (1, 2))
+
+
+@needs_mpi
+def test_mpi_dynesty_with_a_pool_and_shared_functions_gives_the_same_run():
+    pytest.importorskip("dynesty")  # a test extra; CI installs it, so this runs there
+    code, results, out, err = mpiexec(3, "dynesty", timeout=300)
+    assert code == 0, err
+    main = results[0]
+    assert main["logz"] == main["expected_logz"] and main["samples"] and main["niter"] > 500
+
+
+@needs_mpi
+def test_mpi_scipy_differential_evolution_with_workers_pool_map_finds_the_same_optimum():
+    pytest.importorskip("scipy")  # a test extra; CI installs it, so this runs there
+    code, results, out, err = mpiexec(3, "differential_evolution", timeout=300)
+    assert code == 0, err
+    assert results[0]["pooled"] == results[0]["alone"]
+    assert abs(results[0]["pooled"][0][0] - 1) < 0.05  # it found Rosenbrock's minimum at (1, 1, 1)
+
+
+def test_a_shared_handle_stands_for_its_object():
+    import pickle
+
+    class Scale:
+        def __init__(self, factor):
+            self.factor = factor
+
+        def times(self, value):
+            return value * self.factor
+
+    def apply(owner, handle, value):
+        return handle.value.times(value)
+
+    with JobPool() as pool:
+        model = Scale(3)
+        method, table = pool.share(model.times), pool.share(model)
+        assert method.value == model.times and table.value is model and pool.share(table) is table
+        assert method(2) == 6 and callable(method) and not callable(table)
+        assert pool.map(method, [1, 2]) == [3, 6]
+        job = pool.submit(apply, (table, 5))
+        pool.execute()
+        assert job.result == 15
+        again = pickle.loads(pickle.dumps(pool.share([1, 2])))  # pickled anywhere else: with its object
+        assert again.value == [1, 2]
+    with pytest.raises(JobPoolContextError, match="inside the pool's `with` block"):
+        pool.share(model)
+
+
+def test_a_failing_map_over_a_shared_function_names_the_function():
+    def fails(value):
+        raise ValueError(f"bad {value}")
+
+    with JobPool() as pool:
+        with pytest.raises(ValueError) as caught:
+            pool.map(pool.share(fails), [1])
+        assert any("fails" in note and "item 0" in note for note in caught.value.__notes__)
+
 def test_map_takes_several_iterables_like_the_builtin():
     with JobPool() as pool:
         assert pool.map(pow, [2, 3, 4], [5, 2]) == [32, 9]  # stops at the shortest, as map() does
