@@ -23,6 +23,7 @@ import faulthandler
 import gc
 import hashlib
 import importlib
+import importlib.util
 import itertools
 import logging
 import math
@@ -230,14 +231,31 @@ def _check_launcher_environment() -> None:
     found = [name for name in _LAUNCHER_VARIABLES if os.environ.get(name)]
     if not found or _env_flag("BSB_IGNORE_PARALLEL"):
         return
-    cause = _import_errors.get("mpi4py.MPI")
-    reason = f" ({type(cause).__name__}: {cause})" if cause else ""
+    problem, fix = _why_no_mpi4py()
     raise DependencyError(
-        f"An MPI launcher started this process ({', '.join(found)} set) but mpi4py "
-        f"cannot be imported{reason}: every rank would run the whole script alone and "
-        "repeat all the work. Install it (pip install mpi4py, or load your cluster's mpi4py "
-        "module), or set BSB_IGNORE_PARALLEL=1 to run single-node anyway."
+        f"An MPI launcher started this process ({', '.join(found)} set), and {problem}: every "
+        f"rank would run the whole script alone and repeat all the work. {fix}, or set "
+        "BSB_IGNORE_PARALLEL=1 to run single-node anyway."
     )
+
+
+def _why_no_mpi4py() -> tuple[str, str]:
+    """Why mpi4py.MPI is not usable here, and the fix: not installed, or without an MPI library."""
+    cause = _import_errors.get("mpi4py.MPI")
+    if importlib.util.find_spec("mpi4py") is None or cause is None:
+        return ("mpi4py is not installed",
+                "Install it with an MPI library (pip install mpi4py mpich, or the bsb-mini[parallel,mpich] "
+                "extras), or load your cluster's mpi4py module")
+    lines = str(cause).splitlines() or [type(cause).__name__]
+    first_line = lines[0]
+    if "MPI library" in str(cause):
+        detail = "; ".join(lines[1:] if "cannot load MPI library" in first_line else lines)[:300]
+        return (f"mpi4py is installed but cannot load an MPI library ({detail or first_line})",
+                "Install one (pip install mpich, or the bsb-mini[mpich] extra), or on a cluster load its "
+                "MPI module before running (module load ...)")
+    return (f"mpi4py is installed but mpi4py.MPI fails to import ({type(cause).__name__}: {first_line})",
+            "Reinstall mpi4py against your MPI (pip install --force-reinstall --no-cache-dir mpi4py), or "
+            "load your cluster's mpi4py module")
 
 
 # The thread that runs jobs right now (an execute() or a worker serving), if any: MPI
@@ -956,12 +974,19 @@ def _workflow_error(failures: list[_Failure], graph: _Graph) -> WorkflowError:
     if graph.n_restored:
         head += f" ({graph.n_restored} restored from the journal)"
     lines: list[str] = [head + ":"]
-    entries: list[Exception] = []
-    for failure in failures:
-        entry = failure.exception()
-        entries.append(entry)
-        lines.append(f"  - {entry}")
-        lost = victims.get(failure.job, ())
+    entries = [failure.exception() for failure in failures]
+    alike: dict[Any, list[int]] = {}  # failed jobs with the same error are shown once, with a count
+    for at, failure in enumerate(failures):
+        same = failure.job is not None and not failure.named
+        alike.setdefault((type(failure.error), str(failure.error)) if same else at, []).append(at)
+    for group in alike.values():
+        line = f"  - {entries[group[0]]}"
+        if len(group) > 1:
+            others = [failures[at].job.name for at in group[1:4]]  # type: ignore[union-attr]
+            line += (f"\n    and {len(group) - 1} more job(s) with the same error: {', '.join(others)}"
+                     + (", ..." if len(group) > 4 else ""))
+        lines.append(line)
+        lost = [job for at in group for job in victims.get(failures[at].job, ())]
         if lost:
             names = ", ".join(job.name for job in lost[:3]) + (", ..." if len(lost) > 3 else "")
             lines.append(f"    cancelled because of it: {len(lost)} job(s): {names}")
@@ -986,6 +1011,8 @@ class _FailureLog:
         job.rank = rank
         if remote_traceback:
             error.add_note(f"Traceback of the job on rank {rank}:\n{remote_traceback.rstrip()}")
+        if isinstance(error, TypeError) and (note := _calling_convention_note(job, error)):
+            error.add_note(note)
         graph = self.graph
         if not named and self.policy.try_again(job, error, graph.stop_reason is not None):
             graph.again(job)
@@ -1031,9 +1058,21 @@ def _check_node_order(nodes: list) -> None:
             if where is not None and where >= i:
                 kind = "forms a cycle with" if _reaches(dep, node, position) else "comes after"
                 raise JobSchedulingError(
-                    f"{node!r} depends on {dep!r}, which {kind} it in the array given to "
+                    f"{_node_label(node, i)} depends on {_node_label(dep, where)}, which {kind} it in the "
+                    "array given to "
                     "schedule(); give the nodes in topological order (dependencies first)."
                 )
+
+
+def _node_label(node: Any, index: int | None = None) -> str:
+    """A node as errors name it: its ``name``, else its own str(), never a memory address."""
+    name = getattr(node, "name", None)
+    if isinstance(name, str) and name:
+        return f"node {name!r}"
+    if type(node).__str__ is not object.__str__ or type(node).__repr__ is not object.__repr__:
+        return f"node {_short.repr(node) if type(node).__str__ is object.__str__ else str(node)}"
+    where = f" at position {index}" if index is not None else ""
+    return f"the {type(node).__qualname__} node{where} (give nodes a name attribute to see it here)"
 
 
 def _reaches(start: Any, target: Any, position: dict) -> bool:
@@ -2064,13 +2103,14 @@ class _Schedules:
         if blocked:
             skipped.add(id(node))
             self.call(self.failures.other, JobSchedulingError(
-                f"{node!r} was not scheduled because its dependency {blocked[0]!r} failed to schedule."))
+                f"{_node_label(node)} was not scheduled because its dependency {_node_label(blocked[0])} "
+                "failed to schedule."))
             return
         try:
             scheduler(node) if scheduler is not None else node.queue(self.pool)
         except Exception as cause:
             skipped.add(id(node))
-            error = JobSchedulingError(f"Scheduling {node!r} failed: {_describe(cause)}")
+            error = JobSchedulingError(f"Scheduling {_node_label(node)} failed: {_describe(cause)}")
             error.__cause__ = cause
             self.call(self.failures.other, error)
 
@@ -2552,6 +2592,28 @@ def _call_without_owner(owner: Any, fn: Callable, item: Any) -> Any:
 def _call_with_items(owner: Any, fn: Callable, items: tuple) -> Any:
     """map(fn, *iterables)'s jobs: ``fn(*items)``."""
     return fn(*items)
+
+
+_BAD_CALL_WORDS = ("positional argument", "keyword argument", "takes no arguments", "multiple values for")
+
+
+def _calling_convention_note(job: Job, error: TypeError) -> str | None:
+    """How jobs are called, when ``error`` says the job's function refused its arguments."""
+    fn, mapped = job._fn, job._fn in (_call_without_owner, _call_with_items)
+    if mapped:
+        fn = job._args[0]
+    if isinstance(fn, _Shared):
+        fn = fn.value
+    names = [name for name in (getattr(fn, "__qualname__", None), getattr(fn, "__name__", None)) if name]
+    text = str(error)
+    if not any(text.startswith(f"{name}()") for name in names) or not any(w in text for w in _BAD_CALL_WORDS):
+        return None
+    if mapped:
+        return ("map() calls fn(*items): one item from each iterable, and no owner "
+                "(submit() and schedule() call fn(owner, *args, **kwargs)).")
+    return ("A pool calls each job as fn(owner, *args, **kwargs): the first parameter is the pool's owner "
+            "(None unless given to JobPool(owner)), so write def fn(owner, ...). map() calls fn(*items), "
+            "without the owner.")
 
 
 def _name_of(fn: Callable) -> str:
@@ -4071,12 +4133,14 @@ def _selftest() -> int:
     """Run each check on every rank; rank 0 prints a line per check and a summary."""
     rank, size = MPI.get_rank(), MPI.get_size()
     real = MPI.get_communicator() is not None
-    context = f"MPI, {size} rank(s)" if real else "emulator, 1 rank (mpi4py not installed)"
+    context = f"MPI, {size} rank(s)" if real else f"emulator, 1 rank ({_why_no_mpi4py()[0]})"
     if real and size == 1:
         context = "MPI, 1 rank"
     failed = 0
     if rank == 0:
         print(f"bsb_mini {__version__} selftest: {context}", flush=True)
+        if not real and _import_errors.get("mpi4py.MPI") is not None and importlib.util.find_spec("mpi4py"):
+            print(f"        to run under MPI: {_why_no_mpi4py()[1]}", flush=True)
     for name, check in _SELFTEST_CHECKS:
         try:
             check(rank, size)
@@ -4261,17 +4325,28 @@ def _bench(argv: list[str]) -> int:
     if MPI.get_rank() != 0:
         return 0
     if options.json:
-        print(json.dumps({"machine": _machine(), "rows": rows}, indent=2))
+        print(json.dumps({"machine": _machine(), "bsb_mini": __file__, "version": __version__, "rows": rows},
+                         indent=2))
     else:
         _print_rows(f"bsb_mini bench ({_machine()}); median of {runs} run(s)", rows)
     return 0
 
 
 _USAGE = """usage: python -m bsb_mini {selftest,bench} [options]
+       python -m bsb_mini --version
 
   selftest   check every service in this context (the emulator, or real MPI under
              mpiexec -n N python -m bsb_mini selftest); non-zero exit on any failure
   bench      measure the pool's own overhead (python -m bsb_mini bench --help)
+
+A vendored copy works the same way: python -m mypkg._vendor.bsb_mini selftest checks that copy.
+"""
+
+_SELFTEST_USAGE = """usage: python -m bsb_mini selftest
+
+Check every service in this context: the emulator (one rank), or real MPI when started by
+a launcher (mpiexec -n 4 python -m bsb_mini selftest). One line per check on rank 0, then
+a summary; the exit status is non-zero if any check failed on any rank. No options.
 """
 
 
@@ -4280,8 +4355,15 @@ def _main(argv: list[str]) -> int:
     # reports as "not returned to mpool" warnings at shutdown; they are harmless here.
     os.environ.setdefault("UCX_LOG_LEVEL", "error")
     commands = {"selftest": lambda rest: _selftest(), "bench": _bench}
+    helps = {"selftest": _SELFTEST_USAGE}
+    if argv[:1] == ["--version"]:
+        print(f"bsb_mini {__version__} ({__file__})")
+        return 0
     if argv[:1] in (["--help"], ["-h"], ["help"]):
         print(_USAGE, end="")
+        return 0
+    if argv and argv[0] in helps and ("--help" in argv[1:] or "-h" in argv[1:]):
+        print(helps[argv[0]], end="")
         return 0
     if not argv or argv[0] not in commands or (argv[0] == "selftest" and argv[1:]):
         what = f"unknown command {argv[0]!r}" if argv else "no command given"
@@ -4292,7 +4374,17 @@ def _main(argv: list[str]) -> int:
     return commands[argv[0]](argv[1:])
 
 
-if __name__ == "__main__":
-    import bsb_mini
+def _this_module() -> Any:
+    """This file as a module under its own name, when run with ``python -m``: ``bsb_mini``, or a
+    vendored ``mypkg._vendor.bsb_mini``, so that jobs pickle by that name on every rank."""
+    spec = globals().get("__spec__")
+    name = spec.name if spec is not None and spec.name != "__main__" else "bsb_mini"
+    module = importlib.import_module(name)
+    if os.path.realpath(getattr(module, "__file__", "") or "") != os.path.realpath(__file__):
+        raise SystemExit(f"python -m bsb_mini: imported {name} from {module.__file__}, "
+                         f"not the copy that was started ({__file__}); run it with python -m {name}")
+    return module
 
-    sys.exit(bsb_mini._main(sys.argv[1:]))  # pyright: ignore[reportAttributeAccessIssue] (the stub omits it)
+
+if __name__ == "__main__":
+    sys.exit(_this_module()._main(sys.argv[1:]))

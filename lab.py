@@ -5,6 +5,7 @@ version side by side, payloads, the journal and scaling. Not part of the vendore
     mpiexec -n 3 python lab.py             # MPI rows: bare mpi4py, mpi4py.futures, payloads
     python lab.py --against OLD.py --runs 15   # this bsb_mini.py against another, interleaved
     mpiexec -n 3 python lab.py --against OLD.py --runs 9
+    mpiexec -n 3 python lab.py --samplers  # emcee steps beside schwimmbad and mpi4py.futures
 
 ``python -m bsb_mini bench`` keeps only the pool's own overhead rows; this file measures
 the rest. Ratios are what to quote: the machines are shared and noisy.
@@ -440,6 +441,149 @@ def _time_timed_jobs(tasks: int, seconds: float) -> float:
     return time.perf_counter() - started
 
 
+# --- Samplers: emcee steps through each pool, small and 50 MiB models, shared and not -------------
+
+
+def _burn(seconds: float) -> None:
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
+
+
+def _lab_log_prob(x: Any) -> float:
+    """The small model: a log-probability that burns 100 us."""
+    _burn(100e-6)
+    return -0.5 * float((x * x).sum())
+
+
+class _LabModel:
+    """A big model: its log-probability is a bound method, so it carries ``nbytes`` of table."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.table = _optional("numpy").ones(nbytes // 8)
+
+    def log_prob(self, x: Any) -> float:
+        _burn(100e-6)
+        return -0.5 * float((x * x).sum()) * float(self.table[0])
+
+
+_WALKERS, _DIMENSIONS, _WARM_STEPS = 32, 5, 2
+
+
+def _emcee_chain(pool: Any, log_prob: Any, steps: int, warm: int = _WARM_STEPS) -> tuple[float, Any]:
+    """Seconds per step after a warm-up, and the whole chain (the same seeds for every pool)."""
+    import emcee
+    import numpy
+
+    start = numpy.random.RandomState(1).randn(_WALKERS, _DIMENSIONS)
+    sampler = emcee.EnsembleSampler(_WALKERS, _DIMENSIONS, log_prob, pool=pool)
+    sampler.random_state = numpy.random.RandomState(7).get_state()
+    sampler.run_mcmc(start, warm)
+    started = time.perf_counter()
+    sampler.run_mcmc(None, steps)
+    return (time.perf_counter() - started) / steps, sampler.get_chain()
+
+
+def _settle(comm: Any) -> None:
+    """Wait for every rank without spinning (a spinning barrier would steal the cores we time)."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(0.002)
+
+
+def _step_serial(comm: Any, log_prob: Any, steps: int) -> Any:
+    return _emcee_chain(None, log_prob, steps) if comm.Get_rank() == 0 else None
+
+
+def _step_bsb_mini(comm: Any, log_prob: Any, steps: int, share: bool = False) -> Any:
+    timed = None
+    with bsb_mini.create_job_pool(quiet=True, comm=comm) as pool:
+        if pool.is_main():
+            timed = _emcee_chain(pool, pool.share(log_prob) if share else log_prob, steps)
+        pool.execute()
+    return timed
+
+
+def _step_schwimmbad(comm: Any, log_prob: Any, steps: int, warm: int = _WARM_STEPS) -> Any:
+    from schwimmbad import MPIPool  # type: ignore[import-not-found]
+
+    try:
+        pool = MPIPool(comm=comm)
+    except SystemExit:  # its workers serve in __init__, then call sys.exit() when the master closes
+        return None
+    try:
+        return _emcee_chain(pool, log_prob, steps, warm)
+    finally:
+        pool.close()
+        pool.workers = set()  # its atexit hook would tell them to quit a second time
+
+
+def _step_executor(comm: Any, log_prob: Any, steps: int, warm: int = _WARM_STEPS) -> Any:
+    from mpi4py.futures import MPICommExecutor
+
+    with MPICommExecutor(comm, root=0) as executor:
+        return None if executor is None else _emcee_chain(executor, log_prob, steps, warm)
+
+
+def _bench_samplers(runs: int, smoke: bool) -> list[tuple[str, str, float, bool]]:
+    """emcee (32 walkers, 5 dimensions, 100 us per call) through each pool, interleaved, min of runs:
+    (model, contender, ms per step, same chain as serial) on the main rank."""
+    import faulthandler
+
+    comm = MPI.get_communicator()
+    faulthandler.dump_traceback_later(1800 if not smoke else 120, exit=True)  # a hang prints every stack
+    nbytes = (1 << 20) if smoke else (50 << 20)
+    big = _LabModel(nbytes)
+    many = 10 if smoke else 150
+    label = f"{nbytes >> 20} MiB"
+    have = {name for name in ("schwimmbad",) if _optional(name) is not None}
+    contenders = [
+        ("small", "serial", functools.partial(_step_serial, comm, _lab_log_prob, many)),
+        ("small", "bsb_mini", functools.partial(_step_bsb_mini, comm, _lab_log_prob, many)),
+        ("small", "schwimmbad MPIPool", functools.partial(_step_schwimmbad, comm, _lab_log_prob, many)),
+        ("small", "MPICommExecutor", functools.partial(_step_executor, comm, _lab_log_prob, many)),
+        (label, "serial", functools.partial(_step_serial, comm, big.log_prob, many)),
+        (label, "bsb_mini, pool.share(model.log_prob)",
+         functools.partial(_step_bsb_mini, comm, big.log_prob, many, share=True)),
+        (label, "bsb_mini, not shared", functools.partial(_step_bsb_mini, comm, big.log_prob, 12)),
+        # the peers send the model with every item: one step, in the first run only
+        (label, "schwimmbad MPIPool", functools.partial(_step_schwimmbad, comm, big.log_prob, 1, 1)),
+        (label, "MPICommExecutor", functools.partial(_step_executor, comm, big.log_prob, 1, 1)),
+    ]
+    contenders = [row for row in contenders if "schwimmbad" not in row[1] or have]
+    best: dict[tuple[str, str], float] = {}
+    chains: dict[tuple[str, str], Any] = {}
+    for run in range(runs):
+        for model, name, step in contenders:
+            if run and model != "small" and name.startswith(("schwimmbad", "MPICommExecutor")):
+                continue
+            timed = step()
+            _settle(comm)
+            if timed is not None:
+                best[model, name] = min(best.get((model, name), float("inf")), timed[0])
+                chains[model, name] = timed[1]
+    faulthandler.cancel_dump_traceback_later()
+    numpy = _optional("numpy")
+    rows = []
+    for model, name, _step in contenders:
+        if (model, name) in best:
+            serial = chains[model, "serial"]
+            chain = chains[model, name]
+            same = bool(numpy.array_equal(chain, serial[: len(chain)]))
+            rows.append((model, name, best[model, name] * 1e3, same))
+    return rows
+
+
+def _print_samplers(title: str, rows: list[tuple[str, str, float, bool]]) -> None:
+    print(title)
+    small = {name: ms for model, name, ms, _same in rows if model == "small"}
+    print(f"{'model':8} {'pool':38} {'ms/step':>9} {'x small':>8}  chain")
+    for model, name, ms, same in rows:
+        base = small.get("bsb_mini" if name.startswith("bsb_mini") else name)
+        ratio = f"{ms / base:.2f}" if base and model != "small" else "-"
+        print(f"{model:8} {name:38} {ms:>9.2f} {ratio:>8}  {'same as serial' if same else 'DIFFERS'}")
+
+
 def main(argv: list[str]) -> int:
     import argparse
     import json
@@ -450,11 +594,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to prove the lab works")
     parser.add_argument("--no-scaling", action="store_true", help="skip the 100k and 1M scaling rows")
+    parser.add_argument("--samplers", action="store_true",
+                        help="emcee steps through bsb_mini, schwimmbad and mpi4py.futures (under mpiexec)")
     parser.add_argument("--against", metavar="FILE",
                         help="only compare with another version's bsb_mini.py, side by side in this process")
     options = parser.parse_args(argv)
     count, runs = (200, 1) if options.smoke else (options.jobs, options.runs)
     scaling = [] if options.no_scaling else [2_000, 20_000] if options.smoke else [10_000, 100_000, 1_000_000]
+    if options.samplers:
+        table = _bench_samplers(runs, options.smoke)
+        if MPI.get_rank() == 0:
+            _print_samplers(f"emcee through each pool ({_machine()}); ms per step, min of {runs} interleaved "
+                            f"run(s); chains compared with serial", table)
+        return 0
     if options.against:
         rows = _bench_against(options.against, count, runs)
     elif MPI.get_size() > 1:

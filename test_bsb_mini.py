@@ -13,6 +13,7 @@ import collections
 import copy
 import dataclasses
 import enum
+import functools
 import io
 import json
 import logging
@@ -1173,8 +1174,74 @@ def test_schedule_skips_nodes_downstream_of_a_failed_node():
     errors = raised.value.exceptions
     assert all(isinstance(e, JobSchedulingError) for e in errors) and len(errors) == 3
     assert "cannot place broken" in str(errors[0]) and isinstance(errors[0].__cause__, RuntimeError)
-    assert "<Node after>" in str(errors[1]) and "<Node broken>" in str(errors[1])
-    assert "<Node after_after>" in str(errors[2]) and "<Node after>" in str(errors[2])
+    assert "node 'after'" in str(errors[1]) and "node 'broken'" in str(errors[1])
+    assert "node 'after_after'" in str(errors[2]) and "node 'after'" in str(errors[2])
+
+
+def place_one(cells):  # forgot the owner
+    return cells
+
+
+def test_a_job_called_with_the_wrong_arguments_gets_a_note_on_how_jobs_are_called():
+    def pair(x, y):
+        return x, y
+
+    def inside(owner, value):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")  # raised inside: no note
+
+    with JobPool() as pool:
+        forgot = pool.submit(place_one, ("granule",))
+        bad_inside = pool.submit(inside, (1,))
+        with pytest.raises(WorkflowError):
+            pool.execute()
+        with pytest.raises(TypeError) as mapped:
+            pool.map(pair, [1, 2])
+    notes = "\n".join(getattr(forgot.error, "__notes__", []))
+    assert "fn(owner, *args, **kwargs)" in notes and "def fn(owner, ...)" in notes
+    assert not any("owner" in note for note in getattr(bad_inside.error, "__notes__", []))
+    assert "map() calls fn(*items)" in "\n".join(mapped.value.__notes__)
+
+
+def test_many_failures_with_the_same_error_are_shown_once_with_a_count():
+    def broken(owner, index):
+        raise ValueError("the data file is missing")
+
+    def other(owner, index):
+        raise ValueError(f"bad index {index}")
+
+    with JobPool() as pool:
+        for index in range(500):
+            pool.submit(broken, (index,))
+        pool.submit(other, (1,))
+        pool.submit(other, (2,))
+        with pytest.raises(WorkflowError) as raised:
+            pool.execute()
+    summary = str(raised.value)
+    assert len(raised.value.exceptions) == 502  # every entry kept
+    assert summary.count("the data file is missing") == 1 and "499 more job(s) with the same error" in summary
+    assert "bad index 1" in summary and "bad index 2" in summary  # different errors each get their line
+    assert len(summary.splitlines()) < 10
+
+
+class Anonymous:
+    """A node with neither a name nor a str() of its own."""
+
+    def __init__(self, depends_on=()):
+        self.depends_on = list(depends_on)
+
+    def queue(self, pool):
+        pool.submit(keep)
+
+
+def test_schedule_errors_name_nodes_never_by_memory_address():
+    first = Anonymous()
+    second = Anonymous([first])
+    with JobPool() as pool:
+        with pytest.raises(JobSchedulingError) as raised:
+            pool.schedule([second, first])
+    message = str(raised.value)
+    assert "0x" not in message and "object at" not in message
+    assert "Anonymous node at position 0" in message and "position 1" in message and "name attribute" in message
 
 
 @pytest.mark.parametrize("case", ["later", "cycle", "self"])
@@ -1191,8 +1258,7 @@ def test_schedule_refuses_nodes_out_of_order_before_running_anything(case):
             pool.schedule(nodes)
     assert pool.jobs == []
     message = str(raised.value)
-    assert "<Node a>" in message or "<Node b>" in message
-    assert message.count("<Node") >= 2 and "<Node a>" in message
+    assert message.count("node '") >= 2 and "node 'a'" in message
     if case == "cycle":
         assert "cycle" in message
 
@@ -2621,6 +2687,68 @@ def test_command_line_help_and_unknown_commands():
     done = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest", "--fast"], capture_output=True, text=True,
                           cwd=HERE)
     assert done.returncode == 2 and "--fast" in done.stderr
+
+
+def test_help_after_any_command_exits_zero_and_version_prints_the_version():
+    for argv in (["--help"], ["selftest", "--help"], ["bench", "--help"], ["selftest", "-h"]):
+        done = subprocess.run([sys.executable, "-m", "bsb_mini", *argv], capture_output=True, text=True, cwd=HERE)
+        assert done.returncode == 0 and done.stdout.startswith("usage"), (argv, done.stdout, done.stderr)
+    done = subprocess.run([sys.executable, "-m", "bsb_mini", "--version"], capture_output=True, text=True, cwd=HERE)
+    assert done.returncode == 0 and done.stdout.startswith(f"bsb_mini {bsb_mini.__version__}"), done.stderr
+
+
+def vendor_into(tmp_path):
+    """Copy bsb_mini.py into mypkg/_vendor/ as a user would; its version is marked so we can tell it."""
+    vendor = tmp_path / "mypkg" / "_vendor"
+    vendor.mkdir(parents=True)
+    (tmp_path / "mypkg" / "__init__.py").write_text("")
+    (vendor / "__init__.py").write_text("")
+    text = (HERE / "bsb_mini.py").read_text()
+    (vendor / "bsb_mini.py").write_text(text.replace(f'__version__ = "{bsb_mini.__version__}"',
+                                                     '__version__ = "9.9.9+vendored"', 1))
+    return tmp_path
+
+
+@pytest.mark.parametrize("installed", [False, True], ids=["alone", "beside-an-installed-bsb_mini"])
+def test_a_vendored_copy_checks_itself_with_selftest_and_bench(tmp_path, installed):
+    root = vendor_into(tmp_path)
+    path = [str(root)] + [str(HERE)] * installed  # HERE: an importable bsb_mini, as if installed
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    run = functools.partial(subprocess.run, capture_output=True, text=True, cwd=root, env=env, timeout=300)
+    done = run([sys.executable, "-m", "mypkg._vendor.bsb_mini", "selftest"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("bsb_mini 9.9.9+vendored selftest") and "10 passed, 0 failed" in done.stdout
+    done = run([sys.executable, "-m", "mypkg._vendor.bsb_mini", "--version"])
+    assert "9.9.9+vendored" in done.stdout and str(root / "mypkg" / "_vendor" / "bsb_mini.py") in done.stdout
+    done = run([sys.executable, "-m", "mypkg._vendor.bsb_mini", "bench", "--smoke", "--json"])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["bsb_mini"] == str(root / "mypkg" / "_vendor" / "bsb_mini.py")
+
+
+@needs_mpi
+def test_mpi_a_vendored_copy_checks_itself_under_mpiexec(tmp_path):
+    root = vendor_into(tmp_path)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(HERE)]), "UCX_LOG_LEVEL": "error"}
+    done = subprocess.run([MPIEXEC, "-n", "3", sys.executable, "-m", "mypkg._vendor.bsb_mini", "selftest"],
+                          capture_output=True, text=True, cwd=root, env=env, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "bsb_mini 9.9.9+vendored selftest: MPI, 3 rank(s)" in done.stdout and "10 passed" in done.stdout
+
+
+@pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed (CI installs it)")
+def test_mpi4py_without_an_mpi_library_is_named_with_the_fix_never_not_installed():
+    env = {**os.environ, "PYTHONPATH": str(HERE), "MPI4PY_LIBMPI": "/nowhere/libmpi.so"}  # mpi4py's own knob
+    env.pop("BSB_IGNORE_PARALLEL", None)
+    done = subprocess.run([sys.executable, "-m", "bsb_mini", "selftest"], capture_output=True, text=True,
+                          env=env, cwd=HERE, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot load an MPI library" in done.stdout and "/nowhere/libmpi.so" in done.stdout
+    assert "pip install mpich" in done.stdout and "not installed" not in done.stdout
+    code = "import bsb_mini\ntry:\n    bsb_mini.MPI.get_rank()\nexcept bsb_mini.DependencyError as e:\n    print(e)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          env={**env, "PMI_RANK": "0", "PMI_SIZE": "2"})
+    assert "cannot load an MPI library" in done.stdout and "pip install mpich" in done.stdout, done.stderr
+    assert "not installed" not in done.stdout and "pip install mpi4py" not in done.stdout
 
 
 @needs_mpi
