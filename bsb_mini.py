@@ -978,7 +978,7 @@ def _workflow_error(failures: list[_Failure], graph: _Graph) -> WorkflowError:
     alike: dict[Any, list[int]] = {}  # failed jobs with the same error are shown once, with a count
     for at, failure in enumerate(failures):
         same = failure.job is not None and not failure.named
-        alike.setdefault((type(failure.error), str(failure.error)) if same else at, []).append(at)
+        alike.setdefault((type(failure.error), _describe(failure.error)) if same else at, []).append(at)
     for group in alike.values():
         line = f"  - {entries[group[0]]}"
         if len(group) > 1:

@@ -257,6 +257,17 @@ def reference(scenario: dict, parallel: bool, ran_waves: set[int], submitted: se
     return {f"j{index}": status for index, status in expected.items()}
 
 
+def _reported(error: WorkflowError) -> str:
+    """The report's text with every failure it holds: a group of alike failures names only a few."""
+    parts = [error.message]
+    for exc in error.exceptions:
+        try:
+            parts.append(str(exc))
+        except Exception as trouble:  # noqa: BLE001 (an error whose __str__ raises must not end the check)
+            parts.append(f"<unprintable {type(exc).__name__}: {trouble!r}>")
+    return "\n".join(parts)
+
+
 def run_pool(seed: int, pool_no: int, world) -> list[str]:
     """Run one scenario on every rank; return this rank's list of problems."""
     scenario = draw_scenario(seed, pool_no)
@@ -322,13 +333,13 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
                     try:
                         pool.execute()
                     except WorkflowError as error:
-                        seen.append(error.message)
+                        seen.append(_reported(error))
             if i_raise:
                 raise ScenarioError(f"rank {rank} raises after executing")
     except ScenarioError as error:
         own_error = str(error)
     except WorkflowError as error:
-        seen.append(error.message)
+        seen.append(_reported(error))
     finally:
         faulthandler.cancel_dump_traceback_later()
 
