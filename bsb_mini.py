@@ -25,6 +25,7 @@ import hashlib
 import importlib
 import importlib.util
 import itertools
+import json
 import logging
 import math
 import mmap
@@ -32,6 +33,7 @@ import operator
 import os
 import pickle
 import reprlib
+import shlex
 import signal
 import socket
 import struct
@@ -1003,6 +1005,7 @@ class _FailureLog:
     def __init__(self, graph: _Graph, policy: _Policy, fail_fast: bool):
         self.graph, self.policy, self.fail_fast = graph, policy, fail_fast
         self.records: list[_Failure] = []
+        self.trace: _Trace | None = None
 
     def job_failed(self, job: Job, error: BaseException, rank: int, remote_traceback: str | None = None,
                    named: bool = False) -> None:
@@ -1014,7 +1017,13 @@ class _FailureLog:
         if isinstance(error, TypeError) and (note := _calling_convention_note(job, error)):
             error.add_note(note)
         graph = self.graph
-        if not named and self.policy.try_again(job, error, graph.stop_reason is not None):
+        again = not named and self.policy.try_again(job, error, graph.stop_reason is not None)
+        if self.trace is not None:
+            if type(error) is JobTimeoutError:
+                self.trace.mark("timeout", rank, job=job._index, name=job.name)
+            self.trace.mark("retry" if again else "failed", rank, job=job._index, name=job.name,
+                            error=_describe(error))
+        if again:
             graph.again(job)
             return
         named = named or type(error) is JobTimeoutError  # its message names the job already
@@ -1699,10 +1708,12 @@ class JobPool:
 
     def __init__(self, owner: Any = None, *, fail_fast: bool = False, comm: Any = None,
                  timeout: float | None = None, retries: int = 0, journal: str | os.PathLike | None = None,
-                 journal_tag: str | None = None):
+                 journal_tag: str | None = None, trace: str | os.PathLike | None = None):
         self.owner = owner
         self._journal_path = None if journal is None else os.fspath(journal)
         self._journal_tag = journal_tag
+        self._trace_path = trace  # resolved (BSB_MINI_TRACE) when the pool opens on the main rank
+        self._trace: _Trace | None = None
         self._keys: set[str] = set()  # explicit keys given so far
         self._key_names: dict[Callable, str | None] = {}  # for derived keys
         self._mpi = _as_service(comm, get_service("MPI"))
@@ -1739,6 +1750,11 @@ class JobPool:
     @property
     def jobs(self) -> list[Job]:
         return list(self._graph.jobs)
+
+    @property
+    def trace(self) -> str | None:
+        """The path of the trace this pool writes (trace=, or BSB_MINI_TRACE), on the main rank; else None."""
+        return None if self._trace is None else self._trace.path
 
     def snapshot(self) -> PoolSnapshot:
         """Counts of the pool's jobs right now (readable from any thread): see PoolSnapshot."""
@@ -1910,24 +1926,30 @@ class JobPool:
         comm = self._mpi.get_communicator()
         rank, size = self._rank, self._size = self._mpi.get_rank(), self._mpi.get_size()
         self._schedules.main_thread = threading.get_ident()
+        trace_path = _trace_path(self._trace_path) if rank == 0 else None
         parts: dict[str, Any] = dict(graph=self._graph, failures=self._failures, events=self._events,
                                      schedules=self._schedules, policy=self._policy, owner=self.owner, rank=rank)
         if comm is None or size == 1:
-            self._runner = _SerialRunner(**parts)
+            self._runner = _SerialRunner(**parts, trace=None)
         else:
             self._comm = _duplicate_watched(comm, rank, size)
-            self._runner = (_MainSide(self._comm, size, **parts) if rank == 0
+            self._runner = (_MainSide(self._comm, size, **parts, trace=None) if rank == 0
                             else _WorkerSide(self._comm, self.owner, self._graph.jobs))
         self._runs_jobs = rank == 0
-        self._events.open(rank == 0)
-        if self._journal_path is not None and rank == 0:
-            try:
+        try:
+            if trace_path is not None:
+                runner = self._runner
+                assert isinstance(runner, _SerialRunner)  # the main rank's
+                self._trace = runner.trace = self._events.trace = self._failures.trace = \
+                    _Trace(trace_path, size, runner.busy_workers, self._graph.ready)
+            self._events.open(rank == 0)
+            if self._journal_path is not None and rank == 0:
                 journal = _Journal(self._journal_path, self._journal_tag)
-            except BaseException as error:
-                self.__exit__(type(error), error, error.__traceback__)  # the workers leave too
-                raise
-            self._graph.journal = journal
-            self._graph.restorable = journal if journal.index else None
+                self._graph.journal = journal
+                self._graph.restorable = journal if journal.index else None
+        except BaseException as error:
+            self.__exit__(type(error), error, error.__traceback__)  # the workers leave too
+            raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -1944,6 +1966,8 @@ class JobPool:
                 self._comm = None
             if self._graph.journal is not None:
                 self._graph.journal.close()
+            if self._trace is not None:
+                self._trace.close()
 
 
 def _checked_key(keys: set[str], fn: Callable, key: Any) -> str:
@@ -2275,7 +2299,7 @@ class _Policy:
             self.next_report[job] = now + self.STUCK_REPEAT
             _logger.warning("Job %r on rank %d has run for %s, past its timeout of %g s, and could not be "
                             "interrupted (stuck in a call that ignores signals?); the rest of the pool goes on.",
-                            job.name, rank, _clock(now - since), limit)
+                            job.name, rank, _clock(now - since), limit, extra={"trace_as": "stuck"})
 
 
 class _GcFreezer:
@@ -2339,9 +2363,9 @@ class _SerialRunner:
     stall: _Stall | None = None  # a long wait for other ranks (the MPI main side's)
 
     def __init__(self, graph: _Graph, failures: _FailureLog, events: _Events, schedules: _Schedules,
-                 policy: _Policy, owner: Any, rank: int):
+                 policy: _Policy, owner: Any, rank: int, trace: _Trace | None):
         self.graph, self.failures, self.events, self.schedules = graph, failures, events, schedules
-        self.policy, self.owner, self.rank = policy, owner, rank
+        self.policy, self.owner, self.rank, self.trace = policy, owner, rank, trace
         self.busy = False  # running jobs: execute(), as_completed() and map() are not entered again
         self.depth = 0  # begin()s not yet ended: an as_completed() loop may call map()
         self.pinger: _Pinger | None = None
@@ -2521,8 +2545,9 @@ class _SerialRunner:
         is left; False as soon as ``finished`` holds a job (as_completed())."""
         graph, ready, schedules = self.graph, self.graph.ready, self.schedules
         inbox = schedules.calls
-        owner, rank, pinger, failures = self.owner, self.rank, self.pinger, self.failures
+        owner, rank, pinger, failures, trace = self.owner, self.rank, self.pinger, self.failures, self.trace
         started, succeeded, plain = graph.started, graph.succeeded, self.policy.timeout is None
+        clock, begun = time.perf_counter, 0.0
         while True:
             if inbox:
                 schedules.drain()
@@ -2532,6 +2557,8 @@ class _SerialRunner:
                     continue
                 started(job, rank)
                 graph.running = job
+                if trace is not None:
+                    begun = clock()
                 try:
                     if plain and job._extras is None:  # the hot path: a plain call
                         kwargs = job._kwargs
@@ -2539,13 +2566,19 @@ class _SerialRunner:
                     else:
                         result = self.call_here(job)
                 except KeyboardInterrupt:
+                    if trace is not None:
+                        trace.ran(job, rank, begun, "aborted")
                     graph.aborted_while_running((job,))
                     raise
                 except BaseException as error:  # noqa: B036 (SystemExit in a job fails the job only)
+                    if trace is not None:
+                        trace.ran(job, rank, begun, "failed")
                     if pinger is not None:
                         pinger.job_returned()
                     failures.job_failed(job, error, rank)
                 else:
+                    if trace is not None:
+                        trace.ran(job, rank, begun, "success")
                     if pinger is not None:
                         pinger.job_returned()
                     succeeded(job, result)
@@ -2579,6 +2612,11 @@ class _SerialRunner:
 
     def in_flight(self) -> list[Job]:
         return []
+
+    def busy_workers(self) -> int:
+        """For the trace's counter (from its thread): 1 while a job runs here."""
+        running = self.graph.running
+        return int(running is not None and running._status is _RUNNING)
 
     def release(self, error: WorkflowError | None, closing: bool) -> None:
         """Release the workers that serve in execute(), or (``closing``) until the block ends: none serially."""
@@ -2631,7 +2669,8 @@ def _name_of(fn: Callable) -> str:
 # alone instead of breaking a whole message.
 #
 #   main -> worker (_TO_WORKER)
-#     (_JOBS, payload, shared, raw)  a batch: the payload of [(fn, args, kwargs), ...] and its limits;
+#     (_JOBS, payload, shared, raw)  a batch: the payload of ([(fn, args, kwargs), ...], limits, timed)
+#                            (timed: the pool is traced, so the worker times each job);
 #                            shared: None, or ([(id, payload), ...] of shared objects new to the
 #                            worker, [id, ...] of those it may drop) (see _Shared)
 #     (_END, report)         the main rank's execute() ended (report: its WorkflowError, pickled, or None)
@@ -2639,7 +2678,8 @@ def _name_of(fn: Callable) -> str:
 #   worker -> main (_TO_MAIN)
 #     (_READY,)                 the worker serves this pool from now on (sent once)
 #     (_STARTED, position, seconds)  the job at ``position`` of its oldest batch has run that long (long jobs only)
-#     (_DONE, seconds, outcomes, raw)  its oldest batch ran: one (kind, payload, traceback) per job
+#     (_DONE, seconds, outcomes, marks, raw)  its oldest batch ran: one (kind, payload, traceback) per job;
+#                               marks (timed batches, else None): when it was unpacked, then each job's end
 #     (_UNLOADABLE, reason)     its oldest batch did not unpickle: the main rank resends it job by job
 #     (_LEFT, reason)           the worker's own code raised: it runs nothing more, waits for CLOSE
 #     (_BYE,)                   the answer to CLOSE, the last message of the pool
@@ -2930,6 +2970,12 @@ def _with_raw(comm: Any, message: tuple, source: int) -> tuple:
     return (*message[:-1], parts)
 
 
+def _message_bytes(message: tuple) -> int:
+    """The size of a JOBS message on the wire: its pickle and its raw parts."""
+    payload = message[1]
+    return (len(payload) if type(payload) is bytes else 0) + sum(map(abs, message[-1]))
+
+
 def _unexpected(message: Any, source: int) -> JobPoolError:
     return JobPoolError(f"bsb_mini received an unexpected message {_short.repr(message)} from rank {source}; "
                         "this is a bug in bsb_mini, please report it.")
@@ -2951,7 +2997,7 @@ class _Stall:
         if now >= self.next:
             self.next = now + self.REPEAT
             self.text = describe(now - self.since)
-            _logger.warning("%s", self.text)
+            _logger.warning("%s", self.text, extra={"trace_as": "stall"})
 
 
 def _ranks(ranks: list[int]) -> str:
@@ -3184,6 +3230,7 @@ class _MainSide(_SerialRunner):
         self.stall: _Stall | None = None  # while workers are awaited that have not joined
         self.status = _optional("mpi4py.MPI").Status()
         self.shares = _SharesSent()
+        self.trace_sent: tuple[float, int] = (0.0, 0)  # (when, bytes) of the batch that came back last, traced
 
     # END and CLOSE (main -> worker), and BYE, the answer to CLOSE: the worker's end is just above.
 
@@ -3288,6 +3335,8 @@ class _MainSide(_SerialRunner):
             if message is None:
                 continue
             self.send(worker, message, raw)
+            if self.trace is not None:
+                self.trace.batch_sent(worker, _message_bytes(message))
             graph.sent(batch, worker)
             if not batches[worker]:
                 self.running[worker] = (batch[0], time.monotonic())
@@ -3332,6 +3381,8 @@ class _MainSide(_SerialRunner):
         batches = self.batches[worker]
         self.in_flight_batches -= 1
         batch = batches.popleft()
+        if self.trace is not None:
+            self.trace_sent = self.trace.batch_back(worker)
         if batches:
             self.running[worker] = (batches[0][0], time.monotonic())
         else:
@@ -3373,6 +3424,9 @@ class _MainSide(_SerialRunner):
     def in_flight(self) -> list[Job]:
         return [job for batches in self.batches.values() for batch in batches for job in batch]
 
+    def busy_workers(self) -> int:
+        return len(self.running)
+
     def longest_running(self) -> tuple[Job, int, float] | None:
         now = time.monotonic()
         running = [(job, worker, now - since) for worker, (job, since) in list(self.running.items())
@@ -3406,6 +3460,8 @@ def _on_left(main: _MainSide, worker: int, message: tuple) -> None:
         main.in_flight_batches -= 1
         main.graph.put_back(batch)
     main.batches[worker].clear()
+    if main.trace is not None:
+        main.trace.sent[worker].clear()
     main.failures.other(JobPoolError(f"Rank {worker} left the pool: {message[1]}"))
 
 
@@ -3420,7 +3476,7 @@ def _jobs_message(main: _MainSide, batch: list[Job], raw: list[memoryview], work
     _sending = met
     try:
         payload = _pack(([(job._fn, job._args, job._kwargs) if job._extras is None else job._call()
-                          for job in batch], limits), raw)
+                          for job in batch], limits, main.trace is not None), raw)
         _sending = None
         return _JOBS, payload, main.shares.for_worker(worker, met, raw), _raw_sizes(raw)
     except Exception:
@@ -3453,12 +3509,13 @@ def _run_jobs(side: _WorkerSide, payload: bytes | list, shared: tuple | None, re
     if shared is not None:
         _receive_shared(side.shared, shared, received)
     try:
-        calls, limits = pickle.loads(payload) if type(payload) is bytes else _unpack(payload, received)
+        calls, limits, timed = pickle.loads(payload) if type(payload) is bytes else _unpack(payload, received)
     except Exception as reason:
         _send_unloadable(side.comm, reason)
         return
     outcomes: list[tuple] = []
     raw: list[memoryview] = []
+    marks = [time.perf_counter() - started] if timed else None  # for the main rank's trace
     if herald is not None:
         herald.batch += 1
     for position, (fn, args, kwargs) in enumerate(calls):
@@ -3473,7 +3530,9 @@ def _run_jobs(side: _WorkerSide, payload: bytes | list, shared: tuple | None, re
             outcomes.append(_pack_outcome(error, False, traceback.format_exc(), raw))
         else:
             outcomes.append(_pack_outcome(value, True, None, raw))
-    message = (_DONE, time.perf_counter() - started, outcomes, _raw_sizes(raw))
+        if marks is not None:
+            marks.append(time.perf_counter() - started)
+    message = (_DONE, time.perf_counter() - started, outcomes, marks, _raw_sizes(raw))
     if herald is None:
         _send_done(side.comm, message, raw)
         return
@@ -3500,7 +3559,9 @@ def _send_done(comm: Any, message: tuple, raw: list) -> None:
 
 def _on_done(main: _MainSide, worker: int, message: tuple) -> None:
     batch = main.batch_back(worker)
-    _, seconds, outcomes, raw = message
+    _, seconds, outcomes, marks, raw = message
+    if marks is not None and main.trace is not None:
+        main.trace.batch_done(worker, batch, outcomes, marks, raw, main.trace_sent)
     if outcomes:
         mean, previous = seconds / len(outcomes), main.seconds_per_job
         main.seconds_per_job = mean if previous is None else (previous + mean) / 2
@@ -3704,6 +3765,7 @@ class _Events:
         self.max_wait: float | None = None
         self.count = 0  # events delivered, to tell when the pool was quiet
         self.on_main = True  # listeners are called on the main rank only
+        self.trace: _Trace | None = None
 
     def add(self, listener: Callable, max_wait: float | None) -> None:
         if not callable(listener):
@@ -3729,6 +3791,8 @@ class _Events:
 
     def set_status(self, status: PoolStatus) -> None:
         old, self.status = self.status, status
+        if self.trace is not None:
+            self.trace.mark(f"pool {status.value}")
         self.emit(PoolProgressReason.POOL_STATUS_CHANGE, status, old, None)
 
     def emit(self, reason: PoolProgressReason, status: Any, old: Any, job: Job | None) -> bool:
@@ -3799,10 +3863,10 @@ class _Pinger:
 def create_job_pool(owner: Any = None, *, fail_fast: bool = False, listeners: Iterable[Callable] = (),
                     max_wait: float | None = None, quiet: bool = False, comm: Any = None, timeout: float | None = None,
                     retries: int = 0, journal: str | os.PathLike | None = None,
-                    journal_tag: str | None = None) -> JobPool:
+                    journal_tag: str | None = None, trace: str | os.PathLike | None = None) -> JobPool:
     """A JobPool with ``listeners`` and, unless ``quiet``, a progress display."""
     pool = JobPool(owner, fail_fast=fail_fast, comm=comm, timeout=timeout, retries=retries, journal=journal,
-                   journal_tag=journal_tag)
+                   journal_tag=journal_tag, trace=trace)
     for listener in listeners:
         pool.add_listener(listener, max_wait)
     if not quiet:
@@ -3888,6 +3952,8 @@ class _ProgressReport:
             self._thread.join()
             self._thread = None
         summary = self._summary_text(pool.snapshot())
+        if pool.trace is not None:
+            summary += f"; trace: {pool.trace} (python -m bsb_mini report {shlex.quote(pool.trace)})"
         if self._on_terminal():
             self._draw(summary, final=True)
         else:
@@ -3942,6 +4008,221 @@ class _ProgressReport:
 register_service("MPI", MPI := MPIService())
 register_service("MPILock", MPILock := _MPILockService(MPI))
 register_service("JobPool", JobPool)
+
+# --- 7b. The trace: the run in the trace-event format -------------------------------
+
+
+_TRACE_EVERY = 0.5  # seconds between the writer's appends to the trace file
+_TRACE_SAMPLE = 0.05  # seconds between samples of the counters (jobs ready, workers busy)
+_trace_paths_used: dict[str, int] = {}  # BSB_MINI_TRACE paths written by this process's pools
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # a str as a JSON string, in C
+
+
+def _trace_path(given: str | os.PathLike | None) -> str | None:
+    """``trace=`` as given, else BSB_MINI_TRACE; the nth pool of a process that takes its path from the
+    environment writes PATH-n (same suffix), so that a script of several pools keeps every trace."""
+    if given is not None:
+        return os.fspath(given)
+    path = os.environ.get("BSB_MINI_TRACE") or None
+    if path is None:
+        return None
+    count = _trace_paths_used[path] = _trace_paths_used.get(path, 0) + 1
+    if count == 1:
+        return path
+    root, suffix = os.path.splitext(path)
+    return f"{root}-{count}{suffix}"
+
+
+class _Trace:
+    """The main rank's record of a run as Chrome trace-event JSON (Perfetto, chrome://tracing).
+
+    A track per rank with a slice per job attempt; arrows from each dependency to the job;
+    counters of ready jobs and busy workers; instants for the pool's status changes, retries,
+    timeouts, failures and every WARNING of the pool (stuck jobs, stalls). The pool's code
+    only appends tuples; a writer thread turns them into JSON every _TRACE_EVERY s and appends
+    them to the file, an event per line, each after a comma: a file cut off at any moment
+    parses once "]" is added, which the format allows to be missing. Times are the main
+    rank's clock from the pool's opening, in µs; a worker's slices are its own measured
+    durations, placed back from the moment its outcome arrived.
+    """
+
+    def __init__(self, path: str, rank_count: int, busy: Callable[[], int], ready: collections.deque):
+        try:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError as error:
+            raise JobPoolError(f"Cannot write the trace {path!r}: {error.strerror}. Give trace= a path in a "
+                               "folder you can write to, or leave it out.") from None
+        self.path, self.origin = path, time.perf_counter()
+        self.slices: collections.deque[tuple] = collections.deque()  # (job, rank, start, end, status, attempt,
+        #                                                                bytes in, bytes out)
+        self.marks: collections.deque[tuple] = collections.deque()  # (name, rank or None, time, args)
+        self.ends: dict[int, tuple[int, float]] = {}  # job index -> (rank, middle) of its last slice: arrows
+        self.flows = itertools.count(1)
+        self.sent: dict[int, collections.deque] = collections.defaultdict(collections.deque)  # per worker:
+        #                                                           (when, bytes) of each batch on its way
+        self.track_end: dict[int, float] = collections.defaultdict(float)  # slices on a track never overlap
+        self.busy, self.ready, self.counted = busy, ready, (-1, -1)
+        self.broken: str | None = None  # the write error that stopped the trace
+        self.stop = threading.Event()
+        self.lines: list[str] = [self._meta(rank_count)]
+        self.handler = _TraceWarnings(self)
+        _logger.addHandler(self.handler)
+        self.writer = threading.Thread(target=self._write_every, name="bsb_mini-trace", daemon=True)
+        self.writer.start()
+
+    def _meta(self, rank_count: int) -> str:
+        events = [{"ph": "M", "pid": 0, "name": "process_name", "args": {"name": "bsb_mini pool"}}]
+        for rank in range(rank_count):
+            role = "main rank" if rank == 0 and rank_count > 1 else "runs the jobs" if rank_count == 1 else "worker"
+            events.append({"ph": "M", "pid": 0, "tid": rank, "name": "thread_name", "args": {"name": f"rank {rank} "
+                                                                                                   f"({role})"}})
+            events.append({"ph": "M", "pid": 0, "tid": rank, "name": "thread_sort_index", "args": {"sort_index": rank}})
+        events.append({"ph": "i", "s": "g", "pid": 0, "tid": 0, "ts": 0, "name": "pool opened",
+                       "args": {"ranks": rank_count, "workers": max(1, rank_count - 1), "version": __version__,
+                                "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}})
+        return "[\n" + ",\n".join(json.dumps(event) for event in events)
+
+    # -- what the pool tells it (main thread; cheap: a tuple appended) --
+
+    def ran(self, job: Job, rank: int, start: float, status: str) -> None:
+        """A job attempt ran here (serially), from ``start`` until now."""
+        attempt = 1 if job._extras is None else job.attempts
+        self.slices.append((job, rank, start, time.perf_counter(), status, attempt, 0, 0))
+
+    def batch_sent(self, worker: int, size: int) -> None:
+        self.sent[worker].append((time.perf_counter(), size))
+
+    def batch_back(self, worker: int) -> tuple[float, int]:
+        sent = self.sent[worker]
+        return sent.popleft() if sent else (time.perf_counter(), 0)
+
+    def batch_done(self, worker: int, batch: list[Job], outcomes: list, marks: list[float], raw: list,
+                   sent: tuple[float, int]) -> None:
+        """A worker's outcomes arrived: its slices, from the durations it measured (``marks``: when the
+        batch was unpacked, then each job's end, in s from the batch's start; the last is the whole)."""
+        now = time.perf_counter()
+        origin = now - marks[-1]
+        floor = max(sent[0], self.track_end[worker])
+        share = sent[1] // max(1, len(batch))
+        big = sum(len(part) for part in raw) // max(1, sum(type(o[1]) is not bytes for o in outcomes))
+        starts = marks[:-1]
+        for job, (outcome, payload, _), start, end in zip(batch, outcomes, starts, marks[1:], strict=False):
+            begin = max(floor, origin + start)
+            floor = max(begin, origin + end)
+            status = "success" if outcome == _OK else "failed"
+            attempt = 1 if job._extras is None else len(job._extras.earlier or ()) + 1
+            out = len(payload) if type(payload) is bytes else big
+            self.slices.append((job, worker, begin, floor, status, attempt, share, out))
+        self.track_end[worker] = floor
+
+    def mark(self, name: str, rank: int | None = None, **args: Any) -> None:
+        """An instant: on a rank's track, or (rank None) across the whole pool."""
+        self.marks.append((name, rank, time.perf_counter(), args))
+
+    # -- the writer --
+
+    def _write_every(self) -> None:
+        next_write = time.perf_counter() + _TRACE_EVERY
+        while not self.stop.wait(_TRACE_SAMPLE):
+            self._sample()
+            if time.perf_counter() >= next_write:
+                next_write += _TRACE_EVERY
+                self._write()
+
+    def _sample(self) -> None:
+        counted = (len(self.ready), self.busy())
+        if counted != self.counted:
+            self.counted = counted
+            ts = (time.perf_counter() - self.origin) * 1e6
+            self.lines.append(f'{{"ph":"C","pid":0,"tid":0,"ts":{ts:.3f},"name":"jobs ready","args":{{"ready":'
+                              f'{counted[0]}}}}}')
+            self.lines.append(f'{{"ph":"C","pid":0,"tid":0,"ts":{ts:.3f},"name":"workers busy","args":{{"busy":'
+                              f'{counted[1]}}}}}')
+
+    def _write(self) -> None:
+        lines, self.lines = self.lines, []
+        lines.extend(self._slice_lines())
+        lines.extend(self._mark_lines())
+        if not lines or self.broken is not None:
+            return
+        data = (",\n".join(lines) if lines[0].startswith("[") else ",\n" + ",\n".join(lines)).encode()
+        try:
+            _write_all(self.fd, [data])
+        except OSError as error:
+            self.broken = f"{error.strerror or error}"
+            _logger.removeHandler(self.handler)
+            _logger.warning("The trace %r stopped at a write error (%s); the run goes on without it, and the "
+                            "file holds what was written before.", self.path, self.broken)
+
+    def _slice_lines(self) -> list[str]:
+        slices, ends, origin, lines = self.slices, self.ends, self.origin, []
+        popleft, names, flows = slices.popleft, _trace_names, self.flows
+        while slices:
+            job, rank, start, end, status, attempt, bytes_in, bytes_out = popleft()
+            ts, dur = (start - origin) * 1e6, (end - start) * 1e6
+            fn = job._fn
+            if fn is _call_without_owner or fn is _call_with_items:
+                fn = job._args[0]
+            label = names.get(fn)
+            if label is None:
+                label = names[fn] = _json_str(_name_of(fn)) if len(names) < 10_000 else '"?"'
+            name = _json_str(job.name)
+            key = "" if job._key is None else f',"key":{_json_str(job._key)}'
+            deps = ""
+            if job.deps:
+                deps = f',"deps":[{",".join(str(dep._index) for dep in job.deps)}]'
+                for dep in job.deps:
+                    source = ends.get(dep._index)
+                    if source is not None:
+                        flow = next(flows)
+                        lines.append(f'{{"ph":"s","id":{flow},"pid":0,"tid":{source[0]},"ts":{source[1]:.3f},'
+                                     '"name":"dependency","cat":"dependency"}')
+                        lines.append(f'{{"ph":"f","bp":"e","id":{flow},"pid":0,"tid":{rank},"ts":{ts + dur / 2:.3f},'
+                                     '"name":"dependency","cat":"dependency"}')
+            if job._fn is not _call_without_owner and job._fn is not _call_with_items:
+                ends[job._index] = (rank, ts + dur / 2)  # map()'s jobs have no dependents
+            lines.append(f'{{"ph":"X","pid":0,"tid":{rank},"ts":{ts:.3f},"dur":{dur:.3f},"name":{name},'
+                         f'"cat":{label},"args":{{"job":{job._index},"status":"{status}","attempt":{attempt},'
+                         f'"bytes_in":{bytes_in},"bytes_out":{bytes_out}{key}{deps}}}}}')
+        return lines
+
+    def _mark_lines(self) -> list[str]:
+        lines, marks, origin = [], self.marks, self.origin
+        while marks:
+            name, rank, when, args = marks.popleft()
+            scope = '"s":"g","tid":0' if rank is None else f'"s":"t","tid":{rank}'
+            lines.append(f'{{"ph":"i",{scope},"pid":0,"ts":{(when - origin) * 1e6:.3f},"name":{_json_str(name)},'
+                         f'"args":{json.dumps(args, default=str)}}}')
+        return lines
+
+    def close(self) -> None:
+        """The pool is over: what is left, and the closing bracket."""
+        self.stop.set()
+        self.writer.join()
+        _logger.removeHandler(self.handler)
+        self.mark("pool closed")
+        self._sample()
+        self._write()
+        if self.broken is None:
+            with contextlib.suppress(OSError):
+                _write_all(self.fd, [b"\n]\n"])
+        os.close(self.fd)
+
+
+_trace_names: dict[Any, str] = {}  # function -> its name as a JSON string (bounded: functions are few)
+
+
+class _TraceWarnings(logging.Handler):
+    """Every WARNING of the pool while it is traced (a stuck job, a stall, a job without a key) as an instant."""
+
+    def __init__(self, trace: _Trace):
+        super().__init__(logging.WARNING)
+        self.trace = trace
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.trace.mark(getattr(record, "trace_as", "warning"), None, message=record.getMessage())
+
 
 # --- 8. Command line: selftest and bench ---------------------------------------------
 #
@@ -4332,12 +4613,231 @@ def _bench(argv: list[str]) -> int:
     return 0
 
 
-_USAGE = """usage: python -m bsb_mini {selftest,bench} [options]
+def _read_trace(path: str) -> list[dict]:
+    """The events of a trace file, also of one cut off mid-run (no closing bracket, or a last line cut short)."""
+    with open(path, encoding="utf-8") as file:
+        text = file.read()
+    try:
+        events = json.loads(text)
+    except ValueError:
+        lines = text.rstrip().rstrip(",").splitlines()
+        for cut in range(len(lines), max(0, len(lines) - 3), -1):  # a line cut short by a kill: leave it out
+            try:
+                events = json.loads("\n".join(lines[:cut]).rstrip().rstrip(",") + "\n]")
+                break
+            except ValueError:
+                continue
+        else:
+            raise JobPoolError(f"{path!r} is not a bsb_mini trace (not trace-event JSON); write one with "
+                               "trace=PATH or BSB_MINI_TRACE=PATH") from None
+    if not isinstance(events, list) or not any(event.get("name") == "pool opened" for event in events[:8]
+                                               if isinstance(event, dict)):
+        raise JobPoolError(f"{path!r} is not a bsb_mini trace (no 'pool opened' event at its start)")
+    return events
+
+
+class _RunReport:
+    """What a trace says about its run: where the time went, and what limited it."""
+
+    SLOWEST = 10
+
+    def __init__(self, events: list[dict]):
+        self.slices = [event for event in events if event.get("ph") == "X"]
+        self.instants = [event for event in events if event.get("ph") == "i"]
+        opened = next(event for event in self.instants if event["name"] == "pool opened")
+        self.ranks, self.workers = opened["args"]["ranks"], opened["args"]["workers"]
+        self.started = opened["args"].get("started", "?")
+        self.counters = [event for event in events if event.get("ph") == "C"]
+        times = [event["ts"] for event in self.instants if event["name"] in ("pool executing", "pool closing")]
+        ends = [event["ts"] + event["dur"] for event in self.slices]
+        self.begin = min(times + [event["ts"] for event in self.slices], default=0.0)
+        self.end = max(times + ends, default=0.0)
+        self.finished = any(event["name"] == "pool closed" for event in self.instants)
+        self.wall = max(self.end - self.begin, 1e-9)
+        self.work = sum(event["dur"] for event in self.slices)
+        self.jobs = {event["args"]["job"] for event in self.slices}
+        self.path, self.path_length = self._critical_path()
+
+    def _critical_path(self) -> tuple[float, int]:
+        """The longest chain of dependent jobs, in µs (all attempts of a job count), and its length in jobs."""
+        spent: dict[int, float] = collections.defaultdict(float)
+        deps: dict[int, list[int]] = {}
+        for event in self.slices:
+            spent[event["args"]["job"]] += event["dur"]
+            deps[event["args"]["job"]] = event["args"].get("deps", [])
+        longest: dict[int, tuple[float, int]] = {}
+        for job in sorted(spent):  # a dependency was submitted first: a smaller index
+            before = max((longest[dep] for dep in deps[job] if dep in longest), default=(0.0, 0))
+            longest[job] = (before[0] + spent[job], before[1] + 1)
+        return max(longest.values(), default=(0.0, 0))
+
+    def busy_by_rank(self) -> dict[int, float]:
+        busy: dict[int, float] = {rank: 0.0 for rank in range(self.ranks)}
+        for event in self.slices:
+            busy[event["tid"]] = busy.get(event["tid"], 0.0) + event["dur"]
+        return busy
+
+    def count(self, name: str) -> int:
+        return sum(1 for event in self.instants if event["name"] == name)
+
+    def limit(self) -> str:
+        """One line: what limited the run."""
+        workers, wall, jobs = self.workers, self.wall, len(self.jobs)
+        if not jobs:
+            return "nothing ran: the trace holds no job"
+        busy = self.work / (workers * wall)
+        mean = self.work / max(1, len(self.slices))
+        gap = (workers * wall - self.work) / len(self.slices)  # idle worker time per job attempt
+        if busy >= 0.85:
+            return f"the jobs themselves: the workers were busy {busy:.0%} of the time; more workers would help"
+        if self.path_length >= 2 and self.path >= 0.6 * wall:
+            return (f"a chain of {self.path_length} dependent jobs: the critical path is {_span(self.path)} of "
+                    f"{_span(wall)}; more workers will not help, shorter or split jobs on it would")
+        if jobs < workers:
+            return (f"too few jobs for the workers: {jobs} job(s) for {workers} worker(s); split the work into "
+                    f"more jobs, or run on fewer ranks")
+        if gap > mean and wall / len(self.slices) < 1000.0:
+            who = "the pool's own cost per job" if self.ranks == 1 else "the main rank's dispatch"
+            return (f"{who}: jobs take {_span(mean)} on average and the workers wait {_span(gap)} between them; "
+                    "give each job more work (e.g. several items per job)")
+        longest = max(self.slices, key=operator.itemgetter("dur"))
+        return (f"jobs that end unevenly: the workers were busy {busy:.0%} of the time, waiting at the end for the "
+                f"slowest ones (the longest, {longest['name']}, took {_span(longest['dur'])}); submit the long "
+                "jobs first or split them")
+
+    def text(self) -> str:
+        workers, wall = self.workers, self.wall
+        status = "" if self.finished else " (the trace ends before the pool closed: the run was cut short)"
+        lines = [f"run of {self.started}: {len(self.jobs)} job(s), {len(self.slices)} attempt(s) on "
+                 f"{workers} worker(s){status}",
+                 f"wall time       {_span(wall)}",
+                 f"critical path   {_span(self.path)} ({self.path_length} job(s) in a chain), "
+                 f"{self.path / wall:.0%} of the wall time",
+                 f"work / workers  {_span(self.work / workers)} ({_span(self.work)} of work), "
+                 f"{self.work / workers / wall:.0%} of the wall time",
+                 "", "busy and idle per rank:"]
+        for rank, busy in sorted(self.busy_by_rank().items()):
+            role = " (main rank: dispatches)" if rank == 0 and self.ranks > 1 else ""
+            lines.append(f"  rank {rank:<4} busy {_span(busy):>9}  idle {_span(max(0.0, wall - busy)):>9}  "
+                         f"{busy / wall:4.0%}{role}")
+        lines += ["", f"the {min(self.SLOWEST, len(self.slices))} slowest jobs:"]
+        for event in sorted(self.slices, key=operator.itemgetter("dur"), reverse=True)[:self.SLOWEST]:
+            args = event["args"]
+            again = f", attempt {args['attempt']}" if args.get("attempt", 1) > 1 else ""
+            lines.append(f"  {_span(event['dur']):>9}  {event['name']} on rank {event['tid']} "
+                         f"({args['status']}{again})")
+        by_function: dict[str, list[float]] = collections.defaultdict(list)
+        for event in self.slices:
+            by_function[event.get("cat", "?")].append(event["dur"])
+        lines += ["", "the functions that took the most time:"]
+        for name, spans in sorted(by_function.items(), key=lambda item: -sum(item[1]))[:self.SLOWEST]:
+            lines.append(f"  {_span(sum(spans)):>9}  {name}: {len(spans)} call(s), {_span(sum(spans) / len(spans))} "
+                         "each")
+        lines += ["", f"retries {self.count('retry')}, timeouts {self.count('timeout')}, failed jobs "
+                  f"{self.count('failed')}, stuck-job reports {self.count('stuck')}, stall reports "
+                  f"{self.count('stall')}, other warnings {self.count('warning')}"]
+        lines += ["", f"limited by: {self.limit()}"]
+        return "\n".join(lines) + "\n"
+
+
+def _span(microseconds: float) -> str:
+    seconds = microseconds / 1e6
+    if seconds >= 60:
+        return _clock(seconds)
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{microseconds:.0f} µs"
+
+
+_HTML_COLOURS = {"success": "#4a90d9", "failed": "#d9534f", "aborted": "#999999"}
+
+
+def _report_html(report: _RunReport, title: str) -> str:
+    """One self-contained page: the summary, and a timeline per rank as inline SVG (no script, no network)."""
+    import html
+    width, row, left = 1100, 26, 120
+    scale = (width - left - 10) / report.wall
+    top = 30
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
+             f'height="{top + row * report.ranks + 90}" font-family="sans-serif" font-size="12">']
+    for tick in range(11):  # the time axis
+        x = left + tick * (width - left - 10) / 10
+        parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{top + row * report.ranks}" '
+                     'stroke="#ddd"/>')
+        parts.append(f'<text x="{x:.1f}" y="{top - 10}" text-anchor="middle">{_span(report.wall * tick / 10)}</text>')
+    for rank in range(report.ranks):
+        y = top + rank * row
+        label = "rank 0 (main)" if rank == 0 and report.ranks > 1 else f"rank {rank}"
+        parts.append(f'<text x="4" y="{y + row * 0.65:.1f}">{label}</text>')
+        parts.append(f'<rect x="{left}" y="{y + 3}" width="{width - left - 10}" height="{row - 6}" fill="#f4f4f4"/>')
+    drawn: dict[tuple[int, int], int] = {}
+    for event in sorted(report.slices, key=operator.itemgetter("dur"), reverse=True):
+        x = left + (event["ts"] - report.begin) * scale
+        pixel = (event["tid"], int(x))
+        if drawn.get(pixel, 0) >= 3:  # enough drawn in this pixel: a huge run stays a small page
+            continue
+        drawn[pixel] = drawn.get(pixel, 0) + 1
+        y = top + event["tid"] * row + 3
+        colour = _HTML_COLOURS.get(event["args"].get("status"), "#4a90d9")
+        tip = html.escape(f"{event['name']}: {_span(event['dur'])}, {event['args'].get('status')}, attempt "
+                          f"{event['args'].get('attempt', 1)}")
+        parts.append(f'<rect x="{x:.2f}" y="{y}" width="{max(0.6, event["dur"] * scale):.2f}" height="{row - 6}" '
+                     f'fill="{colour}" stroke="white" stroke-width="0.3"><title>{tip}</title></rect>')
+    for event in report.instants:
+        if event["name"] in ("retry", "timeout", "failed", "stuck", "stall"):
+            x = left + (event["ts"] - report.begin) * scale
+            y = top + event.get("tid", 0) * row + (row if event.get("s") == "t" else 0)
+            parts.append(f'<path d="M{x:.1f},{y - 8} l4,7 l-8,0 z" fill="#e67e22"><title>'
+                         f'{html.escape(event["name"] + ": " + str(event.get("args", {})))}</title></path>')
+    busy = [(event["ts"], event["args"]["busy"]) for event in report.counters if event["name"] == "workers busy"]
+    base = top + row * report.ranks + 70
+    if busy:
+        points = " ".join(f"{left + (ts - report.begin) * scale:.1f},{base - 50 * value / max(1, report.workers):.1f}"
+                          for ts, value in busy)
+        parts.append(f'<text x="4" y="{base - 20}">workers busy</text>'
+                     f'<polyline points="{points}" fill="none" stroke="#2c7" stroke-width="1.5"/>'
+                     f'<line x1="{left}" y1="{base}" x2="{width - 10}" y2="{base}" stroke="#999"/>')
+    parts.append("</svg>")
+    legend = " ".join(f'<span style="background:{colour};color:white;padding:1px 6px">{status}</span>'
+                      for status, colour in _HTML_COLOURS.items())
+    return (f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+            "<style>body{font-family:sans-serif;margin:16px}pre{background:#f8f8f8;padding:8px}</style></head>"
+            f"<body><h2>bsb_mini run: {html.escape(title)}</h2>{''.join(parts)}<p>{legend} "
+            '<span style="color:#e67e22">&#9650; retry, timeout, failure, stuck or stall</span> '
+            "(hover a slice for its job)</p>"
+            f"<pre>{html.escape(report.text())}</pre></body></html>\n")
+
+
+def _report(argv: list[str]) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m bsb_mini report",
+                                     description="What limited a traced run (trace=PATH or BSB_MINI_TRACE=PATH).")
+    parser.add_argument("trace", help="the trace file a pool wrote")
+    parser.add_argument("--html", metavar="OUT", help="also write a self-contained HTML timeline to OUT")
+    options = parser.parse_args(argv)
+    try:
+        report = _RunReport(_read_trace(options.trace))
+    except (OSError, JobPoolError) as error:
+        print(f"python -m bsb_mini report: {getattr(error, 'strerror', None) or error}: {options.trace}"
+              if isinstance(error, OSError) else f"python -m bsb_mini report: {error}", file=sys.stderr)
+        return 2
+    print(report.text(), end="")
+    if options.html:
+        with open(options.html, "w", encoding="utf-8") as file:
+            file.write(_report_html(report, options.trace))
+        print(f"timeline: {options.html}")
+    return 0
+
+
+_USAGE = """usage: python -m bsb_mini {selftest,bench,report} [options]
        python -m bsb_mini --version
 
   selftest   check every service in this context (the emulator, or real MPI under
              mpiexec -n N python -m bsb_mini selftest); non-zero exit on any failure
   bench      measure the pool's own overhead (python -m bsb_mini bench --help)
+  report     what limited a traced run: python -m bsb_mini report TRACE [--html OUT]
 
 A vendored copy works the same way: python -m mypkg._vendor.bsb_mini selftest checks that copy.
 """
@@ -4354,7 +4854,7 @@ def _main(argv: list[str]) -> int:
     # mpilock keeps one RMA window per communicator until exit, which MPICH's UCX layer
     # reports as "not returned to mpool" warnings at shutdown; they are harmless here.
     os.environ.setdefault("UCX_LOG_LEVEL", "error")
-    commands = {"selftest": lambda rest: _selftest(), "bench": _bench}
+    commands = {"selftest": lambda rest: _selftest(), "bench": _bench, "report": _report}
     helps = {"selftest": _SELFTEST_USAGE}
     if argv[:1] == ["--version"]:
         print(f"bsb_mini {__version__} ({__file__})")
