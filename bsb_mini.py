@@ -15,6 +15,8 @@ file in its repository is the user's guide and API reference.
 
 from __future__ import annotations
 
+import array
+import atexit
 import collections
 import collections.abc
 import contextlib
@@ -27,6 +29,7 @@ import importlib.util
 import itertools
 import json
 import logging
+import marshal
 import math
 import mmap
 import operator
@@ -37,7 +40,9 @@ import shlex
 import signal
 import socket
 import struct
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 import traceback
@@ -2548,6 +2553,9 @@ class _SerialRunner:
         owner, rank, pinger, failures, trace = self.owner, self.rank, self.pinger, self.failures, self.trace
         started, succeeded, plain = graph.started, graph.succeeded, self.policy.timeout is None
         clock, begun = time.perf_counter, 0.0
+        if trace is not None:
+            traced_job, traced_start, traced_end = trace.plain_jobs.append, trace.plain_starts.append, \
+                trace.plain_ends.append
         while True:
             if inbox:
                 schedules.drain()
@@ -2567,18 +2575,23 @@ class _SerialRunner:
                         result = self.call_here(job)
                 except KeyboardInterrupt:
                     if trace is not None:
-                        trace.ran(job, rank, begun, "aborted")
+                        trace.ran(job, rank, begun, 2)
                     graph.aborted_while_running((job,))
                     raise
                 except BaseException as error:  # noqa: B036 (SystemExit in a job fails the job only)
                     if trace is not None:
-                        trace.ran(job, rank, begun, "failed")
+                        trace.ran(job, rank, begun, 1)
                     if pinger is not None:
                         pinger.job_returned()
                     failures.job_failed(job, error, rank)
                 else:
                     if trace is not None:
-                        trace.ran(job, rank, begun, "success")
+                        if job._extras is None:
+                            traced_job(job)
+                            traced_start(begun)
+                            traced_end(clock())
+                        else:
+                            trace.ran(job, rank, begun, 0)
                     if pinger is not None:
                         pinger.job_returned()
                     succeeded(job, result)
@@ -4010,12 +4023,20 @@ register_service("MPILock", MPILock := _MPILockService(MPI))
 register_service("JobPool", JobPool)
 
 # --- 7b. The trace: the run in the trace-event format -------------------------------
+#
+# The main rank's pool appends tuples as jobs end; a thread of its own turns them into a
+# frame of plain columns every _TRACE_EVERY s (C-speed maps, a marshal) and pipes it to a
+# writer process, this file run as a script, which formats the JSON and appends it to the
+# file. Formatting costs about a microsecond an event: in the writer it is off the main
+# rank's core, so a traced pool stays about as fast as an untraced one. Each event is a line
+# after a comma, so a file cut off at any moment parses once "]" is added, which the
+# format allows to be missing; the writer outlives a killed pool and writes what it got.
 
 
-_TRACE_EVERY = 0.5  # seconds between the writer's appends to the trace file
+_TRACE_EVERY = 0.5  # seconds between frames to the writer
 _TRACE_SAMPLE = 0.05  # seconds between samples of the counters (jobs ready, workers busy)
+_TRACE_STATUS = ("success", "failed", "aborted")
 _trace_paths_used: dict[str, int] = {}  # BSB_MINI_TRACE paths written by this process's pools
-_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # a str as a JSON string, in C
 
 
 def _trace_path(given: str | os.PathLike | None) -> str | None:
@@ -4033,61 +4054,72 @@ def _trace_path(given: str | os.PathLike | None) -> str | None:
     return f"{root}-{count}{suffix}"
 
 
+def _trace_header(rank_count: int) -> str:
+    """The first events: names of the pool and of each rank's track, and the run's facts."""
+    events: list[dict] = [{"ph": "M", "pid": 0, "name": "process_name", "args": {"name": "bsb_mini pool"}}]
+    for rank in range(rank_count):
+        role = "runs the jobs" if rank_count == 1 else "main rank" if rank == 0 else "worker"
+        events.append({"ph": "M", "pid": 0, "tid": rank, "name": "thread_name", "args": {"name": f"rank {rank} ({role})"}})
+        events.append({"ph": "M", "pid": 0, "tid": rank, "name": "thread_sort_index", "args": {"sort_index": rank}})
+    events.append({"ph": "i", "s": "g", "pid": 0, "tid": 0, "ts": 0, "name": "pool opened",
+                   "args": {"ranks": rank_count, "workers": max(1, rank_count - 1), "version": __version__,
+                            "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}})
+    return "[\n" + ",\n".join(json.dumps(event) for event in events)
+
+
 class _Trace:
-    """The main rank's record of a run as Chrome trace-event JSON (Perfetto, chrome://tracing).
+    """The main rank's record of a run, for Chrome's trace-event format (Perfetto, chrome://tracing).
 
     A track per rank with a slice per job attempt; arrows from each dependency to the job;
     counters of ready jobs and busy workers; instants for the pool's status changes, retries,
-    timeouts, failures and every WARNING of the pool (stuck jobs, stalls). The pool's code
-    only appends tuples; a writer thread turns them into JSON every _TRACE_EVERY s and appends
-    them to the file, an event per line, each after a comma: a file cut off at any moment
-    parses once "]" is added, which the format allows to be missing. Times are the main
-    rank's clock from the pool's opening, in µs; a worker's slices are its own measured
-    durations, placed back from the moment its outcome arrived.
+    timeouts, failures and every WARNING of the pool (stuck jobs, stalls). Times are the main
+    rank's clock; a worker's slices are the durations it measured, placed back from the moment
+    its outcome arrived here, never overlapping on a track.
     """
 
     def __init__(self, path: str, rank_count: int, busy: Callable[[], int], ready: collections.deque):
+        _finish_traces(path)  # an earlier pool's writer of the same file
         try:
-            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         except OSError as error:
             raise JobPoolError(f"Cannot write the trace {path!r}: {error.strerror}. Give trace= a path in a "
                                "folder you can write to, or leave it out.") from None
         self.path, self.origin = path, time.perf_counter()
-        self.slices: collections.deque[tuple] = collections.deque()  # (job, rank, start, end, status, attempt,
-        #                                                                bytes in, bytes out)
-        self.marks: collections.deque[tuple] = collections.deque()  # (name, rank or None, time, args)
-        self.ends: dict[int, tuple[int, float]] = {}  # job index -> (rank, middle) of its last slice: arrows
-        self.flows = itertools.count(1)
+        try:
+            _write_all(fd, [_trace_header(rank_count).encode()])
+            self.writer = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), "--trace-writer",
+                                            str(fd), path], stdin=subprocess.PIPE, pass_fds=(fd,))
+        except OSError as error:
+            raise JobPoolError(f"Cannot start the writer of the trace {path!r}: {error}") from None
+        finally:
+            os.close(fd)
+        # jobs that succeeded serially at their first attempt, and when each started and ended: appended by
+        # the loop, taken from the front by the thread (each append and each del is one step under the GIL)
+        self.plain_jobs: list[Job] = []
+        self.plain_starts, self.plain_ends = array.array("d"), array.array("d")
+        self.full: collections.deque[tuple] = collections.deque()  # (job, rank, start, end, status, attempt,
+        #                                                              bytes in, bytes out)
+        self.marks: collections.deque[tuple] = collections.deque()  # (name, rank or None, time, args as JSON)
+        self.counted: list[tuple] = []  # (time, jobs ready, workers busy), from the writer thread
+        self.known: dict[int, Any] = {}  # id -> function whose name the writer has (held: the id stays its)
         self.sent: dict[int, collections.deque] = collections.defaultdict(collections.deque)  # per worker:
         #                                                           (when, bytes) of each batch on its way
-        self.track_end: dict[int, float] = collections.defaultdict(float)  # slices on a track never overlap
-        self.busy, self.ready, self.counted = busy, ready, (-1, -1)
-        self.broken: str | None = None  # the write error that stopped the trace
+        self.track_end: dict[int, float] = collections.defaultdict(float)
+        self.busy, self.ready = busy, ready
+        self.broken = False
         self.stop = threading.Event()
-        self.lines: list[str] = [self._meta(rank_count)]
         self.handler = _TraceWarnings(self)
         _logger.addHandler(self.handler)
-        self.writer = threading.Thread(target=self._write_every, name="bsb_mini-trace", daemon=True)
-        self.writer.start()
+        self.thread = threading.Thread(target=self._send_every, name="bsb_mini-trace", daemon=True)
+        self.thread.start()
 
-    def _meta(self, rank_count: int) -> str:
-        events = [{"ph": "M", "pid": 0, "name": "process_name", "args": {"name": "bsb_mini pool"}}]
-        for rank in range(rank_count):
-            role = "main rank" if rank == 0 and rank_count > 1 else "runs the jobs" if rank_count == 1 else "worker"
-            events.append({"ph": "M", "pid": 0, "tid": rank, "name": "thread_name", "args": {"name": f"rank {rank} "
-                                                                                                   f"({role})"}})
-            events.append({"ph": "M", "pid": 0, "tid": rank, "name": "thread_sort_index", "args": {"sort_index": rank}})
-        events.append({"ph": "i", "s": "g", "pid": 0, "tid": 0, "ts": 0, "name": "pool opened",
-                       "args": {"ranks": rank_count, "workers": max(1, rank_count - 1), "version": __version__,
-                                "argv": sys.argv, "started": time.strftime("%Y-%m-%d %H:%M:%S")}})
-        return "[\n" + ",\n".join(json.dumps(event) for event in events)
+    # -- what the pool tells it (main thread; a tuple appended) --
 
-    # -- what the pool tells it (main thread; cheap: a tuple appended) --
-
-    def ran(self, job: Job, rank: int, start: float, status: str) -> None:
-        """A job attempt ran here (serially), from ``start`` until now."""
+    def ran(self, job: Job, rank: int, start: float, status: int) -> None:
+        """A job attempt that ran here (serially) from ``start`` until now and did not succeed, or had
+        retries (a plain success goes to ``plain_*``, appended by the loop itself)."""
         attempt = 1 if job._extras is None else job.attempts
-        self.slices.append((job, rank, start, time.perf_counter(), status, attempt, 0, 0))
+        self.full.append((job, rank, start, time.perf_counter(), status, attempt, 0, 0))
 
     def batch_sent(self, worker: int, size: int) -> None:
         self.sent[worker].append((time.perf_counter(), size))
@@ -4098,118 +4130,137 @@ class _Trace:
 
     def batch_done(self, worker: int, batch: list[Job], outcomes: list, marks: list[float], raw: list,
                    sent: tuple[float, int]) -> None:
-        """A worker's outcomes arrived: its slices, from the durations it measured (``marks``: when the
-        batch was unpacked, then each job's end, in s from the batch's start; the last is the whole)."""
-        now = time.perf_counter()
-        origin = now - marks[-1]
+        """A worker's outcomes arrived: its slices, from the times it measured (``marks``: when the batch
+        was unpacked, then each job's end, in s from the batch's start)."""
+        origin = time.perf_counter() - marks[-1]
         floor = max(sent[0], self.track_end[worker])
         share = sent[1] // max(1, len(batch))
-        big = sum(len(part) for part in raw) // max(1, sum(type(o[1]) is not bytes for o in outcomes))
-        starts = marks[:-1]
-        for job, (outcome, payload, _), start, end in zip(batch, outcomes, starts, marks[1:], strict=False):
+        big = sum(len(part) for part in raw) // max(1, sum(type(outcome[1]) is not bytes for outcome in outcomes))
+        append = self.full.append
+        for job, (outcome, payload, _), start, end in zip(batch, outcomes, marks[:-1], marks[1:], strict=True):
             begin = max(floor, origin + start)
             floor = max(begin, origin + end)
-            status = "success" if outcome == _OK else "failed"
             attempt = 1 if job._extras is None else len(job._extras.earlier or ()) + 1
-            out = len(payload) if type(payload) is bytes else big
-            self.slices.append((job, worker, begin, floor, status, attempt, share, out))
+            append((job, worker, begin, floor, 0 if outcome == _OK else 1, attempt, share,
+                    len(payload) if type(payload) is bytes else big))
         self.track_end[worker] = floor
 
     def mark(self, name: str, rank: int | None = None, **args: Any) -> None:
         """An instant: on a rank's track, or (rank None) across the whole pool."""
-        self.marks.append((name, rank, time.perf_counter(), args))
+        self.marks.append((name, rank, time.perf_counter(), json.dumps(args, default=str)))
 
-    # -- the writer --
+    # -- to the writer --
 
-    def _write_every(self) -> None:
-        next_write = time.perf_counter() + _TRACE_EVERY
+    def _send_every(self) -> None:
+        next_send = time.perf_counter() + _TRACE_EVERY
         while not self.stop.wait(_TRACE_SAMPLE):
             self._sample()
-            if time.perf_counter() >= next_write:
-                next_write += _TRACE_EVERY
-                self._write()
+            if time.perf_counter() >= next_send:
+                next_send += _TRACE_EVERY
+                self._send(False)
 
     def _sample(self) -> None:
         counted = (len(self.ready), self.busy())
-        if counted != self.counted:
-            self.counted = counted
-            ts = (time.perf_counter() - self.origin) * 1e6
-            self.lines.append(f'{{"ph":"C","pid":0,"tid":0,"ts":{ts:.3f},"name":"jobs ready","args":{{"ready":'
-                              f'{counted[0]}}}}}')
-            self.lines.append(f'{{"ph":"C","pid":0,"tid":0,"ts":{ts:.3f},"name":"workers busy","args":{{"busy":'
-                              f'{counted[1]}}}}}')
+        if not self.counted or self.counted[-1][1:] != counted:
+            self.counted.append((time.perf_counter(), *counted))
 
-    def _write(self) -> None:
-        lines, self.lines = self.lines, []
-        lines.extend(self._slice_lines())
-        lines.extend(self._mark_lines())
-        if not lines or self.broken is not None:
+    def _send(self, end: bool) -> None:
+        frame: dict[str, Any] = {"origin": self.origin, "end": end}
+        labels: list[tuple[int, str]] = []
+        count, full = len(self.plain_ends), _drain(self.full)  # (the end is appended last)
+        if count:
+            frame["plain"] = self._columns(self.plain_jobs[:count], labels) + (
+                self.plain_starts[:count].tobytes(), self.plain_ends[:count].tobytes())
+            del self.plain_jobs[:count], self.plain_starts[:count], self.plain_ends[:count]
+        if full:
+            frame["full"] = self._columns(list(map(_first, full)), labels) + tuple(
+                list(map(operator.itemgetter(at), full)) for at in range(1, 8))
+        frame["labels"] = labels
+        frame["marks"], frame["counters"] = _drain(self.marks), self.counted
+        self.counted = []
+        if self.broken:
             return
-        data = (",\n".join(lines) if lines[0].startswith("[") else ",\n" + ",\n".join(lines)).encode()
+        data = marshal.dumps(frame, 2)  # (version 2: no references to track)
         try:
-            _write_all(self.fd, [data])
-        except OSError as error:
-            self.broken = f"{error.strerror or error}"
+            assert self.writer.stdin is not None
+            self.writer.stdin.write(struct.pack("<Q", len(data)) + data)
+            self.writer.stdin.flush()
+        except (OSError, ValueError):
+            self.broken = True
             _logger.removeHandler(self.handler)
-            _logger.warning("The trace %r stopped at a write error (%s); the run goes on without it, and the "
-                            "file holds what was written before.", self.path, self.broken)
+            _logger.warning("The trace %r stopped: its writer exited (code %s; its message is above). The run goes "
+                            "on without it; the file holds what was written.", self.path, self.writer.poll())
 
-    def _slice_lines(self) -> list[str]:
-        slices, ends, origin, lines = self.slices, self.ends, self.origin, []
-        popleft, names, flows = slices.popleft, _trace_names, self.flows
-        while slices:
-            job, rank, start, end, status, attempt, bytes_in, bytes_out = popleft()
-            ts, dur = (start - origin) * 1e6, (end - start) * 1e6
-            fn = job._fn
-            if fn is _call_without_owner or fn is _call_with_items:
-                fn = job._args[0]
-            label = names.get(fn)
-            if label is None:
-                label = names[fn] = _json_str(_name_of(fn)) if len(names) < 10_000 else '"?"'
-            name = _json_str(job.name)
-            key = "" if job._key is None else f',"key":{_json_str(job._key)}'
-            deps = ""
-            if job.deps:
-                deps = f',"deps":[{",".join(str(dep._index) for dep in job.deps)}]'
-                for dep in job.deps:
-                    source = ends.get(dep._index)
-                    if source is not None:
-                        flow = next(flows)
-                        lines.append(f'{{"ph":"s","id":{flow},"pid":0,"tid":{source[0]},"ts":{source[1]:.3f},'
-                                     '"name":"dependency","cat":"dependency"}')
-                        lines.append(f'{{"ph":"f","bp":"e","id":{flow},"pid":0,"tid":{rank},"ts":{ts + dur / 2:.3f},'
-                                     '"name":"dependency","cat":"dependency"}')
-            if job._fn is not _call_without_owner and job._fn is not _call_with_items:
-                ends[job._index] = (rank, ts + dur / 2)  # map()'s jobs have no dependents
-            lines.append(f'{{"ph":"X","pid":0,"tid":{rank},"ts":{ts:.3f},"dur":{dur:.3f},"name":{name},'
-                         f'"cat":{label},"args":{{"job":{job._index},"status":"{status}","attempt":{attempt},'
-                         f'"bytes_in":{bytes_in},"bytes_out":{bytes_out}{key}{deps}}}}}')
-        return lines
-
-    def _mark_lines(self) -> list[str]:
-        lines, marks, origin = [], self.marks, self.origin
-        while marks:
-            name, rank, when, args = marks.popleft()
-            scope = '"s":"g","tid":0' if rank is None else f'"s":"t","tid":{rank}'
-            lines.append(f'{{"ph":"i",{scope},"pid":0,"ts":{(when - origin) * 1e6:.3f},"name":{_json_str(name)},'
-                         f'"args":{json.dumps(args, default=str)}}}')
-        return lines
+    def _columns(self, jobs: list[Job], labels: list) -> tuple:
+        """The jobs' indices, function ids (negative: a map() call's), names, keys and dependencies, as
+        plain columns (C-speed maps); the name of each function the writer has not seen goes to ``labels``."""
+        fns: Any = list(map(_fn_of, jobs))
+        ids = list(map(id, fns))
+        distinct = set(ids)
+        if id(_call_without_owner) in distinct or id(_call_with_items) in distinct:
+            fns = [job._args[0] if fn is _call_without_owner or fn is _call_with_items else fn
+                   for job, fn in zip(jobs, fns)]
+            ids = [-id(fn) if job._fn is _call_without_owner or job._fn is _call_with_items else id(fn)
+                   for job, fn in zip(jobs, fns)]
+            distinct = set(map(abs, ids))
+        known = self.known
+        if not distinct <= known.keys():
+            for key, fn in dict(zip(map(id, fns), fns)).items():
+                if key not in known:
+                    if len(known) > 10_000:  # lambdas made per job: let go of them (their ids are named anew)
+                        known.clear()
+                    known[key] = fn
+                    labels.append((key, _name_of(fn)))
+        names = list(map(_name_given, jobs))
+        keys = list(map(_key_of, jobs))
+        deps = [(job._index, [dep._index for dep in job.deps]) for job in itertools.compress(jobs, map(_deps_of, jobs))]
+        return (list(map(_index_of, jobs)), ids,
+                None if names.count(None) == len(names) else names, None if keys.count(None) == len(keys) else keys,
+                deps)
 
     def close(self) -> None:
-        """The pool is over: what is left, and the closing bracket."""
+        """The pool is over: what is left, and the closing bracket; the writer is waited for."""
         self.stop.set()
-        self.writer.join()
+        self.thread.join()
         _logger.removeHandler(self.handler)
         self.mark("pool closed")
         self._sample()
-        self._write()
-        if self.broken is None:
-            with contextlib.suppress(OSError):
-                _write_all(self.fd, [b"\n]\n"])
-        os.close(self.fd)
+        self._send(True)
+        with contextlib.suppress(OSError, ValueError):
+            assert self.writer.stdin is not None
+            self.writer.stdin.close()
+        _trace_writers[self.path] = self.writer  # it finishes the file on its own; see _finish_traces
 
 
-_trace_names: dict[Any, str] = {}  # function -> its name as a JSON string (bounded: functions are few)
+_trace_writers: dict[str, subprocess.Popen] = {}  # path -> the writer still finishing it
+
+
+def _finish_traces(path: str | None = None) -> None:
+    """Wait for the writers still finishing traces (``path``'s, or all: at exit, so that the files are
+    complete when the script ends)."""
+    for written in [path] if path is not None else list(_trace_writers):
+        writer = _trace_writers.pop(written, None)
+        if writer is None:
+            continue
+        try:
+            writer.wait(120)
+        except subprocess.TimeoutExpired:
+            writer.kill()
+            _logger.warning("The writer of the trace %r did not finish in 120 s and was stopped; the file may "
+                            "lack the end of the run.", written)
+
+
+atexit.register(_finish_traces)
+
+
+_fn_of, _index_of, _deps_of = operator.attrgetter("_fn"), operator.attrgetter("_index"), operator.attrgetter("deps")
+_name_given, _key_of = operator.attrgetter("_name"), operator.attrgetter("_key")
+_first = operator.itemgetter(0)
+
+
+def _drain(queue: collections.deque) -> list:
+    """What a deque holds now, taken out (other threads may append meanwhile)."""
+    return [queue.popleft() for _ in range(len(queue))]
 
 
 class _TraceWarnings(logging.Handler):
@@ -4222,6 +4273,87 @@ class _TraceWarnings(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         with contextlib.suppress(Exception):
             self.trace.mark(getattr(record, "trace_as", "warning"), None, message=record.getMessage())
+
+
+def _trace_writer(fd: int, path: str) -> int:
+    """The writer process: frames from the pool on stdin, JSON lines to ``fd``, until the pool's end or its
+    death (EOF); only a pool that ended writes the closing bracket."""
+    stream, labels = sys.stdin.buffer, {}
+    ends: dict[int, tuple[int, float]] = {}  # job index -> (rank, middle) of its last slice: the arrows' tails
+    flows = itertools.count(1)
+    while True:
+        head = stream.read(8)
+        if len(head) < 8:
+            return 0
+        frame = marshal.loads(stream.read(struct.unpack("<Q", head)[0]))
+        labels.update((key, _json_str(name)) for key, name in frame["labels"])
+        lines: list[str] = []
+        origin = frame["origin"]
+        if "plain" in frame:
+            indices, ids, names, keys, deps, starts, ends_at = frame["plain"]
+            count = len(indices)
+            _slice_lines(lines, labels, ends, flows, origin, indices, ids, names, keys, deps, [0] * count,
+                         _numbers("d", starts), _numbers("d", ends_at), [0] * count, [1] * count, [0] * count,
+                         [0] * count)
+        if "full" in frame:
+            _slice_lines(lines, labels, ends, flows, origin, *frame["full"])
+        for when, ready, busy in frame["counters"]:
+            ts = (when - origin) * 1e6
+            lines.append(f'{{"ph":"C","pid":0,"tid":0,"ts":{ts:.3f},"name":"jobs ready","args":{{"ready":{ready}}}}}')
+            lines.append(f'{{"ph":"C","pid":0,"tid":0,"ts":{ts:.3f},"name":"workers busy","args":{{"busy":{busy}}}}}')
+        for name, rank, when, args in frame["marks"]:
+            scope = '"s":"g","tid":0' if rank is None else f'"s":"t","tid":{rank}'
+            lines.append(f'{{"ph":"i",{scope},"pid":0,"ts":{(when - origin) * 1e6:.3f},"name":{_json_str(name)},'
+                         f'"args":{args}}}')
+        if frame["end"]:
+            lines.append("\n]\n")
+        try:
+            if lines:
+                _write_all(fd, [(",\n" + ",\n".join(lines[:-1] if frame["end"] else lines)
+                                 + (lines[-1] if frame["end"] else "")).encode()])
+        except OSError as error:
+            print(f"bsb_mini: cannot write the trace {path!r}: {error.strerror or error}; it stops here",
+                  file=sys.stderr)
+            return 1
+        if frame["end"]:
+            return 0
+
+
+def _numbers(kind: str, data: bytes) -> array.array:
+    numbers = array.array(kind)
+    numbers.frombytes(data)
+    return numbers
+
+
+def _slice_lines(lines: list[str], labels: dict, ends: dict, flows: Any, origin: float, indices: list, ids: list,
+                 names: list | None, keys: list | None, deps: list, ranks: list, starts: list, ends_at: list,
+                 statuses: list, attempts: list, bytes_in: list, bytes_out: list) -> None:
+    """A slice per job attempt, and an arrow from each dependency that has one."""
+    deps_of = dict(deps)
+    for at, index in enumerate(indices):
+        ts, dur, rank = (starts[at] - origin) * 1e6, (ends_at[at] - starts[at]) * 1e6, ranks[at]
+        label = labels.get(abs(ids[at]), '"?"')
+        name = label if names is None or names[at] is None else _json_str(names[at])
+        key = "" if keys is None or keys[at] is None else f',"key":{_json_str(keys[at])}'
+        extra = ""
+        if index in deps_of:
+            extra = f',"deps":[{",".join(map(str, deps_of[index]))}]'
+            for dep in deps_of[index]:
+                source = ends.get(dep)
+                if source is not None:
+                    flow = next(flows)
+                    lines.append(f'{{"ph":"s","id":{flow},"pid":0,"tid":{source[0]},"ts":{source[1]:.3f},'
+                                 '"name":"dependency","cat":"dependency"}')
+                    lines.append(f'{{"ph":"f","bp":"e","id":{flow},"pid":0,"tid":{rank},"ts":{ts + dur / 2:.3f},'
+                                 '"name":"dependency","cat":"dependency"}')
+        if ids[at] > 0:
+            ends[index] = (rank, ts + dur / 2)  # map()'s calls (negative ids) have no dependents
+        lines.append(f'{{"ph":"X","pid":0,"tid":{rank},"ts":{ts:.3f},"dur":{dur:.3f},"name":{name},"cat":{label},'
+                     f'"args":{{"job":{index},"status":"{_TRACE_STATUS[statuses[at]]}","attempt":{attempts[at]},'
+                     f'"bytes_in":{bytes_in[at]},"bytes_out":{bytes_out[at]}{key}{extra}}}}}')
+
+
+_json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # a str as a JSON string, in C
 
 
 # --- 8. Command line: selftest and bench ---------------------------------------------
@@ -4565,6 +4697,12 @@ def _bench_rows(count: int, runs: int) -> list[dict]:
     timed = [(f"{where}, independent", _median_of(runs, lambda: _time_pool(count, None))),
              (f"{where}, DAG <=3 deps", _median_of(runs, lambda: _time_pool(count, dag))),
              (f"{where}, pool.map", _median_of(runs, lambda: _time_pool_map(count)))]
+    with tempfile.TemporaryDirectory() as folder:  # the trace's cost: the independent row, traced
+        path = os.path.join(folder, "bench-trace.json") if MPI.get_rank() == 0 else None
+        paths = (None if path is None else f"{path}-{run}" for run in itertools.count())  # one per run, as for users
+        timed.insert(1, (f"{where}, independent, traced", _median_of(runs, lambda: _time_pool(count, None,
+                                                                                               trace=next(paths)))))
+        _finish_traces()
     return [_bench_row(label, count, floor, floor)] + [_bench_row(name, count, seconds, floor)
                                                         for name, seconds in timed]
 
@@ -4717,14 +4855,17 @@ class _RunReport:
                  f"{self.work / workers / wall:.0%} of the wall time",
                  "", "busy and idle per rank:"]
         for rank, busy in sorted(self.busy_by_rank().items()):
-            role = " (main rank: dispatches)" if rank == 0 and self.ranks > 1 else ""
+            if rank == 0 and self.ranks > 1:
+                lines.append("  rank 0    the main rank: dispatches, runs no jobs")
+                continue
             lines.append(f"  rank {rank:<4} busy {_span(busy):>9}  idle {_span(max(0.0, wall - busy)):>9}  "
-                         f"{busy / wall:4.0%}{role}")
+                         f"{busy / wall:4.0%}")
         lines += ["", f"the {min(self.SLOWEST, len(self.slices))} slowest jobs:"]
         for event in sorted(self.slices, key=operator.itemgetter("dur"), reverse=True)[:self.SLOWEST]:
             args = event["args"]
             again = f", attempt {args['attempt']}" if args.get("attempt", 1) > 1 else ""
-            lines.append(f"  {_span(event['dur']):>9}  {event['name']} on rank {event['tid']} "
+            which = f" (job {args['job']})" if event["name"] == event.get("cat") else ""
+            lines.append(f"  {_span(event['dur']):>9}  {event['name']}{which} on rank {event['tid']} "
                          f"({args['status']}{again})")
         by_function: dict[str, list[float]] = collections.defaultdict(list)
         for event in self.slices:
@@ -4758,20 +4899,21 @@ def _report_html(report: _RunReport, title: str) -> str:
     """One self-contained page: the summary, and a timeline per rank as inline SVG (no script, no network)."""
     import html
     width, row, left = 1100, 26, 120
-    scale = (width - left - 10) / report.wall
+    scale = (width - left - 40) / report.wall
     top = 30
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" '
              f'height="{top + row * report.ranks + 90}" font-family="sans-serif" font-size="12">']
     for tick in range(11):  # the time axis
-        x = left + tick * (width - left - 10) / 10
+        x = left + tick * (width - left - 40) / 10
         parts.append(f'<line x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{top + row * report.ranks}" '
                      'stroke="#ddd"/>')
-        parts.append(f'<text x="{x:.1f}" y="{top - 10}" text-anchor="middle">{_span(report.wall * tick / 10)}</text>')
+        parts.append(f'<text x="{x:.1f}" y="{top - 10}" text-anchor="middle">'
+                     f'{_span(report.wall * tick / 10) if tick else "0"}</text>')
     for rank in range(report.ranks):
         y = top + rank * row
         label = "rank 0 (main)" if rank == 0 and report.ranks > 1 else f"rank {rank}"
         parts.append(f'<text x="4" y="{y + row * 0.65:.1f}">{label}</text>')
-        parts.append(f'<rect x="{left}" y="{y + 3}" width="{width - left - 10}" height="{row - 6}" fill="#f4f4f4"/>')
+        parts.append(f'<rect x="{left}" y="{y + 3}" width="{width - left - 40}" height="{row - 6}" fill="#f4f4f4"/>')
     drawn: dict[tuple[int, int], int] = {}
     for event in sorted(report.slices, key=operator.itemgetter("dur"), reverse=True):
         x = left + (event["ts"] - report.begin) * scale
@@ -4791,14 +4933,21 @@ def _report_html(report: _RunReport, title: str) -> str:
             y = top + event.get("tid", 0) * row + (row if event.get("s") == "t" else 0)
             parts.append(f'<path d="M{x:.1f},{y - 8} l4,7 l-8,0 z" fill="#e67e22"><title>'
                          f'{html.escape(event["name"] + ": " + str(event.get("args", {})))}</title></path>')
-    busy = [(event["ts"], event["args"]["busy"]) for event in report.counters if event["name"] == "workers busy"]
     base = top + row * report.ranks + 70
-    if busy:
-        points = " ".join(f"{left + (ts - report.begin) * scale:.1f},{base - 50 * value / max(1, report.workers):.1f}"
-                          for ts, value in busy)
-        parts.append(f'<text x="4" y="{base - 20}">workers busy</text>'
-                     f'<polyline points="{points}" fill="none" stroke="#2c7" stroke-width="1.5"/>'
-                     f'<line x1="{left}" y1="{base}" x2="{width - 10}" y2="{base}" stroke="#999"/>')
+    for name, key, colour, y in (("workers busy", "busy", "#2a7", 0), ("jobs ready", "ready", "#a72", 14)):
+        samples = [(event["ts"], event["args"][key]) for event in report.counters if event["name"] == name]
+        if not samples:
+            continue
+        most = max(1, max(value for _, value in samples))
+        path, last = [f"M{left},{base}"], base
+        for ts, value in samples:  # a step: a counter holds its value until the next sample
+            x = left + max(0.0, ts - report.begin) * scale
+            last = base - 50 * value / most
+            path.append(f"H{x:.1f}V{last:.1f}")
+        path.append(f"H{width - 40}")
+        parts.append(f'<text x="4" y="{base - 30 + y}" fill="{colour}">{name} (max {most})</text>'
+                     f'<path d="{"".join(path)}" fill="none" stroke="{colour}" stroke-width="1.5"/>')
+    parts.append(f'<line x1="{left}" y1="{base}" x2="{width - 40}" y2="{base}" stroke="#999"/>')
     parts.append("</svg>")
     legend = " ".join(f'<span style="background:{colour};color:white;padding:1px 6px">{status}</span>'
                       for status, colour in _HTML_COLOURS.items())
@@ -4887,4 +5036,6 @@ def _this_module() -> Any:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--trace-writer"]:  # a traced pool's writer process (see _Trace)
+        sys.exit(_trace_writer(int(sys.argv[2]), sys.argv[3]))
     sys.exit(_this_module()._main(sys.argv[1:]))
