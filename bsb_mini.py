@@ -2553,9 +2553,8 @@ class _SerialRunner:
         owner, rank, pinger, failures, trace = self.owner, self.rank, self.pinger, self.failures, self.trace
         started, succeeded, plain = graph.started, graph.succeeded, self.policy.timeout is None
         clock, begun = time.perf_counter, 0.0
-        if trace is not None:
-            traced_job, traced_start, traced_end = trace.plain_jobs.append, trace.plain_starts.append, \
-                trace.plain_ends.append
+        traced_job, traced_start, traced_end = (trace.plain_jobs.append, trace.plain_starts.append,
+                                                trace.plain_ends.append) if trace is not None else (print,) * 3
         while True:
             if inbox:
                 schedules.drain()
@@ -4059,7 +4058,8 @@ def _trace_header(rank_count: int) -> str:
     events: list[dict] = [{"ph": "M", "pid": 0, "name": "process_name", "args": {"name": "bsb_mini pool"}}]
     for rank in range(rank_count):
         role = "runs the jobs" if rank_count == 1 else "main rank" if rank == 0 else "worker"
-        events.append({"ph": "M", "pid": 0, "tid": rank, "name": "thread_name", "args": {"name": f"rank {rank} ({role})"}})
+        events.append({"ph": "M", "pid": 0, "tid": rank, "name": "thread_name",
+                       "args": {"name": f"rank {rank} ({role})"}})
         events.append({"ph": "M", "pid": 0, "tid": rank, "name": "thread_sort_index", "args": {"sort_index": rank}})
     events.append({"ph": "i", "s": "g", "pid": 0, "tid": 0, "ts": 0, "name": "pool opened",
                    "args": {"ranks": rank_count, "workers": max(1, rank_count - 1), "version": __version__,
@@ -4109,7 +4109,7 @@ class _Trace:
         self.broken = False
         self.stop = threading.Event()
         self.handler = _TraceWarnings(self)
-        _logger.addHandler(self.handler)
+        _logger.addFilter(self.handler)
         self.thread = threading.Thread(target=self._send_every, name="bsb_mini-trace", daemon=True)
         self.thread.start()
 
@@ -4145,9 +4145,9 @@ class _Trace:
                     len(payload) if type(payload) is bytes else big))
         self.track_end[worker] = floor
 
-    def mark(self, name: str, rank: int | None = None, **args: Any) -> None:
+    def mark(self, what: str, rank: int | None = None, /, **args: Any) -> None:
         """An instant: on a rank's track, or (rank None) across the whole pool."""
-        self.marks.append((name, rank, time.perf_counter(), json.dumps(args, default=str)))
+        self.marks.append((what, rank, time.perf_counter(), json.dumps(args, default=str)))
 
     # -- to the writer --
 
@@ -4187,7 +4187,7 @@ class _Trace:
             self.writer.stdin.flush()
         except (OSError, ValueError):
             self.broken = True
-            _logger.removeHandler(self.handler)
+            _logger.removeFilter(self.handler)
             _logger.warning("The trace %r stopped: its writer exited (code %s; its message is above). The run goes "
                             "on without it; the file holds what was written.", self.path, self.writer.poll())
 
@@ -4199,13 +4199,13 @@ class _Trace:
         distinct = set(ids)
         if id(_call_without_owner) in distinct or id(_call_with_items) in distinct:
             fns = [job._args[0] if fn is _call_without_owner or fn is _call_with_items else fn
-                   for job, fn in zip(jobs, fns)]
+                   for job, fn in zip(jobs, fns, strict=True)]
             ids = [-id(fn) if job._fn is _call_without_owner or job._fn is _call_with_items else id(fn)
-                   for job, fn in zip(jobs, fns)]
+                   for job, fn in zip(jobs, fns, strict=True)]
             distinct = set(map(abs, ids))
         known = self.known
         if not distinct <= known.keys():
-            for key, fn in dict(zip(map(id, fns), fns)).items():
+            for key, fn in dict(zip(map(id, fns), fns, strict=True)).items():
                 if key not in known:
                     if len(known) > 10_000:  # lambdas made per job: let go of them (their ids are named anew)
                         known.clear()
@@ -4222,7 +4222,7 @@ class _Trace:
         """The pool is over: what is left, and the closing bracket; the writer is waited for."""
         self.stop.set()
         self.thread.join()
-        _logger.removeHandler(self.handler)
+        _logger.removeFilter(self.handler)
         self.mark("pool closed")
         self._sample()
         self._send(True)
@@ -4263,22 +4263,26 @@ def _drain(queue: collections.deque) -> list:
     return [queue.popleft() for _ in range(len(queue))]
 
 
-class _TraceWarnings(logging.Handler):
-    """Every WARNING of the pool while it is traced (a stuck job, a stall, a job without a key) as an instant."""
+class _TraceWarnings(logging.Filter):
+    """Every WARNING of the pool while it is traced (a stuck job, a stall, a job without a key) as an instant:
+    a filter on the logger sees each record, and leaves the application's handlers as they are."""
 
     def __init__(self, trace: _Trace):
-        super().__init__(logging.WARNING)
+        super().__init__()
         self.trace = trace
 
-    def emit(self, record: logging.LogRecord) -> None:
-        with contextlib.suppress(Exception):
-            self.trace.mark(getattr(record, "trace_as", "warning"), None, message=record.getMessage())
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            with contextlib.suppress(Exception):
+                self.trace.mark(getattr(record, "trace_as", "warning"), None, message=record.getMessage())
+        return True
 
 
 def _trace_writer(fd: int, path: str) -> int:
     """The writer process: frames from the pool on stdin, JSON lines to ``fd``, until the pool's end or its
     death (EOF); only a pool that ended writes the closing bracket."""
-    stream, labels = sys.stdin.buffer, {}
+    stream = sys.stdin.buffer
+    labels: dict[int, str] = {}  # function id -> its name as a JSON string
     ends: dict[int, tuple[int, float]] = {}  # job index -> (rank, middle) of its last slice: the arrows' tails
     flows = itertools.count(1)
     while True:
@@ -4326,7 +4330,7 @@ def _numbers(kind: str, data: bytes) -> array.array:
 
 
 def _slice_lines(lines: list[str], labels: dict, ends: dict, flows: Any, origin: float, indices: list, ids: list,
-                 names: list | None, keys: list | None, deps: list, ranks: list, starts: list, ends_at: list,
+                 names: list | None, keys: list | None, deps: list, ranks: list, starts: Any, ends_at: Any,
                  statuses: list, attempts: list, bytes_in: list, bytes_out: list) -> None:
     """A slice per job attempt, and an arrow from each dependency that has one."""
     deps_of = dict(deps)

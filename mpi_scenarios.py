@@ -1308,6 +1308,88 @@ def scenario_entries_name_their_jobs():
     report(same=same)
 
 
+
+# -- the trace (SPEC 4.8) --
+
+FLAKY_MARKER = "flaky-once"
+
+
+def flaky(owner, marker_path):
+    """Fails on its first attempt (the marker file does not exist yet), succeeds on the second."""
+    if not os.path.exists(marker_path):
+        open(marker_path, "w").close()
+        raise RuntimeError("the first attempt fails")
+    return "second time lucky"
+
+
+def zeros(owner, size, parts=()):
+    return bytearray(size)
+
+
+def traced_run(path, folder):
+    """A run with a little of everything a trace shows: dependencies, payloads, a retry, a failure."""
+    with create_job_pool(trace=path, quiet=True) as pool:
+        first = pool.submit(sleeper, (0.05,), name="first")
+        chain = pool.submit(sleeper, (0.02,), deps=[first], name="after first")
+        big = pool.submit(zeros, (300_000,), name="big result")
+        pool.submit(zeros, (10, [big]), name="takes the big result")
+        pool.submit(flaky, (os.path.join(folder, FLAKY_MARKER),), retries=1, name="flaky")
+        pool.submit(failing, ("on purpose",), name="fails")
+        pool.submit(sleeper, (0.01,), deps=[chain], key="keyed-job")
+        for _ in range(20):
+            pool.submit(sleeper, (0.005,))
+        try:
+            pool.execute()
+        except WorkflowError as error:
+            failed = [entry.job.name for entry in error.exceptions if getattr(entry, "job", None) is not None]
+        else:
+            failed = []
+        return pool.trace, failed
+
+
+def scenario_traced(path, folder):
+    trace, failed = traced_run(path, folder)
+    report(trace=trace, failed=failed)
+
+
+def scenario_limited(folder):
+    """Four runs, each limited by one thing, traced through BSB_MINI_TRACE (PATH, PATH-2, ...)."""
+    os.environ["BSB_MINI_TRACE"] = os.path.join(folder, "limited.json")
+    traces = []
+    with create_job_pool(quiet=True) as pool:  # a chain of dependent jobs
+        previous = None
+        for _ in range(6):
+            previous = pool.submit(sleeper, (0.08,), deps=[previous] if previous is not None else None)
+        pool.execute()
+        traces.append(pool.trace)
+    with create_job_pool(quiet=True) as pool:  # too few jobs for the workers
+        pool.submit(sleeper, (0.4,))
+        pool.execute()
+        traces.append(pool.trace)
+    with create_job_pool(quiet=True) as pool:  # jobs that end unevenly: a long one last
+        for _ in range(6):
+            pool.submit(sleeper, (0.02,))
+        pool.submit(sleeper, (0.6,))
+        pool.execute()
+        traces.append(pool.trace)
+    with create_job_pool(quiet=True) as pool:  # the main rank's dispatch: many jobs of nothing
+        for i in range(3000):
+            pool.submit(where, (i,))
+        pool.execute()
+        traces.append(pool.trace)
+    report(traces=traces)
+
+
+def scenario_traced_until_killed(path, seconds):
+    """Jobs for ``seconds``, traced; the test kills the run midway."""
+    with create_job_pool(trace=path, quiet=True) as pool:
+        previous = None
+        for i in range(int(float(seconds) / 0.02)):
+            previous = pool.submit(sleeper, (0.02,), deps=[previous] if i % 4 and previous is not None else None,
+                                   name=f"job {i}")
+        pool.execute()
+
+
 if __name__ == "__main__":
     name, *arguments = sys.argv[1:]
     globals()[f"scenario_{name}"](*arguments)

@@ -2821,3 +2821,234 @@ def test_mpi_random_faults_many_pools_in_one_process(n, seed):
     problems = [problem for summary in summaries for problem in json.loads(summary)["problems"]]
     assert problems == [] and code == 0, "\n".join(problems[:5]) + err[-3000:]
     assert {json.loads(summary)["pools"] for summary in summaries} == {150}
+
+
+# --- The trace and the report (SPEC 4.8) ---------------------------------------------------------
+
+
+def trace_problems(events):
+    """What Perfetto or chrome://tracing would trip over: the trace-event format's rules."""
+    problems = []
+    processes = {event["pid"] for event in events if event.get("ph") == "M" and event["name"] == "process_name"}
+    threads = {(event["pid"], event["tid"]) for event in events
+               if event.get("ph") == "M" and event["name"] == "thread_name"}
+    tracks = collections.defaultdict(list)
+    for event in events:
+        phase = event.get("ph")
+        if phase not in ("X", "i", "C", "M", "s", "f"):
+            problems.append(f"unknown phase: {event}")
+        if phase != "M" and not isinstance(event.get("ts"), (int, float)):
+            problems.append(f"no timestamp: {event}")
+        if event.get("pid") not in processes:
+            problems.append(f"a process without a name: {event}")
+        if (phase in ("X", "s", "f") or (phase == "i" and event.get("s") == "t")) \
+                and (event.get("pid"), event.get("tid")) not in threads:
+            problems.append(f"a track without a name: {event}")
+        if phase == "X":
+            if not event["dur"] >= 0:
+                problems.append(f"a negative duration: {event}")
+            tracks[(event["pid"], event["tid"])].append(event)
+        if phase == "i" and event.get("s") not in ("g", "p", "t"):
+            problems.append(f"an instant without a scope: {event}")
+    for track, slices in tracks.items():
+        slices.sort(key=lambda event: event["ts"])
+        for before, after in zip(slices, slices[1:], strict=False):
+            if after["ts"] < before["ts"] + before["dur"] - 0.002:
+                problems.append(f"slices overlap on {track}: {before} and {after}")
+    flows = collections.defaultdict(dict)
+    for event in events:
+        if event.get("ph") in ("s", "f"):
+            if event["ph"] in flows[event["id"]]:
+                problems.append(f"flow {event['id']} has two {event['ph']} events")
+            flows[event["id"]][event["ph"]] = event
+    for flow, ends in flows.items():
+        if set(ends) != {"s", "f"}:
+            problems.append(f"flow {flow} lacks an end: {ends}")
+        for event in ends.values():
+            if not any(s["ts"] - 0.002 <= event["ts"] <= s["ts"] + s["dur"] + 0.002
+                       for s in tracks[(event["pid"], event["tid"])]):
+                problems.append(f"flow {flow}'s {event['ph']} event is inside no slice: {event}")
+    return problems
+
+
+def slice_of(events, name):
+    return [event for event in events if event.get("ph") == "X" and event["name"] == name]
+
+
+def inside(event, slices):
+    return any(s["ts"] - 0.002 <= event["ts"] <= s["ts"] + s["dur"] + 0.002 and s["tid"] == event["tid"]
+               for s in slices)
+
+
+def report_of(path, *options):
+    done = subprocess.run([sys.executable, "-m", "bsb_mini", "report", str(path), *options], capture_output=True,
+                          text=True, cwd=HERE, env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_a_traced_run_opens_as_a_trace_with_every_attempt_arrow_and_event(n, tmp_path):
+    path = tmp_path / "run.json"
+    outcome, _ = run_scenario("traced", str(path), str(tmp_path), n=n)
+    assert outcome == {"trace": str(path), "failed": ["fails"]}
+    events = json.loads(path.read_text())  # complete: the closing bracket is there
+    assert trace_problems(events) == []
+    runs_jobs = {0} if n == 1 else {1, 2}
+    slices = [event for event in events if event.get("ph") == "X"]
+    assert {event["tid"] for event in slices} <= runs_jobs
+    assert len(slices) == 28  # 27 jobs, one of them twice
+    flaky = sorted(slice_of(events, "flaky"), key=lambda event: event["args"]["attempt"])
+    assert [(event["args"]["attempt"], event["args"]["status"]) for event in flaky] == [(1, "failed"), (2, "success")]
+    assert slice_of(events, "fails")[0]["args"]["status"] == "failed"
+    assert [event["args"]["key"] for event in slices if "key" in event["args"]] == ["keyed-job"]
+    assert slice_of(events, "first")[0]["dur"] >= 0.045e6
+    if n > 1:  # bytes on the wire: the 300 kB result went to the main rank
+        assert slice_of(events, "big result")[0]["args"]["bytes_out"] >= 300_000
+        assert slice_of(events, "takes the big result")[0]["args"]["bytes_in"] >= 300_000
+    flows = collections.defaultdict(dict)
+    for event in events:
+        if event.get("ph") in ("s", "f"):
+            flows[event["id"]][event["ph"]] = event
+    assert any(inside(ends["s"], slice_of(events, "first")) and inside(ends["f"], slice_of(events, "after first"))
+               for ends in flows.values()), "no arrow from 'first' to the job that depends on it"
+    instants = [(event["name"], event["args"].get("name")) for event in events if event.get("ph") == "i"]
+    assert ("retry", "flaky") in instants and ("failed", "fails") in instants
+    assert [name for name, _ in instants if name.startswith("pool ")] == [
+        "pool opened", "pool scheduling", "pool executing", "pool closing", "pool closed"]
+    counters = {event["name"] for event in events if event.get("ph") == "C"}
+    assert counters == {"jobs ready", "workers busy"}
+    text = report_of(path)
+    assert "retries 1, timeouts 0, failed jobs 1" in text
+    assert "first on rank" in text and "the functions that took the most time" in text
+
+
+def test_mpi_the_trace_of_a_run_killed_with_sigkill_opens(tmp_path):
+    path = tmp_path / "killed.json"
+    command = [MPIEXEC, "-n", "3", sys.executable, str(HERE / "mpi_scenarios.py"), "traced_until_killed", str(path),
+               "60"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=HERE,
+                               env={**os.environ, "PYTHONPATH": str(HERE), "UCX_LOG_LEVEL": "error"},
+                               start_new_session=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not path.exists() or path.read_text().count('"ph":"X"') < 30):
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    time.sleep(1.5)  # a writer that outlived the ranks finishes what it got
+    text = path.read_text()
+    assert text.count('"ph":"X"') >= 30, text[-2000:]
+    assert not text.rstrip().endswith("]")
+    events = json.loads(text + "\n]")  # the format allows the closing bracket to be missing
+    assert trace_problems(events) == []
+    assert "the run was cut short" in report_of(path)
+
+
+def test_mpi_the_report_names_what_limited_each_run(tmp_path):
+    outcome, _ = run_scenario("limited", str(tmp_path), n=3, timeout=180)
+    names = ["limited.json", "limited-2.json", "limited-3.json", "limited-4.json"]  # BSB_MINI_TRACE, numbered
+    assert outcome["traces"] == [str(tmp_path / name) for name in names]
+    said = [report_of(tmp_path / name).rsplit("limited by: ", 1)[1] for name in names]
+    assert said[0].startswith("a chain of 6 dependent jobs"), said[0]
+    assert said[1].startswith("too few jobs for the workers: 1 job(s) for 2 worker(s)"), said[1]
+    assert said[2].startswith("jobs that end unevenly"), said[2]
+    assert said[3].startswith("the main rank's dispatch"), said[3]
+
+
+def test_the_report_of_serial_runs_names_the_pools_own_cost_or_the_jobs(tmp_path):
+    cheap, busy = tmp_path / "cheap.json", tmp_path / "busy.json"
+    out = run_python(f"""
+        import time, bsb_mini
+        with bsb_mini.create_job_pool(trace={str(cheap)!r}, quiet=True) as pool:
+            for i in range(20000):
+                pool.submit(bsb_mini._noop, (i,))
+        with bsb_mini.create_job_pool(trace={str(busy)!r}, quiet=True) as pool:
+            for i in range(10):
+                pool.submit(lambda owner: time.sleep(0.02))
+    """)
+    assert out.returncode == 0, out.stderr
+    assert "limited by: the pool's own cost per job" in report_of(cheap)
+    assert "limited by: the jobs themselves" in report_of(busy)
+    assert len(slice_of(json.loads(cheap.read_text()), "_noop")) == 20000
+
+
+def test_the_html_report_is_one_page_that_needs_no_network(tmp_path):
+    path, page = tmp_path / "run.json", tmp_path / "run.html"
+    run_scenario("traced", str(path), str(tmp_path))
+    assert f"timeline: {page}" in report_of(path, "--html", str(page))
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<svg" in html and "rank 0" in html
+    assert "limited by:" in html and "flaky" in html
+    for needs_something in ("<script", "src=", "href=", "url(", "@import"):
+        assert needs_something not in html
+    assert re.findall(r"https?://[^\"' ]+", html) == ["http://www.w3.org/2000/svg"]
+
+
+def test_trace_from_the_environment_numbers_the_pools_of_a_script(tmp_path, monkeypatch):
+    monkeypatch.setenv("BSB_MINI_TRACE", str(tmp_path / "t.json"))
+    out = run_python("""
+        import bsb_mini
+        for _ in range(3):
+            with bsb_mini.create_job_pool(quiet=True) as pool:
+                pool.submit(bsb_mini._noop)
+                print(pool.trace)
+    """)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(tmp_path / name) for name in ("t.json", "t-2.json", "t-3.json")]
+    for name in ("t.json", "t-2.json", "t-3.json"):
+        assert len(slice_of(json.loads((tmp_path / name).read_text()), "_noop")) == 1
+
+
+def test_the_progress_summary_names_the_trace(tmp_path):
+    path = tmp_path / "run.json"
+    out = run_python(f"""
+        import bsb_mini
+        with bsb_mini.create_job_pool(trace={str(path)!r}) as pool:
+            pool.submit(bsb_mini._noop)
+    """)
+    assert f"; trace: {path} (python -m bsb_mini report {path})" in out.stderr.splitlines()[-1]
+
+
+def test_a_trace_that_cannot_be_written_is_named_when_the_pool_opens(tmp_path):
+    path = tmp_path / "no such folder" / "run.json"
+    with pytest.raises(JobPoolError, match=r"Cannot write the trace .*no such folder.*run\.json.*No such file"):
+        with JobPool(trace=path):
+            pass
+
+
+def test_a_trace_that_fills_the_disk_stops_with_a_warning_and_the_run_goes_on(tmp_path):
+    """A file-size limit stands in for a full disk: the writer fails, the pool says so once and finishes."""
+    path = tmp_path / "run.json"
+    code = f"""
+        import resource, bsb_mini, time
+        bsb_mini.MPI.get_size()  # MPI starts first: its shared-memory files are not the trace's to limit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        with bsb_mini.create_job_pool(trace={str(path)!r}, quiet=True) as pool:
+            jobs = [pool.submit(bsb_mini._selftest_add, (i, 1)) for i in range(2000)]
+            pool.execute()
+            time.sleep(0.7)  # the writer has failed by now: the next frame finds it gone
+            more = [pool.submit(bsb_mini._selftest_add, (i, 1)) for i in range(2000)]
+        print(sum(job.result for job in jobs + more))
+    """
+    out = run_python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(2 * sum(range(1, 2001)))]
+    assert "cannot write the trace" in out.stderr and out.stderr.count(f"The trace {str(path)!r} stopped") == 1
+    assert path.stat().st_size <= 20_000
+    assert "the run was cut short" in report_of(path)
+
+
+def test_mpi_a_trace_that_cannot_be_written_lets_every_rank_leave(tmp_path):
+    code, results, out, err = mpiexec(3, "-c", textwrap.dedent(f"""
+        import bsb_mini
+        try:
+            with bsb_mini.JobPool(trace={str(tmp_path / 'missing' / 'run.json')!r}) as pool:
+                pool.execute()
+        except (bsb_mini.JobPoolError, bsb_mini.WorkflowError) as error:
+            print("rank", bsb_mini.MPI.get_rank(), "raised", type(error).__name__, str(error), flush=True)
+    """), script=False, timeout=60)
+    assert code == 0, err
+    said = sorted(line for line in out.splitlines() if "raised" in line)
+    assert [line.split()[1] for line in said] == ["0", "1", "2"]
+    assert said[0].startswith("rank 0 raised JobPoolError Cannot write the trace")
+    assert all("the main rank raised JobPoolError: Cannot write the trace" in line for line in said[1:])
