@@ -1335,6 +1335,7 @@ def traced_run(path, folder):
         pool.submit(zeros, (10, [big]), name="takes the big result")
         pool.submit(flaky, (os.path.join(folder, FLAKY_MARKER),), retries=1, name="flaky")
         pool.submit(failing, ("on purpose",), name="fails")
+        pool.submit(sleeper, (30,), timeout=0.3, name="too slow")
         pool.submit(sleeper, (0.01,), deps=[chain], key="keyed-job")
         for _ in range(20):
             pool.submit(sleeper, (0.005,))

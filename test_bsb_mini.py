@@ -2652,8 +2652,8 @@ def test_bench_smoke_prints_the_pools_own_overhead_rows():
                          text=True, cwd=HERE, timeout=300)
     assert out.returncode == 0, out.stderr
     rows = {row["workload"]: row for row in json.loads(out.stdout)["rows"]}
-    assert set(rows) == {"plain Python loop (the floor)", "serial, independent", "serial, DAG <=3 deps",
-                         "serial, pool.map"}
+    assert set(rows) == {"plain Python loop (the floor)", "serial, independent", "serial, independent, traced",
+                         "serial, DAG <=3 deps", "serial, pool.map"}
     assert all(row["jobs"] == 200 and row["us_per_job"] > 0 for row in rows.values())
     table = subprocess.run([sys.executable, "-m", "bsb_mini", "bench", "--smoke"], capture_output=True,
                            text=True, cwd=HERE, timeout=300)
@@ -2891,13 +2891,13 @@ def report_of(path, *options):
 def test_a_traced_run_opens_as_a_trace_with_every_attempt_arrow_and_event(n, tmp_path):
     path = tmp_path / "run.json"
     outcome, _ = run_scenario("traced", str(path), str(tmp_path), n=n)
-    assert outcome == {"trace": str(path), "failed": ["fails"]}
+    assert outcome == {"trace": str(path), "failed": ["fails", "too slow"]}
     events = json.loads(path.read_text())  # complete: the closing bracket is there
     assert trace_problems(events) == []
     runs_jobs = {0} if n == 1 else {1, 2}
     slices = [event for event in events if event.get("ph") == "X"]
     assert {event["tid"] for event in slices} <= runs_jobs
-    assert len(slices) == 28  # 27 jobs, one of them twice
+    assert len(slices) == 29  # 28 jobs, one of them twice
     flaky = sorted(slice_of(events, "flaky"), key=lambda event: event["args"]["attempt"])
     assert [(event["args"]["attempt"], event["args"]["status"]) for event in flaky] == [(1, "failed"), (2, "success")]
     assert slice_of(events, "fails")[0]["args"]["status"] == "failed"
@@ -2914,12 +2914,13 @@ def test_a_traced_run_opens_as_a_trace_with_every_attempt_arrow_and_event(n, tmp
                for ends in flows.values()), "no arrow from 'first' to the job that depends on it"
     instants = [(event["name"], event["args"].get("name")) for event in events if event.get("ph") == "i"]
     assert ("retry", "flaky") in instants and ("failed", "fails") in instants
+    assert ("timeout", "too slow") in instants and ("failed", "too slow") in instants
     assert [name for name, _ in instants if name.startswith("pool ")] == [
         "pool opened", "pool scheduling", "pool executing", "pool closing", "pool closed"]
     counters = {event["name"] for event in events if event.get("ph") == "C"}
     assert counters == {"jobs ready", "workers busy"}
     text = report_of(path)
-    assert "retries 1, timeouts 0, failed jobs 1" in text
+    assert "retries 1, timeouts 1, failed jobs 2" in text
     assert "first on rank" in text and "the functions that took the most time" in text
 
 
