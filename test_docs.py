@@ -140,7 +140,8 @@ def check(block: Block, command: list[str], shown: list[str], how: str) -> None:
         script = pathlib.Path(folder, block.filename)
         script.write_text(block.code, encoding="utf-8")
         status, out, err = run([*command, str(script)], folder)
-    report = f"{block.where} ({how}):\n--- stdout ---\n{out}--- stderr ---\n{err}"
+    report = (f"{block.where} ({how}; line N of {block.filename} is line {block.line} + N - 1 of "
+              f"{block.path.name}):\n--- stdout ---\n{out}--- stderr ---\n{err}")
     if status is None:
         pytest.fail(f"{report}\ndid not finish within {TIMEOUT} s", pytrace=False)
     if status != 0:
@@ -173,7 +174,8 @@ MPI_BLOCKS = [block for block in BLOCKS if block.under_mpi]
 
 @pytest.mark.parametrize("block", MPI_BLOCKS, ids=[block.where for block in MPI_BLOCKS])
 def test_example_runs_under_mpiexec(block: Block) -> None:
-    mpiexec = shutil.which("mpiexec")
+    beside_python = pathlib.Path(sys.executable).with_name("mpiexec")  # the mpich wheel's, in a venv
+    mpiexec = str(beside_python) if beside_python.exists() else shutil.which("mpiexec")
     if mpiexec is None:
         pytest.skip("mpiexec is not on PATH (pip install '.[parallel,mpich]' provides it); "
                     "test_example_runs ran this block serially")
