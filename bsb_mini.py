@@ -4080,7 +4080,9 @@ class _Trace:
     def __init__(self, path: str, rank_count: int, busy: Callable[[], int], ready: collections.deque):
         _finish_traces(path)  # an earlier pool's writer of the same file
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+            _lock_file(fd, exclusive=True)  # held by the writer until it is done: see _read_trace
+            os.ftruncate(fd, 0)
         except OSError as error:
             raise JobPoolError(f"Cannot write the trace {path!r}: {error.strerror}. Give trace= a path in a "
                                "folder you can write to, or leave it out.") from None
@@ -4104,7 +4106,7 @@ class _Trace:
         self.known: dict[int, Any] = {}  # id -> function whose name the writer has (held: the id stays its)
         self.sent: dict[int, collections.deque] = collections.defaultdict(collections.deque)  # per worker:
         #                                                           (when, bytes) of each batch on its way
-        self.track_end: dict[int, float] = collections.defaultdict(float)
+        self.batches: collections.deque[tuple] = collections.deque()  # what came back from the workers
         self.busy, self.ready = busy, ready
         self.broken = False
         self.stop = threading.Event()
@@ -4130,20 +4132,18 @@ class _Trace:
 
     def batch_done(self, worker: int, batch: list[Job], outcomes: list, marks: list[float], raw: list,
                    sent: tuple[float, int]) -> None:
-        """A worker's outcomes arrived: its slices, from the times it measured (``marks``: when the batch
-        was unpacked, then each job's end, in s from the batch's start)."""
+        """A worker's outcomes arrived: the batch as one record, its slices placed by the writer from the times
+        the worker measured (``marks``: when the batch was unpacked, then each job's end, in s from its start)."""
         origin = time.perf_counter() - marks[-1]
-        floor = max(sent[0], self.track_end[worker])
-        share = sent[1] // max(1, len(batch))
-        big = sum(len(part) for part in raw) // max(1, sum(type(outcome[1]) is not bytes for outcome in outcomes))
-        append = self.full.append
-        for job, (outcome, payload, _), start, end in zip(batch, outcomes, marks[:-1], marks[1:], strict=True):
-            begin = max(floor, origin + start)
-            floor = max(begin, origin + end)
-            attempt = 1 if job._extras is None else len(job._extras.earlier or ()) + 1
-            append((job, worker, begin, floor, 0 if outcome == _OK else 1, attempt, share,
-                    len(payload) if type(payload) is bytes else big))
-        self.track_end[worker] = floor
+        payloads = list(map(_second, outcomes))
+        sizes = list(map(len, payloads))
+        if raw:  # results in raw parts: their bytes, shared out among them
+            big = sum(map(len, raw)) // max(1, sum(type(payload) is not bytes for payload in payloads))
+            sizes = [size if type(payload) is bytes else big for size, payload in zip(sizes, payloads, strict=True)]
+        extras = list(map(_extras_of, batch))
+        attempts = [1 if extra is None else len(extra.earlier or ()) + 1 for extra in extras] if any(extras) else None
+        self.batches.append((batch, worker, origin, sent[0], marks, list(map(_first, outcomes)), attempts,
+                             sent[1] // max(1, len(batch)), sizes))
 
     def mark(self, what: str, rank: int | None = None, /, **args: Any) -> None:
         """An instant: on a rank's track, or (rank None) across the whole pool."""
@@ -4175,6 +4175,10 @@ class _Trace:
         if full:
             frame["full"] = self._columns(list(map(_first, full)), labels) + tuple(
                 list(map(operator.itemgetter(at), full)) for at in range(1, 8))
+        batches = _drain(self.batches)
+        if batches:
+            jobs = list(itertools.chain.from_iterable(map(_first, batches)))
+            frame["batches"] = (self._columns(jobs, labels), [record[1:] for record in batches])
         frame["labels"] = labels
         frame["marks"], frame["counters"] = _drain(self.marks), self.counted
         self.counted = []
@@ -4194,29 +4198,28 @@ class _Trace:
     def _columns(self, jobs: list[Job], labels: list) -> tuple:
         """The jobs' indices, function ids (negative: a map() call's), names, keys and dependencies, as
         plain columns (C-speed maps); the name of each function the writer has not seen goes to ``labels``."""
-        fns: Any = list(map(_fn_of, jobs))
-        ids = list(map(id, fns))
+        ids: Any = list(map(id, map(_fn_of, jobs)))
         distinct = set(ids)
+        fns = None
         if id(_call_without_owner) in distinct or id(_call_with_items) in distinct:
-            fns = [job._args[0] if fn is _call_without_owner or fn is _call_with_items else fn
-                   for job, fn in zip(jobs, fns, strict=True)]
+            fns = [job._args[0] if job._fn is _call_without_owner or job._fn is _call_with_items else job._fn
+                   for job in jobs]
             ids = [-id(fn) if job._fn is _call_without_owner or job._fn is _call_with_items else id(fn)
                    for job, fn in zip(jobs, fns, strict=True)]
             distinct = set(map(abs, ids))
         known = self.known
         if not distinct <= known.keys():
+            fns = fns or list(map(_fn_of, jobs))
             for key, fn in dict(zip(map(id, fns), fns, strict=True)).items():
                 if key not in known:
                     if len(known) > 10_000:  # lambdas made per job: let go of them (their ids are named anew)
                         known.clear()
                     known[key] = fn
                     labels.append((key, _name_of(fn)))
-        names = list(map(_name_given, jobs))
-        keys = list(map(_key_of, jobs))
+        names = list(map(_name_given, jobs)) if any(map(_name_given, jobs)) else None
+        keys = list(map(_key_of, jobs)) if any(map(_key_of, jobs)) else None
         deps = [(job._index, [dep._index for dep in job.deps]) for job in itertools.compress(jobs, map(_deps_of, jobs))]
-        return (list(map(_index_of, jobs)), ids,
-                None if names.count(None) == len(names) else names, None if keys.count(None) == len(keys) else keys,
-                deps)
+        return list(map(_index_of, jobs)), ids, names, keys, deps
 
     def close(self) -> None:
         """The pool is over: what is left, and the closing bracket; the writer is waited for."""
@@ -4255,7 +4258,7 @@ atexit.register(_finish_traces)
 
 _fn_of, _index_of, _deps_of = operator.attrgetter("_fn"), operator.attrgetter("_index"), operator.attrgetter("deps")
 _name_given, _key_of = operator.attrgetter("_name"), operator.attrgetter("_key")
-_first = operator.itemgetter(0)
+_first, _second, _extras_of = operator.itemgetter(0), operator.itemgetter(1), operator.attrgetter("_extras")
 
 
 def _drain(queue: collections.deque) -> list:
@@ -4284,6 +4287,7 @@ def _trace_writer(fd: int, path: str) -> int:
     stream = sys.stdin.buffer
     labels: dict[int, str] = {}  # function id -> its name as a JSON string
     ends: dict[int, tuple[int, float]] = {}  # job index -> (rank, middle) of its last slice: the arrows' tails
+    track_end: dict[int, float] = {}  # worker -> the end of its last slice: slices on a track never overlap
     flows = itertools.count(1)
     while True:
         head = stream.read(8)
@@ -4301,6 +4305,8 @@ def _trace_writer(fd: int, path: str) -> int:
                          [0] * count)
         if "full" in frame:
             _slice_lines(lines, labels, ends, flows, origin, *frame["full"])
+        if "batches" in frame:
+            _batch_lines(lines, labels, ends, flows, origin, track_end, *frame["batches"])
         for when, ready, busy in frame["counters"]:
             ts = (when - origin) * 1e6
             lines.append(f'{{"ph":"C","pid":0,"tid":0,"ts":{ts:.3f},"name":"jobs ready","args":{{"ready":{ready}}}}}')
@@ -4323,6 +4329,30 @@ def _trace_writer(fd: int, path: str) -> int:
             return 0
 
 
+def _batch_lines(lines: list[str], labels: dict, ends: dict, flows: Any, origin: float, track_end: dict,
+                 columns: tuple, records: list) -> None:
+    """The slices of the batches that came back from the workers: each job from its worker's measured times,
+    placed back from when the outcomes arrived, never before the batch was sent or the track's last slice."""
+    indices, ids, names, keys, deps = columns
+    deps, at = dict(deps), 0
+    for worker, arrived, sent, marks, outcomes, attempts, share, sizes in records:
+        count = len(outcomes)
+        floor = max(sent, track_end.get(worker, 0.0))
+        starts, finished = [], []
+        for start, end in zip(marks, marks[1:]):
+            begin = max(floor, arrived + start)
+            floor = max(begin, arrived + end)
+            starts.append(begin)
+            finished.append(floor)
+        track_end[worker] = floor
+        part = slice(at, at + count)
+        _slice_lines(lines, labels, ends, flows, origin, indices[part], ids[part], names and names[part],
+                     keys and keys[part], deps, [worker] * count, starts, finished,
+                     [0 if outcome == _OK else 1 for outcome in outcomes], attempts or [1] * count, [share] * count,
+                     sizes)
+        at += count
+
+
 def _numbers(kind: str, data: bytes) -> array.array:
     numbers = array.array(kind)
     numbers.frombytes(data)
@@ -4333,7 +4363,7 @@ def _slice_lines(lines: list[str], labels: dict, ends: dict, flows: Any, origin:
                  names: list | None, keys: list | None, deps: list, ranks: list, starts: Any, ends_at: Any,
                  statuses: list, attempts: list, bytes_in: list, bytes_out: list) -> None:
     """A slice per job attempt, and an arrow from each dependency that has one."""
-    deps_of = dict(deps)
+    deps_of = deps if type(deps) is dict else dict(deps)
     for at, index in enumerate(indices):
         ts, dur, rank = (starts[at] - origin) * 1e6, (ends_at[at] - starts[at]) * 1e6, ranks[at]
         label = labels.get(abs(ids[at]), '"?"')
@@ -4755,9 +4785,33 @@ def _bench(argv: list[str]) -> int:
     return 0
 
 
+def _lock_file(fd: int, exclusive: bool, wait: float = 0.0) -> bool:
+    """An advisory lock on an open file (flock), waited for up to ``wait`` s; False if not had (or where
+    there are no such locks, as on some network file systems: then nothing waits)."""
+    try:
+        import fcntl
+    except ImportError:
+        return False
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+        except OSError:
+            return False
+
+
 def _read_trace(path: str) -> list[dict]:
-    """The events of a trace file, also of one cut off mid-run (no closing bracket, or a last line cut short)."""
+    """The events of a trace file, also of one cut off mid-run (no closing bracket, or a last line cut short).
+    A trace whose writer is still finishing it (it holds the file's lock) is waited for."""
     with open(path, encoding="utf-8") as file:
+        if not _lock_file(file.fileno(), exclusive=False):
+            print(f"waiting for the writer of {path!r} to finish it ...", file=sys.stderr, flush=True)
+            _lock_file(file.fileno(), exclusive=False, wait=120.0)
         text = file.read()
     try:
         events = json.loads(text)
@@ -4843,9 +4897,9 @@ class _RunReport:
             return (f"{who}: jobs take {_span(mean)} on average and the workers wait {_span(gap)} between them; "
                     "give each job more work (e.g. several items per job)")
         longest = max(self.slices, key=operator.itemgetter("dur"))
-        return (f"jobs that end unevenly: the workers were busy {busy:.0%} of the time, waiting at the end for the "
-                f"slowest ones (the longest, {longest['name']}, took {_span(longest['dur'])}); submit the long "
-                "jobs first or split them")
+        return (f"jobs that end unevenly: the workers were busy {busy:.0%} of the time, some waiting while others ran "
+                f"the longest jobs (the longest, {longest['name']}, took {_span(longest['dur'])}); submit the long "
+                "jobs first, or split them")
 
     def text(self) -> str:
         workers, wall = self.workers, self.wall
@@ -4929,8 +4983,12 @@ def _report_html(report: _RunReport, title: str) -> str:
         colour = _HTML_COLOURS.get(event["args"].get("status"), "#4a90d9")
         tip = html.escape(f"{event['name']}: {_span(event['dur'])}, {event['args'].get('status')}, attempt "
                           f"{event['args'].get('attempt', 1)}")
-        parts.append(f'<rect x="{x:.2f}" y="{y}" width="{max(0.6, event["dur"] * scale):.2f}" height="{row - 6}" '
+        wide = event["dur"] * scale
+        parts.append(f'<rect x="{x:.2f}" y="{y}" width="{max(0.6, wide):.2f}" height="{row - 6}" '
                      f'fill="{colour}" stroke="white" stroke-width="0.3"><title>{tip}</title></rect>')
+        if wide > 40:  # room for its name
+            name = html.escape(event["name"][:int(wide / 7)])
+            parts.append(f'<text x="{x + 3:.1f}" y="{y + row * 0.5:.1f}" fill="white" font-size="11">{name}</text>')
     for event in report.instants:
         if event["name"] in ("retry", "timeout", "failed", "stuck", "stall"):
             x = left + (event["ts"] - report.begin) * scale

@@ -3041,12 +3041,13 @@ def test_a_trace_that_fills_the_disk_stops_with_a_warning_and_the_run_goes_on(tm
 
 def test_mpi_a_trace_that_cannot_be_written_lets_every_rank_leave(tmp_path):
     code, results, out, err = mpiexec(3, "-c", textwrap.dedent(f"""
-        import bsb_mini
+        import sys, bsb_mini
         try:
             with bsb_mini.JobPool(trace={str(tmp_path / 'missing' / 'run.json')!r}) as pool:
                 pool.execute()
         except (bsb_mini.JobPoolError, bsb_mini.WorkflowError) as error:
-            print("rank", bsb_mini.MPI.get_rank(), "raised", type(error).__name__, str(error), flush=True)
+            sys.stdout.write(f"rank {{bsb_mini.MPI.get_rank()}} raised {{type(error).__name__}} {{error}}\\n")
+            sys.stdout.flush()
     """), script=False, timeout=60)
     assert code == 0, err
     said = sorted(line for line in out.splitlines() if "raised" in line)

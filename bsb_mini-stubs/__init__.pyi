@@ -474,7 +474,7 @@ class _Trace:
     counted: list[tuple]
     known: dict[int, Any]
     sent: dict[int, collections.deque]
-    track_end: dict[int, float]
+    batches: collections.deque[tuple]
     broken: bool
     stop: Incomplete
     handler: Incomplete
