@@ -4339,7 +4339,7 @@ def _batch_lines(lines: list[str], labels: dict, ends: dict, flows: Any, origin:
         count = len(outcomes)
         floor = max(sent, track_end.get(worker, 0.0))
         starts, finished = [], []
-        for start, end in zip(marks, marks[1:]):
+        for start, end in zip(marks, marks[1:], strict=False):  # (marks: one more than the jobs)
             begin = max(floor, arrived + start)
             floor = max(begin, arrived + end)
             starts.append(begin)
@@ -4360,7 +4360,7 @@ def _numbers(kind: str, data: bytes) -> array.array:
 
 
 def _slice_lines(lines: list[str], labels: dict, ends: dict, flows: Any, origin: float, indices: list, ids: list,
-                 names: list | None, keys: list | None, deps: list, ranks: list, starts: Any, ends_at: Any,
+                 names: list | None, keys: list | None, deps: list | dict, ranks: list, starts: Any, ends_at: Any,
                  statuses: list, attempts: list, bytes_in: list, bytes_out: list) -> None:
     """A slice per job attempt, and an arrow from each dependency that has one."""
     deps_of = deps if type(deps) is dict else dict(deps)
