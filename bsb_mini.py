@@ -2552,9 +2552,12 @@ class _SerialRunner:
         inbox = schedules.calls
         owner, rank, pinger, failures, trace = self.owner, self.rank, self.pinger, self.failures, self.trace
         started, succeeded, plain = graph.started, graph.succeeded, self.policy.timeout is None
-        clock, begun = time.perf_counter, 0.0
-        traced_job, traced_start, traced_end = (trace.plain_jobs.append, trace.plain_starts.append,
-                                                trace.plain_ends.append) if trace is not None else (print,) * 3
+        begun = 0.0
+        if trace is None:  # (map() enters this loop once per item: keep it short)
+            clock = traced_job = traced_start = traced_end = _untraced
+        else:
+            clock, traced_job, traced_start, traced_end = (time.perf_counter, trace.plain_jobs.append,
+                                                           trace.plain_starts.append, trace.plain_ends.append)
         while True:
             if inbox:
                 schedules.drain()
@@ -2632,6 +2635,10 @@ class _SerialRunner:
 
     def release(self, error: WorkflowError | None, closing: bool) -> None:
         """Release the workers that serve in execute(), or (``closing``) until the block ends: none serially."""
+
+
+def _untraced(*_: Any) -> Any:
+    """Stands in for the trace's appends in a loop that is not traced (never called)."""
 
 
 def _call_without_owner(owner: Any, fn: Callable, item: Any) -> Any:
