@@ -6,6 +6,7 @@ version side by side, payloads, the journal and scaling. Not part of the vendore
     python lab.py --against OLD.py --runs 15   # this bsb_mini.py against another, interleaved
     mpiexec -n 3 python lab.py --against OLD.py --runs 9
     mpiexec -n 3 python lab.py --samplers  # emcee steps beside schwimmbad and mpi4py.futures
+    python lab.py --trace --jobs 50000 --runs 11   # what trace= costs (also under mpiexec)
 
 ``python -m bsb_mini bench`` keeps only the pool's own overhead rows; this file measures
 the rest. Ratios are what to quote: the machines are shared and noisy.
@@ -584,6 +585,42 @@ def _print_samplers(title: str, rows: list[tuple[str, str, float, bool]]) -> Non
         print(f"{model:8} {name:38} {ms:>9.2f} {ratio:>8}  {'same as serial' if same else 'DIFFERS'}")
 
 
+def _bench_trace(count: int, runs: int) -> list[dict]:
+    """What trace= costs a pool of no-op jobs: traced and not, interleaved, min of ``runs``; and again
+    with the writer process replaced by one that discards what it gets (the main rank's own share)."""
+    import subprocess
+    import tempfile
+
+    where = "serial" if MPI.get_size() == 1 else f"MPI, {MPI.get_size() - 1} worker(s)"
+    folder = tempfile.mkdtemp(prefix="bsb_mini_lab_trace_") if MPI.get_rank() == 0 else None
+    real_popen = subprocess.Popen
+
+    def discarding(command, **options):
+        if "--trace-writer" in command:
+            options.pop("pass_fds", None)
+            return real_popen(["sh", "-c", "cat > /dev/null"], **options)
+        return real_popen(command, **options)
+
+    rows = []
+    for writer in ("the writer", "a writer that discards"):
+        bsb_mini.subprocess.Popen = real_popen if writer == "the writer" else discarding  # type: ignore[misc]
+        times: dict[bool, list[float]] = {False: [], True: []}
+        try:
+            for run in range(runs):
+                for traced in (False, True):
+                    path = os.path.join(folder, f"{run}-{len(rows)}.json") if traced and folder else None
+                    times[traced].append(bsb_mini._time_pool(count, None, trace=path))
+        finally:
+            bsb_mini.subprocess.Popen = real_popen  # type: ignore[misc]
+            bsb_mini._finish_traces()
+        plain, traced_time = min(times[False]), min(times[True])
+        extra = (traced_time - plain) / count * 1e6
+        rows.append(_bench_row(f"{where}, not traced", count, plain, plain))
+        rows.append(_bench_row(f"{where}, trace= ({writer})", count, traced_time, plain,
+                               f"+{extra:.2f} us/job, min of {runs} interleaved"))
+    return rows
+
+
 def main(argv: list[str]) -> int:
     import argparse
     import json
@@ -596,6 +633,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--no-scaling", action="store_true", help="skip the 100k and 1M scaling rows")
     parser.add_argument("--samplers", action="store_true",
                         help="emcee steps through bsb_mini, schwimmbad and mpi4py.futures (under mpiexec)")
+    parser.add_argument("--trace", action="store_true", help="what trace= costs no-op jobs, interleaved")
     parser.add_argument("--against", metavar="FILE",
                         help="only compare with another version's bsb_mini.py, side by side in this process")
     options = parser.parse_args(argv)
@@ -609,6 +647,8 @@ def main(argv: list[str]) -> int:
         return 0
     if options.against:
         rows = _bench_against(options.against, count, runs)
+    elif options.trace:
+        rows = _bench_trace(count, runs)
     elif MPI.get_size() > 1:
         rows = _bench_mpi(count, runs, coarse_scale=0.1 if options.smoke else 1.0)
     else:
@@ -619,7 +659,7 @@ def main(argv: list[str]) -> int:
     if options.json:
         print(json.dumps({"machine": _machine(), "bsb_mini": bsb_mini.__file__, "rows": rows}, indent=2))
         return 0
-    how = f"min of {runs} interleaved run(s)" if options.against else f"median of {runs} run(s)"
+    how = f"min of {runs} interleaved run(s)" if options.against or options.trace else f"median of {runs} run(s)"
     _print_rows(f"bsb_mini lab ({_machine()}); {how}", rows)
     return 0
 

@@ -2669,6 +2669,11 @@ def test_lab_smoke_has_the_journal_and_scaling_rows():
     opened = [row for name, row in rows.items() if name.startswith("journal: open 20,000 records")]
     assert len(opened) == 1 and opened[0]["efficiency"].endswith("s to open")  # else: BROKEN, records lost
     assert any(name.startswith("journal: same DAG again, all restored") for name in rows)
+    traced = subprocess.run([sys.executable, "lab.py", "--trace", "--smoke", "--json"], capture_output=True,
+                            text=True, cwd=HERE, timeout=300)
+    assert traced.returncode == 0, traced.stderr
+    rows = {row["workload"]: row for row in json.loads(traced.stdout)["rows"]}
+    assert {"serial, trace= (the writer)", "serial, trace= (a writer that discards)"} <= set(rows)
 
 
 def test_the_readme_example_runs_as_written(tmp_path):
