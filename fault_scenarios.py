@@ -23,6 +23,7 @@ that is set, else prints it; ``sweep`` starts ``mpiexec`` runs and sums them up.
 from __future__ import annotations
 
 import argparse
+import collections
 import faulthandler
 import json
 import logging
@@ -222,6 +223,7 @@ def draw_scenario(seed: int, pool_no: int) -> dict:
         "retries": rng.choice([0, 0, 1, 2]),
         "timeout": timeout,
         "journal": rng.random() < 0.2,
+        "trace": rng.random() < 0.2,  # (drawn last: the earlier draws of a seed stay what they were)
     }
 
 
@@ -285,8 +287,9 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
     order = EventOrder()
     lane = world_rank % 2 if comm is not world else 0  # which half of a split world
     journal = os.path.join(MARKERS, f"journal-{pool_no}-{lane}") if scenario["journal"] else None
+    trace = os.path.join(MARKERS, f"trace-{pool_no}-{lane}.json") if scenario.get("trace") else None
     options = {"fail_fast": scenario["fail_fast"], "comm": comm, "retries": scenario["retries"],
-               "timeout": TIMEOUT if scenario["timeout"] else None, "journal": journal}
+               "timeout": TIMEOUT if scenario["timeout"] else None, "journal": journal, "trace": trace}
     seen: list[str] = []  # WorkflowError messages this rank saw
     own_error = None
     jobs: dict = {}
@@ -353,6 +356,8 @@ def run_pool(seed: int, pool_no: int, world) -> list[str]:
         problems += [f"{tag}: events out of order: {problem}" for problem in order.problems]
         if journal is not None:
             problems += check_journal(journal, pool, tag)
+        if trace is not None:
+            problems += check_trace(trace, pool, tag)
     if comm is not world:
         comm.Free()
     return problems
@@ -438,6 +443,71 @@ def check_journal(path: str, pool, tag: str) -> list[str]:
     if recorded != expected:
         return [f"{tag}: the journal holds {sorted(recorded)}, expected {sorted(expected)}"]
     return []
+
+
+def check_trace(path: str, pool, tag: str) -> list[str]:
+    """The trace of a pool, however it ended, opens and follows the format's rules, with a slice for
+    each attempt that ran (an attempt aborted on a worker leaves none; one that could not be sent, none)."""
+    bsb_mini._finish_traces(path)
+    try:
+        with open(path) as file:
+            events = json.load(file)
+    except ValueError as error:
+        return [f"{tag}: the trace does not parse: {error}"]
+    problems = [f"{tag}: trace: {problem}" for problem in trace_problems(events)]
+    slices = collections.Counter(event["args"]["job"] for event in events if event.get("ph") == "X")
+    for job in pool.jobs:
+        if job.status is JobStatus.SUCCESS and slices[job._index] != job.attempts:
+            problems.append(f"{tag}: trace: {job.name} SUCCESS after {job.attempts} attempt(s) has "
+                            f"{slices[job._index]} slice(s)")
+        elif slices[job._index] > job.attempts:
+            problems.append(f"{tag}: trace: {job.name} has {slices[job._index]} slices for {job.attempts} attempt(s)")
+    return problems
+
+
+def trace_problems(events: list) -> list[str]:
+    """What Perfetto or chrome://tracing would trip over: the trace-event format's rules."""
+    problems = []
+    processes = {event["pid"] for event in events if event.get("ph") == "M" and event["name"] == "process_name"}
+    threads = {(event["pid"], event["tid"]) for event in events
+               if event.get("ph") == "M" and event["name"] == "thread_name"}
+    tracks = collections.defaultdict(list)
+    for event in events:
+        phase = event.get("ph")
+        if phase not in ("X", "i", "C", "M", "s", "f"):
+            problems.append(f"unknown phase: {event}")
+        if phase != "M" and not isinstance(event.get("ts"), (int, float)):
+            problems.append(f"no timestamp: {event}")
+        if event.get("pid") not in processes:
+            problems.append(f"a process without a name: {event}")
+        if (phase in ("X", "s", "f") or (phase == "i" and event.get("s") == "t")) \
+                and (event.get("pid"), event.get("tid")) not in threads:
+            problems.append(f"a track without a name: {event}")
+        if phase == "X":
+            if not event["dur"] >= 0:
+                problems.append(f"a negative duration: {event}")
+            tracks[(event["pid"], event["tid"])].append(event)
+        if phase == "i" and event.get("s") not in ("g", "p", "t"):
+            problems.append(f"an instant without a scope: {event}")
+    for track, slices in tracks.items():
+        slices.sort(key=lambda event: event["ts"])
+        for before, after in zip(slices, slices[1:], strict=False):
+            if after["ts"] < before["ts"] + before["dur"] - 0.002:
+                problems.append(f"slices overlap on {track}: {before} and {after}")
+    flows: dict = collections.defaultdict(dict)
+    for event in events:
+        if event.get("ph") in ("s", "f"):
+            if event["ph"] in flows[event["id"]]:
+                problems.append(f"flow {event['id']} has two {event['ph']} events")
+            flows[event["id"]][event["ph"]] = event
+    for flow, ends in flows.items():
+        if set(ends) != {"s", "f"}:
+            problems.append(f"flow {flow} lacks an end: {ends}")
+        for event in ends.values():
+            if not any(s["ts"] - 0.002 <= event["ts"] <= s["ts"] + s["dur"] + 0.002
+                       for s in tracks[(event["pid"], event["tid"])]):
+                problems.append(f"flow {flow}'s {event['ph']} event is inside no slice: {event}")
+    return problems
 
 
 def check_runs(gathered, by_name, parallel, tag, this_pool, retries, fail_fast) -> list[str]:

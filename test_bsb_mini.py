@@ -2831,49 +2831,7 @@ def test_mpi_random_faults_many_pools_in_one_process(n, seed):
 # --- The trace and the report (SPEC 4.8) ---------------------------------------------------------
 
 
-def trace_problems(events):
-    """What Perfetto or chrome://tracing would trip over: the trace-event format's rules."""
-    problems = []
-    processes = {event["pid"] for event in events if event.get("ph") == "M" and event["name"] == "process_name"}
-    threads = {(event["pid"], event["tid"]) for event in events
-               if event.get("ph") == "M" and event["name"] == "thread_name"}
-    tracks = collections.defaultdict(list)
-    for event in events:
-        phase = event.get("ph")
-        if phase not in ("X", "i", "C", "M", "s", "f"):
-            problems.append(f"unknown phase: {event}")
-        if phase != "M" and not isinstance(event.get("ts"), (int, float)):
-            problems.append(f"no timestamp: {event}")
-        if event.get("pid") not in processes:
-            problems.append(f"a process without a name: {event}")
-        if (phase in ("X", "s", "f") or (phase == "i" and event.get("s") == "t")) \
-                and (event.get("pid"), event.get("tid")) not in threads:
-            problems.append(f"a track without a name: {event}")
-        if phase == "X":
-            if not event["dur"] >= 0:
-                problems.append(f"a negative duration: {event}")
-            tracks[(event["pid"], event["tid"])].append(event)
-        if phase == "i" and event.get("s") not in ("g", "p", "t"):
-            problems.append(f"an instant without a scope: {event}")
-    for track, slices in tracks.items():
-        slices.sort(key=lambda event: event["ts"])
-        for before, after in zip(slices, slices[1:], strict=False):
-            if after["ts"] < before["ts"] + before["dur"] - 0.002:
-                problems.append(f"slices overlap on {track}: {before} and {after}")
-    flows = collections.defaultdict(dict)
-    for event in events:
-        if event.get("ph") in ("s", "f"):
-            if event["ph"] in flows[event["id"]]:
-                problems.append(f"flow {event['id']} has two {event['ph']} events")
-            flows[event["id"]][event["ph"]] = event
-    for flow, ends in flows.items():
-        if set(ends) != {"s", "f"}:
-            problems.append(f"flow {flow} lacks an end: {ends}")
-        for event in ends.values():
-            if not any(s["ts"] - 0.002 <= event["ts"] <= s["ts"] + s["dur"] + 0.002
-                       for s in tracks[(event["pid"], event["tid"])]):
-                problems.append(f"flow {flow}'s {event['ph']} event is inside no slice: {event}")
-    return problems
+trace_problems = fault_scenarios.trace_problems  # the format's rules, also checked in the fault sweeps
 
 
 def slice_of(events, name):
