@@ -2727,6 +2727,10 @@ _OK, _RAISED, _UNSENDABLE = 0, 1, 2  # kinds of outcome
 _BATCH_SECONDS = 0.005  # aim for batches this long, so the tail stays balanced
 _MAX_BATCH = 512
 _PREFETCH_BELOW = 0.02  # seconds per job: shorter jobs get a second batch queued behind the first
+_MANY_WORKERS = 256  # and so do longer ones, when this many workers would each wait for the main rank
+_SERVE_SECONDS = 2e-5  # about what serving a batch costs the main rank (send, answer, settle)
+_SENDS_PER_LOOK = 64  # batches sent before the main rank reads answers again
+_SENDS_KEPT = 64  # requests of sends kept before their list is pruned
 _HERALD_EVERY = 0.25  # seconds: a job seen running twice this far apart is announced RUNNING
 _REFIRE = 0.5  # seconds between interrupts of a job past its timeout that is still running
 _SPIN_POLLS = 200  # polls before a waiting rank starts to sleep
@@ -3240,9 +3244,17 @@ class _MainSide(_SerialRunner):
         self.comm = comm
         self.joined: set[int] = set()  # serving, and not left
         self.left: set[int] = set()
-        self.batches: dict[int, collections.deque] = {w: collections.deque() for w in range(1, size)}
+        self.batches: dict[int, list[list[Job]]] = {w: [] for w in range(1, size)}  # in flight, oldest first
         self.in_flight_batches = 0
+        # Who may take a batch, found in constant time: workers with none (``idle``) and workers
+        # with one (``single``, for a second one behind it). Entries go stale (a worker that left,
+        # or whose count changed) and are dropped when met; ``queued`` keeps ``single`` to one
+        # entry a worker.
+        self.idle: collections.deque[int] = collections.deque()
+        self.single: collections.deque[int] = collections.deque()
+        self.queued = bytearray(size)
         self.sends: list = []  # requests of messages sent without waiting
+        self.sends_kept = _SENDS_KEPT  # pruned when twice as many: constant time a send
         self.seconds_per_job: float | None = None  # measured
         self.running: dict[int, tuple[Job, float]] = {}  # worker -> (the job it runs, since when)
         self.next_check = 0.0
@@ -3316,7 +3328,7 @@ class _MainSide(_SerialRunner):
             now = time.monotonic()
             if now >= self.next_check:
                 self.next_check = now + 0.25
-                if self.running:
+                if self.running and (self.policy.timeout is not None or self.policy.own):  # else none can be
                     self.policy.report_stuck((job, worker, since) for worker, (job, since) in self.running.items()
                                              if job._status is _RUNNING or job._status is _SENT)  # by this clock
                 if len(self.joined) + len(self.left) < len(self.batches):
@@ -3336,39 +3348,81 @@ class _MainSide(_SerialRunner):
             "in execute(), or compute for long before their execute(). The pool keeps waiting."))
 
     def dispatch(self) -> bool:
-        """Send batches to idle workers (and, for short jobs, a second one to busy workers)."""
-        batches, graph = self.batches, self.graph
-        targets = [w for w in self.joined if not batches[w]]
-        depth = 1
-        if not targets and self.seconds_per_job is not None and self.seconds_per_job < _PREFETCH_BELOW:
-            targets, depth = [w for w in self.joined if len(batches[w]) == 1], 2
-        sent = False
-        for worker in targets:
-            batch = self.take_batch(self.batch_size(depth), worker)
+        """Send batches to idle workers, then (for short jobs, or to keep many workers fed) a second
+        one to workers that have one; at most _SENDS_PER_LOOK, so that answers are read in between."""
+        sent = self.hand_out(self.idle, 0, _SENDS_PER_LOOK)
+        if self.graph.ready and sent < _SENDS_PER_LOOK and self.may_take_another():
+            sent += self.hand_out(self.single, 1, _SENDS_PER_LOOK - sent)
+        return sent > 0
+
+    def hand_out(self, candidates: collections.deque[int], holding: int, most: int) -> int:
+        """A batch each to the workers of ``candidates`` that hold ``holding`` batches (others are
+        stale entries, dropped); returns how many were sent."""
+        batches, joined, graph, queued = self.batches, self.joined, self.graph, self.queued
+        passed: list[int] = []  # workers for which every ready job is a retry to go elsewhere
+        sent = 0
+        while candidates and sent < most and graph.ready:
+            worker = candidates.popleft()
+            if holding:
+                queued[worker] = 0
+            if worker not in joined or len(batches[worker]) != holding:
+                continue
+            batch = self.take_batch(self.batch_size(holding + 1), worker)
             if not batch:
-                if graph.ready:
-                    continue  # what is left waits for another worker (a retry)
-                break
+                passed.append(worker)
+                continue
             raw: list[memoryview] = []
             message = _jobs_message(self, batch, raw, worker)
             if message is None:
+                passed.append(worker)
                 continue
             self.send(worker, message, raw)
             if self.trace is not None:
                 self.trace.batch_sent(worker, _message_bytes(message))
             graph.sent(batch, worker)
-            if not batches[worker]:
+            held = batches[worker]
+            if not held:
                 self.running[worker] = (batch[0], time.monotonic())
-            batches[worker].append(batch)
+            held.append(batch)
             self.in_flight_batches += 1
-            sent = True
+            self.may_take_one_more(worker)
+            sent += 1
+        for worker in reversed(passed):
+            if holding:
+                self.may_take_one_more(worker)
+            else:
+                candidates.appendleft(worker)
         return sent
 
-    def batch_size(self, depth: int) -> int:
-        """One job until job lengths are measured; then about _BATCH_SECONDS of work, shared out."""
+    def may_take_one_more(self, worker: int) -> None:
+        """A worker that holds one batch goes in line for a second one."""
+        if len(self.batches[worker]) == 1 and not self.queued[worker]:
+            self.queued[worker] = 1
+            self.single.append(worker)
+
+    def may_take_another(self) -> bool:
+        """Whether busy workers get a second batch: for jobs shorter than _PREFETCH_BELOW (they would
+        wait for the round trip), or with so many workers that each would wait for the main rank."""
         mean = self.seconds_per_job
-        cap = 1 if mean is None else _MAX_BATCH if mean <= 0 else max(1, min(_MAX_BATCH, int(_BATCH_SECONDS / mean)))
-        return max(1, min(cap, len(self.graph.ready) // (len(self.joined) * depth)))
+        if mean is None:
+            return False
+        workers = len(self.joined)
+        return mean < _PREFETCH_BELOW or (workers >= _MANY_WORKERS and len(self.graph.ready) >= 2 * workers)
+
+    def batch_size(self, depth: int) -> int:
+        """One job until job lengths are measured; then the ready jobs shared out among the workers,
+        capped at about _BATCH_SECONDS of work (more where so many workers would keep the main rank
+        too busy to serve them), and at least a few times what serving a batch costs the main rank."""
+        mean = self.seconds_per_job
+        if mean is None:
+            return 1
+        workers = max(1, len(self.joined))
+        if mean <= 0:
+            cap = least = _MAX_BATCH
+        else:
+            cap = max(1, min(_MAX_BATCH, int(max(_BATCH_SECONDS, 4 * workers * _SERVE_SECONDS) / mean)))
+            least = min(cap, int(4 * _SERVE_SECONDS / mean))
+        return max(1, least, min(cap, len(self.graph.ready) // (workers * depth)))
 
     def take_batch(self, size: int, worker: int) -> list[Job]:
         """Up to ``size`` QUEUED jobs from the ready queue for ``worker`` (a solo job goes alone,
@@ -3399,22 +3453,26 @@ class _MainSide(_SerialRunner):
         """The worker's oldest batch came back (DONE or UNLOADABLE); its next one, if any, runs now."""
         batches = self.batches[worker]
         self.in_flight_batches -= 1
-        batch = batches.popleft()
+        batch = batches.pop(0)
         if self.trace is not None:
             self.trace_sent = self.trace.batch_back(worker)
         if batches:
             self.running[worker] = (batches[0][0], time.monotonic())
+            self.may_take_one_more(worker)
         else:
             self.running.pop(worker, None)
+            self.idle.append(worker)
         return batch
 
     def send(self, worker: int, message: tuple, raw: list[memoryview] | None = None) -> None:
         """Send without waiting: a big batch must not hold the main rank until a busy worker reads it."""
-        self.sends.append(self.comm.isend(message, dest=worker, tag=_TO_WORKER))
+        sends = self.sends
+        sends.append(self.comm.isend(message, dest=worker, tag=_TO_WORKER))
         if raw:
-            _send_raw(self.comm, raw, worker, _RAW_TO_WORKER, self.sends)
-        if len(self.sends) > 64:
-            self.sends = [request for request in self.sends if not request.Test()]
+            _send_raw(self.comm, raw, worker, _RAW_TO_WORKER, sends)
+        if len(sends) > 2 * self.sends_kept:
+            sends[:] = [request for request in sends if not request.Test()]
+            self.sends_kept = max(_SENDS_KEPT, len(sends))
 
     def share(self, value: Any) -> _Shared:
         """A handle whose object is pickled now, once: an object that does not pickle is named here."""
@@ -3461,6 +3519,7 @@ def _send_ready(comm: Any) -> None:
 def _on_ready(main: _MainSide, worker: int, message: tuple) -> None:
     if worker not in main.left:
         main.joined.add(worker)
+        main.idle.append(worker)
     main.stall = None  # a wait for the others starts again
 
 
