@@ -685,6 +685,8 @@ class _Graph:
         self.jobs: list[Job] = []  # in submission order; appended from any thread
         self.ready: collections.deque[Job] = collections.deque()
         self.held: list[Job] = []
+        self.later: list[Job] = []  # held jobs still to be queued, from later[later_at] on (see queue_later)
+        self.later_at = 0
         self.executing = False
         self.stop_reason: str | None = None  # set by fail_fast or an interruption
         self.emit: Callable | None = None
@@ -718,8 +720,10 @@ class _Graph:
         else:
             self.held.append(job)
 
-    def start_executing(self) -> None:
-        """execute() began: every held job becomes QUEUED."""
+    def start_executing(self, at_once: int | None = None) -> None:
+        """execute() began: every held job becomes QUEUED; or, given ``at_once``, that many, and the
+        rest wait in ``later`` (still PENDING) for the runner's queue_later(): the main rank of many
+        workers sends its first batches before it has gone through a million jobs."""
         self.executing, self.stop_reason = True, None
         held, self.held = self.held, []
         if self.emit is not None or self.restorable is not None:
@@ -727,10 +731,28 @@ class _Graph:
                 if job._status is _PENDING:
                     self.enqueue(job)
             return
+        if at_once is not None and len(held) > at_once:
+            self.later, self.later_at = held, 0
+            self.queue_later(at_once)
+            return
         held = [job for job in held if job._status is _PENDING]
         for job in held:
             job._status = _QUEUED
         self.ready.extend(held)
+
+    def queue_later(self, count: int) -> None:
+        """Queue up to ``count`` of the held jobs that start_executing() left for later."""
+        start, ready = self.later_at, self.ready
+        for job in self.later[start:start + count]:
+            if job._status is _PENDING:
+                job._status = _QUEUED
+                ready.append(job)
+        self.later_at = start + count
+        if self.later_at >= len(self.later):
+            self.later, self.later_at = [], 0
+
+    def n_later(self) -> int:
+        return len(self.later) - self.later_at
 
     def enqueue(self, job: Job) -> None:
         """A PENDING job whose dependencies are met: QUEUED, or RESTORED from the journal."""
@@ -852,6 +874,7 @@ class _Graph:
     def stop(self, reason: str) -> None:
         """Cancel everything that has not started (fail_fast, or an interruption)."""
         self.stop_reason = reason
+        self.later, self.later_at = [], 0  # PENDING: cancelled below
         while self.ready:
             self._cascade(self.ready.popleft(), None, reason)
         for job in self.jobs:
@@ -2365,6 +2388,7 @@ class _SerialRunner:
     """
 
     takes_turns = True  # schedule()'s walker takes turns with the jobs: no job runs while a node is scheduled
+    queue_at_once: int | None = None  # every held job is queued as execute() begins
     stall: _Stall | None = None  # a long wait for other ranks (the MPI main side's)
 
     def __init__(self, graph: _Graph, failures: _FailureLog, events: _Events, schedules: _Schedules,
@@ -2487,7 +2511,7 @@ class _SerialRunner:
         try:
             graph, schedules = self.graph, self.schedules
             unfinished = self.events.status is not PoolStatus.CLOSING  # never executed, or as_completed() ran
-            if unfinished or self.failures.records or graph.held or graph.active or schedules.pending \
+            if unfinished or self.failures.records or graph.held or graph.later or graph.active or schedules.pending \
                     or any(job._status is _QUEUED for job in graph.ready) or schedules.thread is not None:
                 self.execute(False)
         except BaseException as raised:
@@ -2513,7 +2537,7 @@ class _SerialRunner:
             self.crash_tracebacks.__enter__()
             if self.events.status is not PoolStatus.EXECUTING:
                 self.events.set_status(PoolStatus.EXECUTING)
-            self.graph.start_executing()
+            self.graph.start_executing(self.queue_at_once)
         self.depth += 1
 
     def run(self, finished: collections.deque | None = None) -> bool:
@@ -2731,6 +2755,7 @@ _MANY_WORKERS = 256  # and so do longer ones, when this many workers would each 
 _SERVE_SECONDS = 2e-5  # about what serving a batch costs the main rank (send, answer, settle)
 _SENDS_PER_LOOK = 64  # batches sent before the main rank reads answers again
 _SENDS_KEPT = 64  # requests of sends kept before their list is pruned
+_QUEUE_AT_ONCE = 4096  # held jobs the main rank queues at a time (a million take it 0.1 s)
 _HERALD_EVERY = 0.25  # seconds: a job seen running twice this far apart is announced RUNNING
 _REFIRE = 0.5  # seconds between interrupts of a job past its timeout that is still running
 _SPIN_POLLS = 200  # polls before a waiting rank starts to sleep
@@ -3238,6 +3263,7 @@ class _MainSide(_SerialRunner):
     """
 
     takes_turns = False  # schedule()'s walker runs alongside: the jobs run elsewhere
+    queue_at_once = _QUEUE_AT_ONCE  # held jobs queued as execute() begins; the rest as batches need them
 
     def __init__(self, comm: Any, size: int, **parts: Any):
         super().__init__(**parts)
@@ -3309,18 +3335,20 @@ class _MainSide(_SerialRunner):
                 backoff.reset()
                 if finished:
                     return False
-                continue
+                if not ((ready or graph.later) and self.idle):
+                    continue  # else a worker waits: send before reading on
             if inbox:
                 schedules.drain()
                 if finished:
                     return False
-            if ready and self.dispatch():
+            if (ready or graph.later) and self.dispatch():
                 backoff.reset()
                 continue
-            if not self.in_flight_batches and not ready and schedules.done and not inbox:
+            if not self.in_flight_batches and not ready and not graph.later and schedules.done and not inbox:
                 if len(self.joined) + len(self.left) == len(self.batches):  # every worker heard from
                     return True
-            if ready and len(self.left) == len(self.batches):  # every worker left: run them here
+            if (ready or graph.later) and len(self.left) == len(self.batches):  # every worker left: run them here
+                graph.queue_later(graph.n_later())
                 if not _SerialRunner.loop(self, finished):
                     return False
                 continue
@@ -3351,7 +3379,7 @@ class _MainSide(_SerialRunner):
         """Send batches to idle workers, then (for short jobs, or to keep many workers fed) a second
         one to workers that have one; at most _SENDS_PER_LOOK, so that answers are read in between."""
         sent = self.hand_out(self.idle, 0, _SENDS_PER_LOOK)
-        if self.graph.ready and sent < _SENDS_PER_LOOK and self.may_take_another():
+        if (self.graph.ready or self.graph.later) and sent < _SENDS_PER_LOOK and self.may_take_another():
             sent += self.hand_out(self.single, 1, _SENDS_PER_LOOK - sent)
         return sent > 0
 
@@ -3361,7 +3389,7 @@ class _MainSide(_SerialRunner):
         batches, joined, graph, queued = self.batches, self.joined, self.graph, self.queued
         passed: list[int] = []  # workers for which every ready job is a retry to go elsewhere
         sent = 0
-        while candidates and sent < most and graph.ready:
+        while candidates and sent < most and (graph.ready or graph.later):
             worker = candidates.popleft()
             if holding:
                 queued[worker] = 0
@@ -3407,7 +3435,11 @@ class _MainSide(_SerialRunner):
         if mean is None:
             return False
         workers = len(self.joined)
-        return mean < _PREFETCH_BELOW or (workers >= _MANY_WORKERS and len(self.graph.ready) >= 2 * workers)
+        return mean < _PREFETCH_BELOW or (workers >= _MANY_WORKERS and self.waiting() >= workers)
+
+    def waiting(self) -> int:
+        """Jobs ready to go: queued, or held for queue_later()."""
+        return len(self.graph.ready) + self.graph.n_later()
 
     def batch_size(self, depth: int) -> int:
         """One job until job lengths are measured; then the ready jobs shared out among the workers,
@@ -3422,12 +3454,15 @@ class _MainSide(_SerialRunner):
         else:
             cap = max(1, min(_MAX_BATCH, int(max(_BATCH_SECONDS, 4 * workers * _SERVE_SECONDS) / mean)))
             least = min(cap, int(4 * _SERVE_SECONDS / mean))
-        return max(1, least, min(cap, len(self.graph.ready) // (workers * depth)))
+        return max(1, least, min(cap, self.waiting() // (workers * depth)))
 
     def take_batch(self, size: int, worker: int) -> list[Job]:
         """Up to ``size`` QUEUED jobs from the ready queue for ``worker`` (a solo job goes alone,
         a retry elsewhere if another worker is there)."""
-        ready = self.graph.ready
+        graph = self.graph
+        ready = graph.ready
+        if graph.later and len(ready) < size:
+            graph.queue_later(max(size, _QUEUE_AT_ONCE))
         batch: list[Job] = []
         elsewhere: list[Job] = []
         others = len(self.batches) - len(self.left) > 1  # live workers besides this one

@@ -621,6 +621,163 @@ def _bench_trace(count: int, runs: int) -> list[dict]:
     return rows
 
 
+def _simulated_job(owner: Any, seconds: float) -> None:
+    """A job of the simulated world: its workers read ``seconds`` from the batch and never call it."""
+
+
+class _Sent:
+    """A request of the simulated world: every send is complete at once."""
+
+    def Test(self) -> bool:  # noqa: N802 (mpi4py's name)
+        return True
+
+    def Wait(self) -> None:  # noqa: N802
+        return None
+
+
+class _Arrived:
+    def __init__(self, message: tuple) -> None:
+        self.message = message
+
+    def recv(self) -> tuple:
+        return self.message
+
+
+class _SimulatedWorld:
+    """The main rank's communicator, with ``workers`` simulated workers behind it.
+
+    The main rank's code is the real one; each worker answers as serve() does: READY at the
+    start, DONE when its batch's jobs (``_simulated_job(seconds)``) would have run one after the
+    other, BYE to CLOSE. Time is simulated: the clock is the main rank's own CPU time (the
+    simulation's own work is timed and taken out) plus the jumps where the main rank would sleep
+    waiting for an answer; the clock then moves to the next answer. Messages take ``latency``
+    seconds each way and cost nothing to move.
+    """
+
+    def __init__(self, workers: int, latency: float = 0.0) -> None:
+        import heapq
+        import pickle
+
+        self.workers, self.latency, self.heapq, self.loads = workers, latency, heapq, pickle.loads
+        self.answers: list[tuple[float, int, int, tuple]] = [(0.0, w, w, (bsb_mini._READY,)) for w in
+                                                              range(1, workers + 1)]  # (when, order, from, what)
+        self.order = workers
+        self.free_at = [0.0] * (workers + 1)  # when each worker finishes what it holds
+        self.jobs_sent = self.batches_sent = 0
+        self.work = 0.0  # seconds of jobs sent
+        self.start_clock()
+        self.outcome = (bsb_mini._OK, bsb_mini.pickle.dumps(None), None)
+
+    def start_clock(self) -> None:
+        self.began, self.skipped, self.own = time.perf_counter(), 0.0, 0.0
+
+    def now(self) -> float:
+        return time.perf_counter() - self.began - self.own + self.skipped
+
+    # What the pool calls of a communicator
+    def Get_rank(self) -> int:  # noqa: N802
+        return 0
+
+    def Get_size(self) -> int:  # noqa: N802
+        return self.workers + 1
+
+    def Dup(self) -> _SimulatedWorld:  # noqa: N802
+        return self
+
+    def Free(self) -> None:  # noqa: N802
+        return None
+
+    def improbe(self, source: int, tag: int, status: Any) -> _Arrived | None:
+        entered = time.perf_counter()
+        answers = self.answers
+        try:
+            if not answers or answers[0][0] > self.now():
+                return None
+            _when, _order, worker, message = self.heapq.heappop(answers)
+            status.Set_source(worker)
+            return _Arrived(message)
+        finally:
+            self.own += time.perf_counter() - entered
+
+    def isend(self, message: tuple, dest: int, tag: int) -> _Sent:
+        entered = time.perf_counter()
+        kind, now = message[0], self.now()
+        if kind == bsb_mini._JOBS:
+            calls = self.loads(message[1])[0]
+            seconds = sum(args[0] for _fn, args, _kwargs in calls)
+            start = max(now + self.latency, self.free_at[dest])
+            self.free_at[dest] = done = start + seconds
+            self.answer(done + self.latency, dest, (bsb_mini._DONE, seconds, [self.outcome] * len(calls), None, ()))
+            self.jobs_sent += len(calls)
+            self.batches_sent += 1
+            self.work += seconds
+        elif kind == bsb_mini._CLOSE:
+            self.answer(max(now, self.free_at[dest]) + 2 * self.latency, dest, (bsb_mini._BYE,))
+        self.own += time.perf_counter() - entered
+        return _Sent()
+
+    send = isend
+
+    def answer(self, when: float, worker: int, message: tuple) -> None:
+        self.order += 1
+        self.heapq.heappush(self.answers, (when, self.order, worker, message))
+
+    def wait(self) -> None:
+        """Where the main rank would sleep for an answer, the clock moves on to the next one."""
+        if self.answers:
+            self.skipped += max(0.0, self.answers[0][0] - self.now())
+
+
+def _simulate(workers: int, jobs: int, seconds: float, latency: float = 0.0) -> dict:
+    """One pool of ``jobs`` jobs of ``seconds`` each on ``workers`` simulated workers: the main
+    rank's cost per job (its own time, the simulation's taken out), the makespan against the ideal
+    (all the work shared evenly, from the start), and the batch sizes."""
+    world = _SimulatedWorld(workers, latency)
+    real_wait = bsb_mini._Backoff.wait
+    bsb_mini._Backoff.wait = lambda backoff: world.wait()  # type: ignore[method-assign]
+    try:
+        with JobPool(comm=world) as pool:
+            submit = pool.submit
+            for _ in range(jobs):
+                submit(_simulated_job, (seconds,))
+            world.start_clock()
+            started = time.perf_counter()
+            pool.execute()
+            main_seconds = time.perf_counter() - started - world.own
+            makespan = world.now()
+    finally:
+        bsb_mini._Backoff.wait = real_wait  # type: ignore[method-assign]
+    ideal = world.work / workers
+    return {"workers": workers, "jobs": jobs, "seconds": seconds, "us_per_job": main_seconds / jobs * 1e6,
+            "jobs_per_second": jobs / makespan if makespan > 0 else float("inf"), "makespan": makespan,
+            "efficiency": ideal / makespan if seconds > 0 else None,
+            "jobs_per_batch": world.jobs_sent / max(1, world.batches_sent)}
+
+
+def _bench_simulated(smoke: bool, latency: float) -> None:
+    """The main rank against 10 to 100,000 simulated workers: no-op jobs, then 0.1 s jobs."""
+    sizes = [10, 100, 1_000] if smoke else [10, 100, 1_000, 10_000, 100_000]
+    noop_jobs = 20_000 if smoke else 1_000_000
+    print(f"The main rank against simulated workers ({_machine()}); messages take {latency * 1e6:g} us each way")
+    print(f"{'workers':>8} {'jobs':>10} {'job s':>6} {'main us/job':>12} {'x at 10':>8} {'jobs/s':>11} "
+          f"{'makespan s':>11} {'efficiency':>10} {'jobs/batch':>10}")
+    rows, first = [], None
+    for workers in sizes:
+        rows.append(_simulate(workers, noop_jobs, 0.0, latency))
+    per_worker = [10] if smoke else [100, 300]
+    for workers in sizes[-2:] if smoke else [1_000, 10_000]:
+        for each in per_worker:
+            rows.append(_simulate(workers, workers * each, 0.1, latency))
+    for row in rows:
+        if row["seconds"] == 0 and first is None:
+            first = row["us_per_job"]
+        ratio = f"{row['us_per_job'] / first:.2f}" if row["seconds"] == 0 and first else "-"
+        efficiency = "-" if row["efficiency"] is None else f"{row['efficiency']:.2%}"
+        print(f"{row['workers']:>8,} {row['jobs']:>10,} {row['seconds']:>6g} {row['us_per_job']:>12.2f} "
+              f"{ratio:>8} {row['jobs_per_second']:>11,.0f} {row['makespan']:>11.3f} {efficiency:>10} "
+              f"{row['jobs_per_batch']:>10.1f}")
+
+
 def main(argv: list[str]) -> int:
     import argparse
     import json
@@ -634,11 +791,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--samplers", action="store_true",
                         help="emcee steps through bsb_mini, schwimmbad and mpi4py.futures (under mpiexec)")
     parser.add_argument("--trace", action="store_true", help="what trace= costs no-op jobs, interleaved")
+    parser.add_argument("--simulate", action="store_true",
+                        help="the main rank's code against 10 to 100,000 simulated workers")
+    parser.add_argument("--latency", type=float, default=0.0, help="with --simulate: seconds a message takes")
     parser.add_argument("--against", metavar="FILE",
                         help="only compare with another version's bsb_mini.py, side by side in this process")
     options = parser.parse_args(argv)
     count, runs = (200, 1) if options.smoke else (options.jobs, options.runs)
     scaling = [] if options.no_scaling else [2_000, 20_000] if options.smoke else [10_000, 100_000, 1_000_000]
+    if options.simulate:
+        _bench_simulated(options.smoke, options.latency)
+        return 0
     if options.samplers:
         table = _bench_samplers(runs, options.smoke)
         if MPI.get_rank() == 0:
