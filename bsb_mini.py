@@ -3335,8 +3335,7 @@ class _MainSide(_SerialRunner):
                 backoff.reset()
                 if finished:
                     return False
-                if not ((ready or graph.later) and self.idle):
-                    continue  # else a worker waits: send before reading on
+                continue
             if inbox:
                 schedules.drain()
                 if finished:

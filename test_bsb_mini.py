@@ -2676,6 +2676,24 @@ def test_lab_smoke_has_the_journal_and_scaling_rows():
     assert {"serial, trace= (the writer)", "serial, trace= (a writer that discards)"} <= set(rows)
 
 
+def test_the_main_rank_serves_many_simulated_workers():
+    """lab.py --simulate: the real main-rank code against simulated workers (issue 22). A job costs
+    the main rank about as much at 10,000 workers as at 10, and 0.1 s jobs keep 1,000 workers busy."""
+    pytest.importorskip("mpi4py")  # the main rank's code uses its Status; CI installs it
+    code = ("import json, lab; print(json.dumps([lab._simulate(w, j, s) for w, j, s in "
+            "((10, 200_000, 0.0), (10_000, 200_000, 0.0), (1_000, 20_000, 0.1))]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE, timeout=300)
+    assert out.returncode == 0, out.stderr
+    few, many, timed = json.loads(out.stdout.splitlines()[-1])
+    assert few["jobs"] == many["jobs"] == 200_000 and timed["jobs"] == 20_000
+    # a job's cost does not grow with the workers (loose: a shared machine; scanning them all gave 3.7x)
+    assert few["us_per_job"] > 0 and many["us_per_job"] < 2.5 * few["us_per_job"]
+    assert timed["makespan"] >= 2.0 and 0.95 < timed["efficiency"] <= 1.0  # 20 jobs of 0.1 s a worker
+    table = subprocess.run([sys.executable, "lab.py", "--simulate", "--smoke"], capture_output=True, text=True,
+                           cwd=HERE, timeout=300)
+    assert table.returncode == 0 and "efficiency" in table.stdout, table.stderr
+
+
 def test_the_readme_example_runs_as_written(tmp_path):
     out = subprocess.run([sys.executable, str(readme_example(tmp_path))], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=60)
