@@ -7,6 +7,7 @@ version side by side, payloads, the journal and scaling. Not part of the vendore
     mpiexec -n 3 python lab.py --against OLD.py --runs 9
     mpiexec -n 3 python lab.py --samplers  # emcee steps beside schwimmbad and mpi4py.futures
     python lab.py --trace --jobs 50000 --runs 11   # what trace= costs (also under mpiexec)
+    python lab.py --simulate               # the main rank against 10 to 100,000 simulated workers
 
 ``python -m bsb_mini bench`` keeps only the pool's own overhead rows; this file measures
 the rest. Ratios are what to quote: the machines are shared and noisy.
