@@ -8,6 +8,7 @@ version side by side, payloads, the journal and scaling. Not part of the vendore
     mpiexec -n 3 python lab.py --samplers  # emcee steps beside schwimmbad and mpi4py.futures
     python lab.py --trace --jobs 50000 --runs 11   # what trace= costs (also under mpiexec)
     python lab.py --simulate               # the main rank against 10 to 100,000 simulated workers
+    python lab.py --huge 10000000          # a 10,000,000-job DAG: bytes and us per job (--ranks 3: MPI)
 
 ``python -m bsb_mini bench`` keeps only the pool's own overhead rows; this file measures
 the rest. Ratios are what to quote: the machines are shared and noisy.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import gc
 import os
 import sys
 import time
@@ -26,6 +28,7 @@ import bsb_mini
 from bsb_mini import (
     MPI,
     JobPool,
+    JobStatus,
     _bench_row,
     _Journal,
     _machine,
@@ -779,6 +782,75 @@ def _bench_simulated(smoke: bool, latency: float) -> None:
               f"{row['jobs_per_batch']:>10.1f}")
 
 
+def _huge_deps(jobs: list, index: int) -> list:
+    """Up to three earlier jobs among the last 1,000, by arithmetic (no random list to hold)."""
+    wanted = index % 4 if index else 0
+    picks = {index - 1 - (index * prime) % min(index, 1000) for prime in (7919, 104729, 1299709)[:wanted]}
+    return [jobs[pick] for pick in picks]
+
+
+def _huge_one(count: int) -> dict:
+    """In a fresh process: a DAG of ``count`` no-op jobs on one main rank; its peak memory and time.
+
+    Bytes per job are the peak resident set (``ru_maxrss``) over what the process held
+    just before the pool opened: the Job objects the caller keeps count, since every
+    caller keeps them.
+    """
+    import resource
+
+    _time_pool(100, None)  # warm up: imports, the first pool
+    gc.collect()
+    before = _resident_bytes()
+    started = time.perf_counter()
+    with JobPool() as pool:
+        if pool.is_main():
+            jobs: list = []
+            submit, append = pool.submit, jobs.append
+            for index in range(count):
+                append(submit(_noop, (index,), deps=_huge_deps(jobs, index)))
+        submitted = time.perf_counter()
+        pool.execute()
+        executed = time.perf_counter()
+        if pool.is_main():
+            failed = sum(job.status is not JobStatus.SUCCESS for job in jobs)
+            del jobs
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if MPI.get_rank() != 0:
+        return {}
+    return {"jobs": count, "ranks": MPI.get_size(), "failed": failed, "bytes_per_job": (peak - before) / count,
+            "submit_us": (submitted - started) / count * 1e6, "execute_us": (executed - submitted) / count * 1e6}
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _bench_huge(count: int, ranks: int) -> None:
+    """``count`` DAG jobs against 10,000, each size in a fresh process (serially, or under mpiexec)."""
+    import json
+    import shutil
+    import subprocess
+
+    beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
+    launcher = [beside if os.path.exists(beside) else shutil.which("mpiexec") or "mpiexec", "-n", str(ranks)]
+    launcher = launcher if ranks > 1 else []
+    where = f"the main rank of mpiexec -n {ranks}" if ranks > 1 else "serial"
+    machine = _machine().rsplit(",", 1)[0]
+    print(f"A DAG of up to 3 deps per job, {where} ({machine}); each size in a fresh process")
+    print(f"{'jobs':>12} {'bytes/job':>10} {'submit us/job':>14} {'execute us/job':>15} {'x at 10,000':>12}")
+    base = None
+    for size in (10_000, count):
+        command = [*launcher, sys.executable, os.path.abspath(__file__), "--huge-one", str(size)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        row = json.loads(output.strip().splitlines()[-1])
+        total = row["submit_us"] + row["execute_us"]
+        base = base or total
+        broken = f"  BROKEN: {row['failed']:,} jobs did not succeed" if row["failed"] else ""
+        print(f"{row['jobs']:>12,} {row['bytes_per_job']:>10,.0f} {row['submit_us']:>14.2f} "
+              f"{row['execute_us']:>15.2f} {total / base:>12.2f}{broken}")
+
+
 def main(argv: list[str]) -> int:
     import argparse
     import json
@@ -795,11 +867,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--simulate", action="store_true",
                         help="the main rank's code against 10 to 100,000 simulated workers")
     parser.add_argument("--latency", type=float, default=0.0, help="with --simulate: seconds a message takes")
+    parser.add_argument("--huge", type=int, metavar="N",
+                        help="a DAG of N jobs against 10,000: bytes and us per job, each in a fresh process")
+    parser.add_argument("--huge-one", type=int, metavar="N", help=argparse.SUPPRESS)
+    parser.add_argument("--ranks", type=int, default=1, help="with --huge: run each size under mpiexec -n RANKS")
     parser.add_argument("--against", metavar="FILE",
                         help="only compare with another version's bsb_mini.py, side by side in this process")
     options = parser.parse_args(argv)
     count, runs = (200, 1) if options.smoke else (options.jobs, options.runs)
     scaling = [] if options.no_scaling else [2_000, 20_000] if options.smoke else [10_000, 100_000, 1_000_000]
+    if options.huge_one:
+        row = _huge_one(options.huge_one)
+        if row:
+            print(json.dumps(row))
+        return 0
+    if options.huge:
+        _bench_huge(options.huge, options.ranks)
+        return 0
     if options.simulate:
         _bench_simulated(options.smoke, options.latency)
         return 0

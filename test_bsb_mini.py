@@ -2694,6 +2694,24 @@ def test_the_main_rank_serves_many_simulated_workers():
     assert table.returncode == 0 and "efficiency" in table.stdout, table.stderr
 
 
+@pytest.mark.parametrize("ranks", [1, 3])
+def test_the_lab_runs_a_huge_dag_in_fresh_processes(ranks):
+    """lab.py --huge N (issue 22): a DAG of N jobs against 10,000, bytes and us per job, every
+    job done; with --ranks the main rank of a real mpiexec run holds the graph."""
+    if ranks > 1 and not (HAVE_MPI4PY and MPIEXEC):
+        pytest.skip("needs mpi4py and mpiexec (CI installs both)")
+    command = [sys.executable, "lab.py", "--huge", "30000", "--ranks", str(ranks)]
+    out = subprocess.run(command, capture_output=True, text=True, cwd=HERE, timeout=300,
+                         env={**os.environ, "PATH": f"{Path(MPIEXEC or 'mpiexec').parent}:{os.environ['PATH']}"})
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["10,000", "30,000"] and "BROKEN" not in out.stdout, out.stdout
+    for row in rows:
+        bytes_per_job, submit, execute = float(row[1].replace(",", "")), float(row[2]), float(row[3])
+        assert 50 < bytes_per_job < 5_000 and submit > 0 and execute > 0, out.stdout
+    assert ("mpiexec -n 3" in out.stdout) == (ranks > 1)
+
+
 def test_the_readme_example_runs_as_written(tmp_path):
     out = subprocess.run([sys.executable, str(readme_example(tmp_path))], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(HERE)}, timeout=60)
