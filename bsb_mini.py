@@ -731,28 +731,26 @@ class _Graph:
                 if job._status is _PENDING:
                     self.enqueue(job)
             return
-        if at_once is not None and len(held) > at_once:
-            self.later, self.later_at = held, 0
-            self.queue_later(at_once)
-            return
-        held = [job for job in held if job._status is _PENDING]
-        for job in held:
-            job._status = _QUEUED
-        self.ready.extend(held)
+        self.later, self.later_at = held, 0
+        self.queue_later(len(held) if at_once is None else at_once)
 
     def queue_later(self, count: int) -> None:
         """Queue up to ``count`` of the held jobs that start_executing() left for later."""
-        start, ready = self.later_at, self.ready
-        for job in self.later[start:start + count]:
-            if job._status is _PENDING:
-                job._status = _QUEUED
-                ready.append(job)
+        start = self.later_at
+        queued = [job for job in self.later[start:start + count] if job._status is _PENDING]
+        for job in queued:
+            job._status = _QUEUED
+        self.ready.extend(queued)
         self.later_at = start + count
         if self.later_at >= len(self.later):
             self.later, self.later_at = [], 0
 
     def n_later(self) -> int:
         return len(self.later) - self.later_at
+
+    def has_waiting(self) -> bool:
+        """Whether a job is QUEUED, or held for queue_later()."""
+        return bool(self.ready or self.later)
 
     def enqueue(self, job: Job) -> None:
         """A PENDING job whose dependencies are met: QUEUED, or RESTORED from the journal."""
@@ -3321,7 +3319,7 @@ class _MainSide(_SerialRunner):
         until ``finished`` holds a job (False)."""
         comm, graph, status, schedules = self.comm, self.graph, self.status, self.schedules
         anyone = _optional("mpi4py.MPI").ANY_SOURCE  # -2 in MPICH, -1 in Open MPI
-        ready, inbox, handlers = graph.ready, schedules.calls, _ON_MESSAGE_FROM_WORKER
+        has_waiting, inbox, handlers = graph.has_waiting, schedules.calls, _ON_MESSAGE_FROM_WORKER
         backoff, quiet = _Backoff(), _QuietTimer(self.events)
         while True:
             message = comm.improbe(anyone, _TO_MAIN, status)
@@ -3340,13 +3338,13 @@ class _MainSide(_SerialRunner):
                 schedules.drain()
                 if finished:
                     return False
-            if (ready or graph.later) and self.dispatch():
+            if has_waiting() and self.dispatch():
                 backoff.reset()
                 continue
-            if not self.in_flight_batches and not ready and not graph.later and schedules.done and not inbox:
+            if not self.in_flight_batches and not has_waiting() and schedules.done and not inbox:
                 if len(self.joined) + len(self.left) == len(self.batches):  # every worker heard from
                     return True
-            if (ready or graph.later) and len(self.left) == len(self.batches):  # every worker left: run them here
+            if has_waiting() and len(self.left) == len(self.batches):  # every worker left: run them here
                 graph.queue_later(graph.n_later())
                 if not _SerialRunner.loop(self, finished):
                     return False
@@ -3378,7 +3376,7 @@ class _MainSide(_SerialRunner):
         """Send batches to idle workers, then (for short jobs, or to keep many workers fed) a second
         one to workers that have one; at most _SENDS_PER_LOOK, so that answers are read in between."""
         sent = self.hand_out(self.idle, 0, _SENDS_PER_LOOK)
-        if (self.graph.ready or self.graph.later) and sent < _SENDS_PER_LOOK and self.may_take_another():
+        if self.graph.has_waiting() and sent < _SENDS_PER_LOOK and self.may_take_another():
             sent += self.hand_out(self.single, 1, _SENDS_PER_LOOK - sent)
         return sent > 0
 
@@ -3388,7 +3386,7 @@ class _MainSide(_SerialRunner):
         batches, joined, graph, queued = self.batches, self.joined, self.graph, self.queued
         passed: list[int] = []  # workers for which every ready job is a retry to go elsewhere
         sent = 0
-        while candidates and sent < most and (graph.ready or graph.later):
+        while candidates and sent < most and graph.has_waiting():
             worker = candidates.popleft()
             if holding:
                 queued[worker] = 0
