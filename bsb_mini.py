@@ -2614,6 +2614,8 @@ class _SerialRunner:
                             traced_job(job)
                             traced_start(begun)
                             traced_end(clock())
+                            if trace.due:
+                                trace.flush()
                         else:
                             trace.ran(job, rank, begun, 0)
                     if pinger is not None:
@@ -4130,8 +4132,9 @@ register_service("JobPool", JobPool)
 # format allows to be missing; the writer outlives a killed pool and writes what it got.
 
 
-_TRACE_EVERY = 0.5  # seconds between frames to the writer
+_TRACE_EVERY = 0.05  # seconds between frames to the writer (often: the jobs are still in the cache)
 _TRACE_SAMPLE = 0.05  # seconds between samples of the counters (jobs ready, workers busy)
+_TRACE_LATE = 0.5  # seconds a frame asked of the serial loop may wait (no job ends) before the thread builds it
 _TRACE_STATUS = ("success", "failed", "aborted")
 _trace_paths_used: dict[str, int] = {}  # BSB_MINI_TRACE paths written by this process's pools
 
@@ -4187,8 +4190,9 @@ class _Trace:
         self.path, self.origin = path, time.perf_counter()
         try:
             _write_all(fd, [_trace_header(rank_count).encode()])
-            self.writer = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), "--trace-writer",
-                                            str(fd), path], stdin=subprocess.PIPE, pass_fds=(fd,))
+            self.writer = subprocess.Popen([sys.executable, "-I", "-S", "-c", _WRITER_MAIN, "--trace-writer",
+                                            os.path.abspath(__file__), str(fd), path], stdin=subprocess.PIPE,
+                                           pass_fds=(fd,))
         except OSError as error:
             raise JobPoolError(f"Cannot start the writer of the trace {path!r}: {error}") from None
         finally:
@@ -4207,6 +4211,10 @@ class _Trace:
         self.batches: collections.deque[tuple] = collections.deque()  # what came back from the workers
         self.busy, self.ready = busy, ready
         self.broken = False
+        self.serial = rank_count == 1  # jobs run on this rank: the loop builds the frames (see _send_every)
+        self.due = False  # a frame is asked of the loop
+        self.building = threading.Lock()  # one frame at a time, by the loop or the thread
+        self.outbox: collections.deque[bytes] = collections.deque()  # frames built, for the thread to write
         self.stop = threading.Event()
         self.handler = _TraceWarnings(self)
         _logger.addFilter(self.handler)
@@ -4250,103 +4258,136 @@ class _Trace:
     # -- to the writer --
 
     def _send_every(self) -> None:
-        next_send = time.perf_counter() + _TRACE_EVERY
+        """The thread: a sample of the counters every _TRACE_SAMPLE s; a frame every _TRACE_EVERY s, built here,
+        or (serially) asked of the loop, which builds it between two jobs, so that building it never
+        stretches a job's slice (here unless no job has ended for _TRACE_LATE s); the frames written; once
+        the pool has closed, the last frame with the closing bracket, and the writer's input closed."""
+        next_send, asked = time.perf_counter() + _TRACE_EVERY, 0.0
         while not self.stop.wait(_TRACE_SAMPLE):
-            self._sample()
-            if time.perf_counter() >= next_send:
-                next_send += _TRACE_EVERY
-                self._send(False)
+            with self.building:
+                self._sample()
+            now = time.perf_counter()
+            if now >= next_send:
+                next_send = now + _TRACE_EVERY
+                if not self.serial:
+                    self._build(False)
+                elif not self.due:
+                    self.due, asked = True, now
+                elif now - asked > _TRACE_LATE:
+                    self._build(False)
+            self._write_out()
+        self._sample()
+        self._build(True)
+        self._write_out()
+        with contextlib.suppress(OSError, ValueError):
+            assert self.writer.stdin is not None
+            self.writer.stdin.close()
 
     def _sample(self) -> None:
         counted = (len(self.ready), self.busy())
         if not self.counted or self.counted[-1][1:] != counted:
             self.counted.append((time.perf_counter(), *counted))
 
-    def _send(self, end: bool) -> None:
-        frame: dict[str, Any] = {"origin": self.origin, "end": end}
-        labels: list[tuple[int, str]] = []
-        count, full = len(self.plain_ends), _drain(self.full)  # (the end is appended last)
-        if count:
-            frame["plain"] = self._columns(self.plain_jobs[:count], labels) + (
-                self.plain_starts[:count].tobytes(), self.plain_ends[:count].tobytes())
-            del self.plain_jobs[:count], self.plain_starts[:count], self.plain_ends[:count]
-        if full:
-            frame["full"] = self._columns(list(map(_first, full)), labels) + tuple(
-                list(map(operator.itemgetter(at), full)) for at in range(1, 8))
-        batches = _drain(self.batches)
-        if batches:
-            jobs = list(itertools.chain.from_iterable(map(_first, batches)))
-            frame["batches"] = (self._columns(jobs, labels), [record[1:] for record in batches])
-        frame["labels"] = labels
-        frame["marks"], frame["counters"] = _drain(self.marks), self.counted
-        self.counted = []
-        if self.broken:
-            return
-        data = marshal.dumps(frame, 2)  # (version 2: no references to track)
+    def flush(self) -> None:
+        """The serial loop, between two jobs: the frame the thread asked for (unless the thread is at work)."""
+        if self.building.acquire(blocking=False):
+            try:
+                self._build(False)
+            finally:
+                self.building.release()
+
+    def _build(self, end: bool) -> None:
+        """What accumulated, as one frame of plain columns (marshal), for the thread to write."""
+        with contextlib.ExitStack() as held:
+            if threading.current_thread() is self.thread:
+                held.enter_context(self.building)
+            self.due = False
+            frame: dict[str, Any] = {"origin": self.origin, "end": end}
+            labels: list[tuple[int, str]] = []
+            count, full = len(self.plain_ends), _drain(self.full)  # (the end is appended last)
+            if count:
+                frame["plain"] = self._columns(self.plain_jobs[:count], labels) + (
+                    self.plain_starts[:count].tobytes(), self.plain_ends[:count].tobytes())
+                del self.plain_jobs[:count], self.plain_starts[:count], self.plain_ends[:count]
+            if full:
+                frame["full"] = self._columns(list(map(_first, full)), labels) + tuple(
+                    list(map(operator.itemgetter(at), full)) for at in range(1, 8))
+            batches = _drain(self.batches)
+            if batches:
+                jobs = list(itertools.chain.from_iterable(map(_first, batches)))
+                frame["batches"] = (self._columns(jobs, labels), [record[1:] for record in batches])
+            frame["labels"] = labels
+            frame["marks"], frame["counters"] = _drain(self.marks), self.counted
+            self.counted = []
+            if not self.broken:
+                data = marshal.dumps(frame, 2)  # (version 2: no references to track)
+                self.outbox.append(struct.pack("<Q", len(data)) + data)
+
+    def _write_out(self) -> None:
+        """The thread: the frames built so far, to the writer (a pipe: this waits while the writer is behind)."""
         try:
             assert self.writer.stdin is not None
-            self.writer.stdin.write(struct.pack("<Q", len(data)) + data)
+            while self.outbox and not self.broken:
+                self.writer.stdin.write(self.outbox.popleft())
             self.writer.stdin.flush()
         except (OSError, ValueError):
             self.broken = True
+            self.outbox.clear()
             _logger.removeFilter(self.handler)
             _logger.warning("The trace %r stopped: its writer exited (code %s; its message is above). The run goes "
                             "on without it; the file holds what was written.", self.path, self.writer.poll())
 
     def _columns(self, jobs: list[Job], labels: list) -> tuple:
-        """The jobs' indices, function ids (negative: a map() call's), names, keys and dependencies, as
-        plain columns (C-speed maps); the name of each function the writer has not seen goes to ``labels``."""
-        ids: Any = list(map(id, map(_fn_of, jobs)))
-        distinct = set(ids)
-        fns = None
-        if id(_call_without_owner) in distinct or id(_call_with_items) in distinct:
-            fns = [job._args[0] if job._fn is _call_without_owner or job._fn is _call_with_items else job._fn
-                   for job in jobs]
-            ids = [-id(fn) if job._fn is _call_without_owner or job._fn is _call_with_items else id(fn)
-                   for job, fn in zip(jobs, fns, strict=True)]
-            distinct = set(map(abs, ids))
+        """The jobs' indices, function ids (negative: a map() call's; one int when every job has the same
+        function), names, keys and dependencies, as plain columns (C-speed maps); the name of each function
+        the writer has not seen goes to ``labels``."""
+        fns = set(map(_fn_of, jobs))
+        if _call_without_owner in fns or _call_with_items in fns:  # map()'s: named by the function it calls
+            inner = [job._args[0] if job._fn is _call_without_owner or job._fn is _call_with_items else job._fn
+                     for job in jobs]
+            ids: Any = [-id(fn) if job._fn is _call_without_owner or job._fn is _call_with_items else id(fn)
+                        for job, fn in zip(jobs, inner, strict=True)]
+            fns = set(inner)
+        elif len(fns) == 1:
+            ids = id(next(iter(fns)))  # (the common case: a column of one value, sent once)
+        else:
+            ids = list(map(id, map(_fn_of, jobs)))
         known = self.known
-        if not distinct <= known.keys():
-            fns = fns or list(map(_fn_of, jobs))
-            for key, fn in dict(zip(map(id, fns), fns, strict=True)).items():
-                if key not in known:
-                    if len(known) > 10_000:  # lambdas made per job: let go of them (their ids are named anew)
-                        known.clear()
-                    known[key] = fn
-                    labels.append((key, _name_of(fn)))
+        for fn in fns:
+            if id(fn) not in known:
+                if len(known) > 10_000:  # lambdas made per job: let go of them (their ids are named anew)
+                    known.clear()
+                known[id(fn)] = fn
+                labels.append((id(fn), _name_of(fn)))
         names = list(map(_name_given, jobs)) if any(map(_name_given, jobs)) else None
         keys = list(map(_key_of, jobs)) if any(map(_key_of, jobs)) else None
         deps = [(job._index, [dep._index for dep in job.deps]) for job in itertools.compress(jobs, map(_deps_of, jobs))]
         return list(map(_index_of, jobs)), ids, names, keys, deps
 
     def close(self) -> None:
-        """The pool is over: what is left, and the closing bracket; the writer is waited for."""
-        self.stop.set()
-        self.thread.join()
+        """The pool is over. The thread sends what is left and the closing bracket, and the writer finishes
+        the file, while the script goes on: neither is waited for here (see _finish_traces)."""
         _logger.removeFilter(self.handler)
         self.mark("pool closed")
-        self._sample()
-        self._send(True)
-        with contextlib.suppress(OSError, ValueError):
-            assert self.writer.stdin is not None
-            self.writer.stdin.close()
-        _trace_writers[self.path] = self.writer  # it finishes the file on its own; see _finish_traces
+        self.stop.set()
+        _trace_writers[self.path] = self
 
 
-_trace_writers: dict[str, subprocess.Popen] = {}  # path -> the writer still finishing it
+_trace_writers: dict[str, _Trace] = {}  # path -> the trace of a closed pool, still finishing its file
 
 
 def _finish_traces(path: str | None = None) -> None:
-    """Wait for the writers still finishing traces (``path``'s, or all: at exit, so that the files are
-    complete when the script ends)."""
+    """Wait for the traces still finishing their files (``path``'s, or all: at exit, so that the files are
+    complete when the script ends): the pool's thread sending its last frame, then the writer."""
     for written in [path] if path is not None else list(_trace_writers):
-        writer = _trace_writers.pop(written, None)
-        if writer is None:
+        trace = _trace_writers.pop(written, None)
+        if trace is None:
             continue
+        trace.thread.join(120)
         try:
-            writer.wait(120)
+            trace.writer.wait(120)
         except subprocess.TimeoutExpired:
-            writer.kill()
+            trace.writer.kill()
             _logger.warning("The writer of the trace %r did not finish in 120 s and was stopped; the file may "
                             "lack the end of the run.", written)
 
@@ -4377,6 +4418,17 @@ class _TraceWarnings(logging.Filter):
             with contextlib.suppress(Exception):
                 self.trace.mark(getattr(record, "trace_as", "warning"), None, message=record.getMessage())
         return True
+
+
+# The writer process imports this file (from its cached bytecode: a script run as __main__ is compiled anew,
+# which took longer than writing the trace of 50,000 jobs) and runs _trace_writer, at a lower priority.
+_WRITER_MAIN = ("import importlib.util, os, sys\n"
+                "try:\n    os.nice(10)  # the run's ranks go first: the writer takes what CPU they leave\n"
+                "except (AttributeError, OSError):\n    pass\n"
+                "spec = importlib.util.spec_from_file_location('_bsb_mini_trace_writer', sys.argv[2])\n"
+                "module = importlib.util.module_from_spec(spec)\n"
+                "spec.loader.exec_module(module)\n"
+                "sys.exit(module._trace_writer(int(sys.argv[3]), sys.argv[4]))\n")
 
 
 def _trace_writer(fd: int, path: str) -> int:
@@ -4432,6 +4484,7 @@ def _batch_lines(lines: list[str], labels: dict, ends: dict, flows: Any, origin:
     """The slices of the batches that came back from the workers: each job from its worker's measured times,
     placed back from when the outcomes arrived, never before the batch was sent or the track's last slice."""
     indices, ids, names, keys, deps = columns
+    ids_of: Any = ids  # a list, or one int for every job
     deps, at = dict(deps), 0
     for worker, arrived, sent, marks, outcomes, attempts, share, sizes in records:
         count = len(outcomes)
@@ -4444,8 +4497,8 @@ def _batch_lines(lines: list[str], labels: dict, ends: dict, flows: Any, origin:
             finished.append(floor)
         track_end[worker] = floor
         part = slice(at, at + count)
-        _slice_lines(lines, labels, ends, flows, origin, indices[part], ids[part], names and names[part],
-                     keys and keys[part], deps, [worker] * count, starts, finished,
+        _slice_lines(lines, labels, ends, flows, origin, indices[part], ids if type(ids) is int else ids_of[part],
+                     names and names[part], keys and keys[part], deps, [worker] * count, starts, finished,
                      [0 if outcome == _OK else 1 for outcome in outcomes], attempts or [1] * count, [share] * count,
                      sizes)
         at += count
@@ -4457,32 +4510,46 @@ def _numbers(kind: str, data: bytes) -> array.array:
     return numbers
 
 
-def _slice_lines(lines: list[str], labels: dict, ends: dict, flows: Any, origin: float, indices: list, ids: list,
+def _slice_lines(lines: list[str], labels: dict, ends: dict, flows: Any, origin: float, indices: list, ids: Any,
                  names: list | None, keys: list | None, deps: list | dict, ranks: list, starts: Any, ends_at: Any,
                  statuses: list, attempts: list, bytes_in: list, bytes_out: list) -> None:
-    """A slice per job attempt, and an arrow from each dependency that has one."""
+    """A slice per job attempt, and an arrow from each dependency that has one. One pass over the columns;
+    what slices share (track, function, status, attempt, bytes) is formatted once, up to the job's index,
+    for this process must keep up with the main rank."""
     deps_of = deps if type(deps) is dict else dict(deps)
-    for at, index in enumerate(indices):
-        ts, dur, rank = (starts[at] - origin) * 1e6, (ends_at[at] - starts[at]) * 1e6, ranks[at]
-        label = labels.get(abs(ids[at]), '"?"')
-        name = label if names is None or names[at] is None else _json_str(names[at])
-        key = "" if keys is None or keys[at] is None else f',"key":{_json_str(keys[at])}'
-        extra = ""
-        if index in deps_of:
-            extra = f',"deps":[{",".join(map(str, deps_of[index]))}]'
-            for dep in deps_of[index]:
-                source = ends.get(dep)
-                if source is not None:
-                    flow = next(flows)
-                    lines.append(f'{{"ph":"s","id":{flow},"pid":0,"tid":{source[0]},"ts":{source[1]:.3f},'
-                                 '"name":"dependency","cat":"dependency"}')
-                    lines.append(f'{{"ph":"f","bp":"e","id":{flow},"pid":0,"tid":{rank},"ts":{ts + dur / 2:.3f},'
-                                 '"name":"dependency","cat":"dependency"}')
-        if ids[at] > 0:
+    if type(ids) is int:  # every job of the frame has this function
+        ids = itertools.repeat(ids)
+    heads: dict[tuple, str] = {}  # (rank, function id, status, attempt, bytes in, bytes out) -> a slice's start
+    append, nothing = lines.append, itertools.repeat(None)
+    for index, fid, name, key, rank, start, end, status, attempt, sent, back in zip(
+            indices, ids, names or nothing, keys or nothing, ranks, starts, ends_at, statuses, attempts, bytes_in,
+            bytes_out, strict=False):  # (repeat()s: the columns of one value)
+        ts, dur = (start - origin) * 1e6, (end - start) * 1e6
+        plain = name is None and key is None and index not in deps_of
+        head = heads.get((rank, fid, status, attempt, sent, back)) if plain else None
+        if head is None:
+            label = labels.get(abs(fid), '"?"')
+            head = (f'{{"ph":"X","pid":0,"tid":{rank},"name":{label if name is None else _json_str(name)},'
+                    f'"cat":{label},"args":{{"status":"{_TRACE_STATUS[status]}","attempt":{attempt},'
+                    f'"bytes_in":{sent},"bytes_out":{back}')
+            if key is not None:
+                head += f',"key":{_json_str(key)}'
+            if index in deps_of:
+                head += f',"deps":[{",".join(map(str, deps_of[index]))}]'
+                for dep in deps_of[index]:
+                    source = ends.get(dep)
+                    if source is not None:
+                        flow = next(flows)
+                        append(f'{{"ph":"s","id":{flow},"pid":0,"tid":{source[0]},"ts":{source[1]:.3f},'
+                               '"name":"dependency","cat":"dependency"}')
+                        append(f'{{"ph":"f","bp":"e","id":{flow},"pid":0,"tid":{rank},"ts":{ts + dur / 2:.3f},'
+                               '"name":"dependency","cat":"dependency"}')
+            head += ',"job":'
+            if plain:
+                heads[rank, fid, status, attempt, sent, back] = head
+        if fid > 0:
             ends[index] = (rank, ts + dur / 2)  # map()'s calls (negative ids) have no dependents
-        lines.append(f'{{"ph":"X","pid":0,"tid":{rank},"ts":{ts:.3f},"dur":{dur:.3f},"name":{name},"cat":{label},'
-                     f'"args":{{"job":{index},"status":"{_TRACE_STATUS[statuses[at]]}","attempt":{attempts[at]},'
-                     f'"bytes_in":{bytes_in[at]},"bytes_out":{bytes_out[at]}{key}{extra}}}}}')
+        append(f'{head}{index}}},"ts":{ts:.3f},"dur":{dur:.3f}}}')
 
 
 _json_str = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # a str as a JSON string, in C
@@ -4757,6 +4824,14 @@ def _time_pool(count: int, dag: list | None, listener: Callable | None = None, c
         gc.enable()
 
 
+def _traced_pool(count: int, path: str | None) -> float:
+    """``_time_pool`` with ``trace=path``; the file, finished in the background, is waited for after the
+    timing, so that it does not slow the next run down."""
+    seconds = _time_pool(count, None, trace=path)
+    _finish_traces()
+    return seconds
+
+
 def _time_pool_map(count: int, pool_class: Any = None) -> float:
     """``pool.map`` of ``count`` no-op calls on the main rank, the workers serving in execute()."""
     started = time.perf_counter()
@@ -4832,9 +4907,7 @@ def _bench_rows(count: int, runs: int) -> list[dict]:
     with tempfile.TemporaryDirectory() as folder:  # the trace's cost: the independent row, traced
         path = os.path.join(folder, "bench-trace.json") if MPI.get_rank() == 0 else None
         paths = (None if path is None else f"{path}-{run}" for run in itertools.count())  # one per run, as for users
-        timed.insert(1, (f"{where}, independent, traced", _median_of(runs, lambda: _time_pool(count, None,
-                                                                                               trace=next(paths)))))
-        _finish_traces()
+        timed.insert(1, (f"{where}, independent, traced", _median_of(runs, lambda: _traced_pool(count, next(paths)))))
     return [_bench_row(label, count, floor, floor)] + [_bench_row(name, count, seconds, floor)
                                                         for name, seconds in timed]
 
@@ -5196,6 +5269,4 @@ def _this_module() -> Any:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--trace-writer"]:  # a traced pool's writer process (see _Trace)
-        sys.exit(_trace_writer(int(sys.argv[2]), sys.argv[3]))
     sys.exit(_this_module()._main(sys.argv[1:]))

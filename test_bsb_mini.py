@@ -2923,6 +2923,45 @@ def test_a_traced_run_opens_as_a_trace_with_every_attempt_arrow_and_event(n, tmp
     assert "first on rank" in text and "the functions that took the most time" in text
 
 
+def test_a_script_that_ends_right_after_its_traced_pool_leaves_a_complete_trace(tmp_path):
+    """The pool's close does not wait for the trace's writer: the file is finished in the background,
+    and at the script's exit. Every job has its slice: many of one function (sent as one id), others
+    mixed in, and a map() call."""
+    path = tmp_path / "quick.json"
+    script = tmp_path / "quick.py"
+    script.write_text(textwrap.dedent(f"""
+        import bsb_mini
+
+        def same(owner, i):
+            return i
+
+        def other(owner, i):
+            return -i
+
+        def square(x):
+            return x * x
+
+        with bsb_mini.JobPool(trace={str(path)!r}) as pool:
+            for i in range(20_000):
+                pool.submit(same, (i,))
+            pool.execute()
+            for i in range(50):
+                pool.submit(other, (i,), name=f"other {{i}}" if i % 2 else None)
+                pool.submit(same, (i,))
+            assert pool.map(square, range(100)) == [x * x for x in range(100)]
+            pool.execute()
+        print("left the pool")
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(HERE)})
+    assert done.returncode == 0 and done.stdout == "left the pool\n", done.stderr
+    events = json.loads(path.read_text())  # complete: the closing bracket is there
+    assert trace_problems(events) == []
+    names = collections.Counter(event["name"] for event in events if event.get("ph") == "X")
+    assert names["same"] == 20_050 and names["square"] == 100
+    assert names["other"] == 25 and sum(names[f"other {i}"] for i in range(1, 50, 2)) == 25
+
+
 def test_mpi_the_trace_of_a_run_killed_with_sigkill_opens(tmp_path):
     path = tmp_path / "killed.json"
     command = [MPIEXEC, "-n", "3", sys.executable, str(HERE / "mpi_scenarios.py"), "traced_until_killed", str(path),

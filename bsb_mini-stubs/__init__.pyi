@@ -491,6 +491,10 @@ class _Trace:
     sent: dict[int, collections.deque]
     batches: collections.deque[tuple]
     broken: bool
+    serial: Incomplete
+    due: bool
+    building: Incomplete
+    outbox: collections.deque[bytes]
     stop: Incomplete
     handler: Incomplete
     thread: Incomplete
@@ -500,6 +504,7 @@ class _Trace:
     def batch_back(self, worker: int) -> tuple[float, int]: ...
     def batch_done(self, worker: int, batch: list[Job], outcomes: list, marks: list[float], raw: list, sent: tuple[float, int]) -> None: ...
     def mark(self, what: str, rank: int | None = None, /, **args: Any) -> None: ...
+    def flush(self) -> None: ...
     def close(self) -> None: ...
 
 class _TraceWarnings(logging.Filter):
