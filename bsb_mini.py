@@ -4325,9 +4325,12 @@ class _Trace:
 
     def _write_out(self) -> None:
         """The thread: the frames built so far, to the writer (a pipe: this waits while the writer is behind)."""
+        if self.broken:  # (said once, when it broke)
+            self.outbox.clear()
+            return
         try:
             assert self.writer.stdin is not None
-            while self.outbox and not self.broken:
+            while self.outbox:
                 self.writer.stdin.write(self.outbox.popleft())
             self.writer.stdin.flush()
         except (OSError, ValueError):
@@ -4420,9 +4423,12 @@ class _TraceWarnings(logging.Filter):
         return True
 
 
-# The writer process imports this file (from its cached bytecode: a script run as __main__ is compiled anew,
-# which took longer than writing the trace of 50,000 jobs) and runs _trace_writer, at a lower priority.
+# The writer process imports this file (from its cached bytecode, when Python left one: a script run as
+# __main__ is compiled anew, which took longer than writing the trace of 50,000 jobs) and runs _trace_writer,
+# at a lower priority. It writes no bytecode itself: on a full disk that would leave a cut-off .pyc, which
+# every later import of this file would fail on.
 _WRITER_MAIN = ("import importlib.util, os, sys\n"
+                "sys.dont_write_bytecode = True\n"
                 "try:\n    os.nice(10)  # the run's ranks go first: the writer takes what CPU they leave\n"
                 "except (AttributeError, OSError):\n    pass\n"
                 "spec = importlib.util.spec_from_file_location('_bsb_mini_trace_writer', sys.argv[2])\n"

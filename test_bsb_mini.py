@@ -3077,6 +3077,30 @@ def test_a_trace_that_fills_the_disk_stops_with_a_warning_and_the_run_goes_on(tm
     assert "the run was cut short" in report_of(path)
 
 
+def test_a_full_disk_under_a_trace_leaves_the_module_importable(tmp_path):
+    """The trace's writer imports this file; on a full disk (a file-size limit stands in) it must not leave a
+    cut-off .pyc beside it, which every later import of the module would fail on."""
+    folder = tmp_path / "lib"
+    folder.mkdir()
+    shutil.copy(HERE / "bsb_mini.py", folder / "bsb_mini.py")
+    env = {**os.environ, "PYTHONPATH": str(folder)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    code = textwrap.dedent(f"""
+        import resource, bsb_mini
+        bsb_mini.MPI.get_size()  # MPI starts first: its shared-memory files are not the trace's to limit
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        with bsb_mini.create_job_pool(trace={str(tmp_path / "run.json")!r}, quiet=True) as pool:
+            jobs = [pool.submit(bsb_mini._selftest_add, (i, 1)) for i in range(3000)]
+            pool.execute()
+        print(sum(job.result for job in jobs))
+    """)
+    first = subprocess.run([sys.executable, "-B", "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert first.returncode == 0 and first.stdout.split() == [str(sum(range(1, 3001)))], first.stderr
+    again = subprocess.run([sys.executable, "-c", "import bsb_mini; print(bsb_mini.__version__)"],
+                           capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 0 and again.stdout.strip() == bsb_mini.__version__, again.stderr
+
+
 def test_mpi_a_trace_that_cannot_be_written_lets_every_rank_leave(tmp_path):
     code, results, out, err = mpiexec(3, "-c", textwrap.dedent(f"""
         import sys, bsb_mini
