@@ -4197,6 +4197,11 @@ class _Trace:
             raise JobPoolError(f"Cannot start the writer of the trace {path!r}: {error}") from None
         finally:
             os.close(fd)
+        with contextlib.suppress(ImportError, AttributeError, OSError):  # a pipe of 1 MiB (Linux): the frames
+            import fcntl  # sent while the writer starts wait there, not in the trace's thread
+
+            assert self.writer.stdin is not None
+            fcntl.fcntl(self.writer.stdin.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
         # jobs that succeeded serially at their first attempt, and when each started and ended: appended by
         # the loop, taken from the front by the thread (each append and each del is one step under the GIL)
         self.plain_jobs: list[Job] = []
@@ -4228,6 +4233,8 @@ class _Trace:
         retries (a plain success goes to ``plain_*``, appended by the loop itself)."""
         attempt = 1 if job._extras is None else job.attempts
         self.full.append((job, rank, start, time.perf_counter(), status, attempt, 0, 0))
+        if self.due:
+            self.flush()
 
     def batch_sent(self, worker: int, size: int) -> None:
         self.sent[worker].append((time.perf_counter(), size))
@@ -4344,24 +4351,26 @@ class _Trace:
         """The jobs' indices, function ids (negative: a map() call's; one int when every job has the same
         function), names, keys and dependencies, as plain columns (C-speed maps); the name of each function
         the writer has not seen goes to ``labels``."""
-        fns = set(map(_fn_of, jobs))
-        if _call_without_owner in fns or _call_with_items in fns:  # map()'s: named by the function it calls
-            inner = [job._args[0] if job._fn is _call_without_owner or job._fn is _call_with_items else job._fn
-                     for job in jobs]
-            ids: Any = [-id(fn) if job._fn is _call_without_owner or job._fn is _call_with_items else id(fn)
-                        for job, fn in zip(jobs, inner, strict=True)]
-            fns = set(inner)
-        elif len(fns) == 1:
-            ids = id(next(iter(fns)))  # (the common case: a column of one value, sent once)
-        else:
-            ids = list(map(id, map(_fn_of, jobs)))
+        ids: Any = list(map(id, map(_fn_of, jobs)))
+        distinct = set(ids)  # (by id: a callable may be unhashable, or equal to another one)
+        fns = None
+        if id(_call_without_owner) in distinct or id(_call_with_items) in distinct:  # map()'s: its function's
+            fns = [job._args[0] if job._fn is _call_without_owner or job._fn is _call_with_items else job._fn
+                   for job in jobs]
+            ids = [-id(fn) if job._fn is _call_without_owner or job._fn is _call_with_items else id(fn)
+                   for job, fn in zip(jobs, fns, strict=True)]
+            distinct = set(map(abs, ids))
         known = self.known
-        for fn in fns:
-            if id(fn) not in known:
-                if len(known) > 10_000:  # lambdas made per job: let go of them (their ids are named anew)
-                    known.clear()
-                known[id(fn)] = fn
-                labels.append((id(fn), _name_of(fn)))
+        if not distinct <= known.keys():
+            fns = fns or list(map(_fn_of, jobs))
+            for key, fn in dict(zip(map(id, fns), fns, strict=True)).items():
+                if key not in known:
+                    if len(known) > 10_000:  # lambdas made per job: let go of them (their ids are named anew)
+                        known.clear()
+                    known[key] = fn
+                    labels.append((key, _name_of(fn)))
+        if len(distinct) == 1 and ids and ids[0] > 0:
+            ids = ids[0]  # (the common case: a column of one value, sent once)
         names = list(map(_name_given, jobs)) if any(map(_name_given, jobs)) else None
         keys = list(map(_key_of, jobs)) if any(map(_key_of, jobs)) else None
         deps = [(job._index, [dep._index for dep in job.deps]) for job in itertools.compress(jobs, map(_deps_of, jobs))]
@@ -4369,7 +4378,9 @@ class _Trace:
 
     def close(self) -> None:
         """The pool is over. The thread sends what is left and the closing bracket, and the writer finishes
-        the file, while the script goes on: neither is waited for here (see _finish_traces)."""
+        the file, while the script goes on: neither is waited for here, but at the script's exit (atexit) or
+        when a pool opens the same path again (see _finish_traces). A script that ends with os._exit() skips
+        that wait, and its trace lacks the end of the run."""
         _logger.removeFilter(self.handler)
         self.mark("pool closed")
         self.stop.set()

@@ -2962,6 +2962,41 @@ def test_a_script_that_ends_right_after_its_traced_pool_leaves_a_complete_trace(
     assert names["other"] == 25 and sum(names[f"other {i}"] for i in range(1, 50, 2)) == 25
 
 
+@dataclasses.dataclass
+class _UnhashableStep:  # eq=True and not frozen: instances cannot be hashed
+    k: int
+
+    def __call__(self, owner, i):
+        return i * self.k
+
+
+class _Model:
+    def run(self, owner, i):  # each `model.run` is a new object, equal to the others
+        return i
+
+
+def _other(owner, i):
+    return -i
+
+
+def test_the_trace_names_unhashable_and_equal_callables(tmp_path):
+    """Callables that cannot be hashed, and bound methods (equal, but each a new object), beside a function:
+    every slice has its function's name, and the pool runs them all."""
+    path = tmp_path / "callables.json"
+    model = _Model()
+    with bsb_mini.create_job_pool(trace=path, quiet=True) as pool:
+        jobs = [pool.submit(_UnhashableStep(2), (i,)) for i in range(500)]
+        for i in range(500):
+            jobs += [pool.submit(model.run, (i,)), pool.submit(_other, (i,))]
+        pool.execute()
+        assert sum(job.result for job in jobs) == 2 * sum(range(500))
+    bsb_mini._finish_traces()
+    events = json.loads(path.read_text())
+    assert trace_problems(events) == []
+    names = collections.Counter(event["name"] for event in events if event.get("ph") == "X")
+    assert names == {"_UnhashableStep": 500, "_Model.run": 500, "_other": 500}, names
+
+
 def test_mpi_the_trace_of_a_run_killed_with_sigkill_opens(tmp_path):
     path = tmp_path / "killed.json"
     command = [MPIEXEC, "-n", "3", sys.executable, str(HERE / "mpi_scenarios.py"), "traced_until_killed", str(path),
