@@ -4179,7 +4179,7 @@ class _Trace:
     """
 
     def __init__(self, path: str, rank_count: int, busy: Callable[[], int], ready: collections.deque):
-        _finish_traces(path)  # an earlier pool's writer of the same file
+        _finish_traces(os.path.realpath(path))  # an earlier pool's writer of the same file, however spelt
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
             _lock_file(fd, exclusive=True)  # held by the writer until it is done: see _read_trace
@@ -4384,10 +4384,10 @@ class _Trace:
         _logger.removeFilter(self.handler)
         self.mark("pool closed")
         self.stop.set()
-        _trace_writers[self.path] = self
+        _trace_writers[os.path.realpath(self.path)] = self
 
 
-_trace_writers: dict[str, _Trace] = {}  # path -> the trace of a closed pool, still finishing its file
+_trace_writers: dict[str, _Trace] = {}  # real path -> the trace of a closed pool, still finishing its file
 
 
 def _finish_traces(path: str | None = None) -> None:

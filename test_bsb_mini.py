@@ -2997,6 +2997,20 @@ def test_the_trace_names_unhashable_and_equal_callables(tmp_path):
     assert names == {"_UnhashableStep": 500, "_Model.run": 500, "_other": 500}, names
 
 
+def test_two_pools_writing_one_trace_under_two_spellings_leave_a_valid_file(tmp_path, monkeypatch):
+    """The second pool waits for the first one's writer, however the path is spelt."""
+    monkeypatch.chdir(tmp_path)
+    for path in ("same.json", str(tmp_path / "." / "same.json")):
+        with bsb_mini.create_job_pool(trace=path, quiet=True) as pool:
+            for i in range(20_000):
+                pool.submit(_other, (i,))
+            pool.execute()
+    bsb_mini._finish_traces()
+    events = json.loads((tmp_path / "same.json").read_text())
+    assert trace_problems(events) == []
+    assert sum(event.get("ph") == "X" for event in events) == 20_000  # the second pool's, whole
+
+
 def test_mpi_the_trace_of_a_run_killed_with_sigkill_opens(tmp_path):
     path = tmp_path / "killed.json"
     command = [MPIEXEC, "-n", "3", sys.executable, str(HERE / "mpi_scenarios.py"), "traced_until_killed", str(path),
