@@ -4276,15 +4276,15 @@ class _Trace:
             now = time.perf_counter()
             if now >= next_send:
                 next_send = now + _TRACE_EVERY
-                if not self.serial:
-                    self._build(False)
+                if not self.serial or (self.due and now - asked > _TRACE_LATE):
+                    with self.building:
+                        self._build(False)
                 elif not self.due:
                     self.due, asked = True, now
-                elif now - asked > _TRACE_LATE:
-                    self._build(False)
             self._write_out()
-        self._sample()
-        self._build(True)
+        with self.building:
+            self._sample()
+            self._build(True)
         self._write_out()
         with contextlib.suppress(OSError, ValueError):
             assert self.writer.stdin is not None
@@ -4304,31 +4304,29 @@ class _Trace:
                 self.building.release()
 
     def _build(self, end: bool) -> None:
-        """What accumulated, as one frame of plain columns (marshal), for the thread to write."""
-        with contextlib.ExitStack() as held:
-            if threading.current_thread() is self.thread:
-                held.enter_context(self.building)
-            self.due = False
-            frame: dict[str, Any] = {"origin": self.origin, "end": end}
-            labels: list[tuple[int, str]] = []
-            count, full = len(self.plain_ends), _drain(self.full)  # (the end is appended last)
-            if count:
-                frame["plain"] = self._columns(self.plain_jobs[:count], labels) + (
-                    self.plain_starts[:count].tobytes(), self.plain_ends[:count].tobytes())
-                del self.plain_jobs[:count], self.plain_starts[:count], self.plain_ends[:count]
-            if full:
-                frame["full"] = self._columns(list(map(_first, full)), labels) + tuple(
-                    list(map(operator.itemgetter(at), full)) for at in range(1, 8))
-            batches = _drain(self.batches)
-            if batches:
-                jobs = list(itertools.chain.from_iterable(map(_first, batches)))
-                frame["batches"] = (self._columns(jobs, labels), [record[1:] for record in batches])
-            frame["labels"] = labels
-            frame["marks"], frame["counters"] = _drain(self.marks), self.counted
-            self.counted = []
-            if not self.broken:
-                data = marshal.dumps(frame, 2)  # (version 2: no references to track)
-                self.outbox.append(struct.pack("<Q", len(data)) + data)
+        """What accumulated, as one frame of plain columns (marshal), for the thread to write (the caller
+        holds ``building``)."""
+        self.due = False
+        frame: dict[str, Any] = {"origin": self.origin, "end": end}
+        labels: list[tuple[int, str]] = []
+        count, full = len(self.plain_ends), _drain(self.full)  # (the end is appended last)
+        if count:
+            frame["plain"] = self._columns(self.plain_jobs[:count], labels) + (
+                self.plain_starts[:count].tobytes(), self.plain_ends[:count].tobytes())
+            del self.plain_jobs[:count], self.plain_starts[:count], self.plain_ends[:count]
+        if full:
+            frame["full"] = self._columns(list(map(_first, full)), labels) + tuple(
+                list(map(operator.itemgetter(at), full)) for at in range(1, 8))
+        batches = _drain(self.batches)
+        if batches:
+            jobs = list(itertools.chain.from_iterable(map(_first, batches)))
+            frame["batches"] = (self._columns(jobs, labels), [record[1:] for record in batches])
+        frame["labels"] = labels
+        frame["marks"], frame["counters"] = _drain(self.marks), self.counted
+        self.counted = []
+        if not self.broken:
+            data = marshal.dumps(frame, 2)  # (version 2: no references to track)
+            self.outbox.append(struct.pack("<Q", len(data)) + data)
 
     def _write_out(self) -> None:
         """The thread: the frames built so far, to the writer (a pipe: this waits while the writer is behind)."""
